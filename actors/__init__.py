@@ -1,0 +1,1 @@
+"""Ray actor roles that play games: self-play workers and evaluation workers."""

@@ -1,0 +1,171 @@
+"""The configuration schema: every default of keisei-ray lives here, once.
+
+A config is built in layers: schema defaults <- preset <- YAML file <- dotted overrides
+(`env.max_moves=256`, values parsed as YAML scalars). Any problem (unreadable file, bad YAML,
+unknown key, bad value) raises one `ConfigError` whose message names the field path.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file, override or value is invalid; the message names the field."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EnvConfig(Section):
+    """The game as the environment plays it."""
+
+    max_moves: int = Field(512, ge=1, le=100_000, description="ply cap: a draw for statistics, "
+                           "a truncation (bootstrapped) for learning")
+    impasse: Literal["off", "27"] = Field("off", description="entering-king declaration rule")
+    seed: int = Field(0, ge=0, description="seed of game randomness")
+
+    @field_validator("impasse", mode="before")
+    @classmethod
+    def _impasse_from_int(cls, value: Any) -> Any:
+        # YAML reads `impasse: 27` as an int; accept it as the rule's name.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class Config(Section):
+    """The root of the configuration. Later sections hang here."""
+
+    env: EnvConfig = Field(default_factory=EnvConfig)
+
+
+# ----------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, dict[str, Any]] = {}
+"""Named partial configs (nested dicts) layered over the defaults."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif "input" in e and e["type"] not in ("missing",):
+            msg = f"{msg} (got {e['input']!r})"
+        parts.append(f"{path}: {msg}")
+    return "; ".join(parts)
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Return `base` with `update` merged in recursively (mappings merge, the rest replaces)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `a.b.c=value` into (["a", "b", "c"], value); the value is a YAML scalar."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. env.max_moves=256")
+    path = key.split(".")
+    if any(not p for p in path):
+        raise ConfigError(f"override {text!r}: empty component in key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from exc
+    return path, value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Deep-merge dotted `key=value` overrides into a nested dict."""
+    out = copy.deepcopy(dict(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping from `path` (an empty file is an empty mapping)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path}: {problem}{where}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping, got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def validate(data: Mapping[str, Any]) -> Config:
+    """Validate a nested dict against the schema; errors name the field path."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    preset: str | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective config: defaults <- base <- preset <- file <- overrides."""
+    data: dict[str, Any] = dict(base or {})
+    if preset is not None:
+        if preset not in PRESETS:
+            known = ", ".join(sorted(PRESETS)) or "none"
+            raise ConfigError(f"preset {preset!r}: unknown (known: {known})")
+        data = deep_merge(data, PRESETS[preset])
+    if path is not None:
+        data = deep_merge(data, read_yaml(Path(path)))
+    data = apply_overrides(data, overrides)
+    return validate(data)
+
+
+def dump(config: Config, fmt: Literal["yaml", "json"] = "yaml") -> str:
+    """The effective config as YAML or JSON text (round-trips through `load_config`)."""
+    data = config.model_dump(mode="json")
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    return yaml.safe_dump(data, sort_keys=False)

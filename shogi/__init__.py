@@ -1,0 +1,1 @@
+"""The game: rules on cshogi, notation, compact state, action map, vectorised env, opponents."""
