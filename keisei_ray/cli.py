@@ -1,0 +1,138 @@
+"""The `keisei-ray` command line.
+
+Commands stay thin: they parse arguments, build the effective config and call into the
+package. Expected failures (bad config, bad input) become one line on stderr and a non-zero
+exit code (2 for config and usage errors), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from keisei_ray import __version__
+from keisei_ray.config import ConfigError, dump, load_config
+from keisei_ray.logs import setup_logging
+
+log = logging.getLogger("keisei_ray")
+
+app = typer.Typer(
+    name="keisei-ray",
+    help="Distributed PPO self-play for Shogi on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print their figures.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(bench_app, name="bench")
+
+# stdout carries data (config dumps, benchmark tables); logs and progress go to stderr.
+out = Console(highlight=False, soft_wrap=True)
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file.", dir_okay=False)
+]
+PresetOpt = Annotated[
+    str | None, typer.Option("--preset", "-p", help="Named preset layered under the file.")
+]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Dotted overrides, e.g. env.max_moves=256 (values are YAML scalars).",
+                   show_default=False),
+]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        out.print(f"keisei-ray {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True,
+                     help="Print the version and exit."),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    overrides: OverridesArg = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="yaml or json.")] = "yaml",
+) -> None:
+    """Print the effective configuration (defaults <- preset <- file <- overrides)."""
+    if fmt not in ("yaml", "json"):
+        raise ConfigError(f"--format: expected yaml or json, got {fmt!r}")
+    cfg = load_config(config, overrides or [], preset=preset)
+    sys.stdout.write(dump(cfg, "json" if fmt == "json" else "yaml"))
+
+
+def _print_figures(title: str, figures: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(figures, indent=2, default=str) + "\n")
+        return
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in figures.items():
+        text = f"{value:,.3f}" if isinstance(value, float) else str(value)
+        table.add_row(key, text)
+    out.print(table)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")]
+
+
+@bench_app.command("env")
+def bench_env_cmd(
+    games: Annotated[int, typer.Option(help="Games stepped at once.")] = 64,
+    seconds: Annotated[float, typer.Option(help="Seconds per measurement.")] = 3.0,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """VecEnv random-policy plies/s vs the raw cshogi random-playout rate (one process)."""
+    from keisei_ray.bench_env import bench_env
+
+    _print_figures("VecEnv throughput (one process)",
+                   bench_env(num_games=games, seconds=seconds, seed=seed), as_json)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turn expected errors into one-line exits."""
+    command = typer.main.get_command(app)
+    try:
+        # standalone mode: click reports its own usage errors (exit 2) and exits.
+        command.main(args=argv, prog_name="keisei-ray", standalone_mode=True)
+    except ConfigError as exc:
+        _fail(f"config error: {exc}", EXIT_USAGE)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _fail(message: str, code: int) -> None:
+    # One line, no traceback: the message names what is wrong.
+    sys.stderr.write(f"keisei-ray: {message}\n")
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Logging set-up: a Rich handler for the terminal, an optional plain-text file per run."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+_FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+# One console for everything keisei-ray draws on the terminal (logs, live progress, tables), so
+# that Rich can keep the live view below the log lines. stderr keeps stdout free for data output
+# (`config show`, USI).
+console = Console(stderr=True)
+
+
+def setup_logging(level: int | str = logging.INFO, log_file: Path | None = None) -> None:
+    """Route the root logger to the terminal (Rich) and, when given, to a plain-text file."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        if getattr(handler, "_keisei", False):
+            root.removeHandler(handler)
+            handler.close()
+    rich_handler = RichHandler(console=console, show_path=False, rich_tracebacks=True,
+                               log_time_format="[%X]")
+    rich_handler._keisei = True  # type: ignore[attr-defined]
+    root.addHandler(rich_handler)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter(_FILE_FORMAT))
+        file_handler._keisei = True  # type: ignore[attr-defined]
+        root.addHandler(file_handler)
+    # Ray and wandb are chatty at INFO; their warnings still come through.
+    for noisy in ("ray", "wandb", "filelock", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def is_interactive() -> bool:
+    """True when the terminal can show a live view (stderr is a TTY)."""
+    return sys.stderr.isatty()

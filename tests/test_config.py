@@ -1,0 +1,98 @@
+"""Config core: layering, dotted overrides, one-line errors naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from keisei_ray.config import Config, ConfigError, dump, load_config, parse_override
+
+
+def test_defaults() -> None:
+    cfg = load_config()
+    assert cfg.env.max_moves == 512
+    assert cfg.env.impasse == "off"
+    assert cfg.env.seed == 0
+
+
+def test_file_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("env:\n  max_moves: 300\n  seed: 7\n")
+    cfg = load_config(path, ["env.max_moves=256", "env.impasse=27"])
+    assert cfg.env.max_moves == 256  # override wins over the file
+    assert cfg.env.seed == 7  # file value kept where no override
+    assert cfg.env.impasse == "27"  # YAML int 27 accepted as the rule name
+
+
+def test_override_values_are_yaml_scalars() -> None:
+    assert parse_override("a.b=256") == (["a", "b"], 256)
+    assert parse_override("a=true") == (["a"], True)
+    assert parse_override("a=0.5") == (["a"], 0.5)
+    assert parse_override("a=hello") == (["a"], "hello")
+    assert parse_override("a=") == (["a"], None)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["env.max_moves=-1"], "env.max_moves"),
+        (["env.max_moves=abc"], "env.max_moves"),
+        (["env.nope=1"], "env.nope: unknown field"),
+        (["nope.x=1"], "nope: unknown field"),
+        (["env.impasse=24"], "env.impasse"),
+        (["env.max_moves"], "expected key=value"),
+        (["env..x=1"], "empty component"),
+    ],
+)
+def test_bad_overrides_name_the_field(overrides: list[str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env: [1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(scalar)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("env:\n  max_move: 3\n")
+    with pytest.raises(ConfigError, match=r"env\.max_move: unknown field"):
+        load_config(unknown)
+
+
+def test_override_into_a_value_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("env:\n  max_moves: 300\n")
+    with pytest.raises(ConfigError, match=r"env\.max_moves is a value, not a section"):
+        load_config(path, ["env.max_moves.x=1"])
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(ConfigError, match="preset 'nope'"):
+        load_config(preset="nope")
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_dump_round_trips(tmp_path: Path, fmt: str) -> None:
+    cfg = load_config(None, ["env.max_moves=99", "env.seed=3"])
+    text = dump(cfg, fmt)  # type: ignore[arg-type]
+    path = tmp_path / f"c.{fmt}"
+    path.write_text(text)  # JSON is YAML
+    assert load_config(path) == cfg
+    assert yaml.safe_load(text)["env"]["max_moves"] == 99
+
+
+def test_assignment_is_validated() -> None:
+    cfg = Config()
+    with pytest.raises(ValueError):
+        cfg.env.max_moves = 0
