@@ -42,10 +42,63 @@ class EnvConfig(Section):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+class ModelConfig(Section):
+    """The policy-value network: a named size, optionally overridden piece by piece."""
+
+    size: Literal["tiny", "small", "large"] = Field(
+        "small", description="tiny: tests; small: fast CPU self-play; large: GPU cluster (~10M)")
+    blocks: int | None = Field(None, ge=1, le=64, description="residual blocks (None: the size's)")
+    channels: int | None = Field(None, ge=8, le=1024,
+                                 description="channels of the tower (None: the size's)")
+    squeeze_excitation: bool | None = Field(
+        None, description="squeeze-excitation in each block (None: the size's)")
+    norm: Literal["batch", "group"] = Field(
+        "batch", description="batch: BatchNorm (running stats; rollouts in eval mode); "
+        "group: GroupNorm (same numbers in train and eval mode)")
+
+
+class PPOConfig(Section):
+    """PPO and GAE: the learner's update and the workers' advantage estimates."""
+
+    gamma: float = Field(0.99, gt=0.0, le=1.0, description="discount per ply")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda")
+    clip_range: float = Field(0.2, gt=0.0, lt=1.0, description="policy ratio clip")
+    value_clip_range: float | None = Field(
+        None, gt=0.0, description="per-element value clip around the behaviour value (None: off)")
+    learning_rate: float = Field(3e-4, gt=0.0, le=1.0, description="initial learning rate")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="learning rate over progress = accepted timesteps / total")
+    final_learning_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="learning rate reached at the end of training "
+        "(linear and cosine schedules)")
+    entropy_coef: float = Field(0.01, ge=0.0, description="weight of the entropy bonus")
+    value_coef: float = Field(0.5, ge=0.0, description="weight of the value loss")
+    max_grad_norm: float = Field(0.5, gt=0.0, description="gradient norm clip")
+    epochs: int = Field(4, ge=1, le=100, description="passes over each update's transitions")
+    minibatch_size: int = Field(512, ge=1, le=1_000_000, description="transitions per step")
+    normalize_advantages: bool = Field(True, description="advantages to zero mean, unit std "
+                                       "over each update's transitions")
+    target_kl: float | None = Field(
+        None, gt=0.0, description="stop the update's remaining steps once a minibatch's "
+        "approx KL exceeds this (None: off)")
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="optimizer")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="weight decay "
+                                "(decoupled with adamw)")
+    adam_eps: float = Field(1e-5, gt=0.0, le=1.0, description="Adam epsilon")
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="mixed precision of the learner's forward pass (fp16 adds a scaler)")
+    compile: bool = Field(False, description="torch.compile the learner's model (CUDA only)")
+    max_policy_lag: int = Field(
+        1, ge=0, le=1000, description="drop batches whose policy version is more than this "
+        "many updates old (0: strictly synchronous)")
+
+
 class Config(Section):
     """The root of the configuration. Later sections hang here."""
 
     env: EnvConfig = Field(default_factory=EnvConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
 
 
 # ----------------------------------------------------------------------------- presets
