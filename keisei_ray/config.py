@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,18 +94,66 @@ class PPOConfig(Section):
         "many updates old (0: strictly synchronous)")
 
 
+class TrainConfig(Section):
+    """The actor-learner loop: how much to train, with how many workers, where."""
+
+    total_timesteps: int = Field(200_000, ge=1, description="stop after this many accepted "
+                                 "transitions (the driver's timestep counter)")
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="self-play workers; auto: as many as the cluster's free CPUs allow "
+        "(and grow when nodes join)")
+    games_per_worker: int = Field(32, ge=1, le=4096, description="games each worker plays at once")
+    rollout_steps: int = Field(32, ge=1, le=4096, description="plies of every game per collect")
+    seed: int = Field(0, ge=0, description="seed of the model init, PPO minibatches and workers")
+    address: str | None = Field(None, description="Ray address: None starts an embedded local "
+                                "Ray; 'auto' or 'ray://host:10001' joins a running cluster")
+    worker_cpus: float = Field(1.0, gt=0.0, le=64.0, description="CPUs per self-play worker "
+                               "(also its torch threads, rounded up)")
+    learner_cpus: float = Field(1.0, ge=0.0, le=256.0, description="CPUs reserved for the learner")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="learner device; auto: cuda when the cluster has a GPU")
+    half_weights: bool = Field(False, description="broadcast weights as float16 (half the bytes)")
+    max_worker_restarts: int = Field(3, ge=-1, description="Ray restarts per worker actor "
+                                     "(-1: unlimited)")
+    round_timeout_s: float = Field(300.0, gt=0.0, description="a collect round waits at most this "
+                                   "long for stragglers; their batches are then dropped")
+    callbacks: list[str] = Field(default_factory=list, description="extra callbacks, as "
+                                 "'package.module:ClassName'")
+    runs_dir: str = Field("runs", description="folder that holds one folder per run")
+    run_name: str | None = Field(None, description="run folder name (None: timestamp + short id)")
+
+    @property
+    def transitions_per_worker(self) -> int:
+        return self.games_per_worker * self.rollout_steps
+
+
 class Config(Section):
     """The root of the configuration. Later sections hang here."""
 
     env: EnvConfig = Field(default_factory=EnvConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 # ----------------------------------------------------------------------------- presets
 
-PRESETS: dict[str, dict[str, Any]] = {}
-"""Named partial configs (nested dicts) layered over the defaults."""
+# Presets are partial configs shipped as YAML beside this module (keisei_ray/presets/*.yaml).
+# `local` is the schema's defaults; the others override only what differs.
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets."""
+    folder = resources.files("keisei_ray") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    """The partial config of a shipped preset."""
+    if name not in preset_names():
+        raise ConfigError(f"preset {name!r}: unknown (known: {', '.join(preset_names())})")
+    text = (resources.files("keisei_ray") / "presets" / f"{name}.yaml").read_text("utf-8")
+    return yaml.safe_load(text) or {}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -206,10 +255,7 @@ def load_config(
     """Build the effective config: defaults <- base <- preset <- file <- overrides."""
     data: dict[str, Any] = dict(base or {})
     if preset is not None:
-        if preset not in PRESETS:
-            known = ", ".join(sorted(PRESETS)) or "none"
-            raise ConfigError(f"preset {preset!r}: unknown (known: {known})")
-        data = deep_merge(data, PRESETS[preset])
+        data = deep_merge(data, read_preset(preset))
     if path is not None:
         data = deep_merge(data, read_yaml(Path(path)))
     data = apply_overrides(data, overrides)
