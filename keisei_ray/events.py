@@ -1,0 +1,180 @@
+"""The event bus the driver fires and callbacks listen to.
+
+Checkpointing, evaluation, W&B and the progress view all hang on these events. A callback's
+exception is logged with its traceback and counted; it never stops training or the other
+callbacks, and a callback that keeps failing is disabled with a warning.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GameStats:
+    """Finished-game statistics of one batch or one update."""
+
+    games: int = 0
+    black_wins: int = 0
+    white_wins: int = 0
+    draws: int = 0  # sennichite and other draws, excluding the move cap
+    cap_draws: int = 0  # games that hit max_moves (a draw for statistics)
+    total_plies: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def __add__(self, other: GameStats) -> GameStats:
+        reasons = dict(self.reasons)
+        for key, value in other.reasons.items():
+            reasons[key] = reasons.get(key, 0) + value
+        return GameStats(
+            games=self.games + other.games,
+            black_wins=self.black_wins + other.black_wins,
+            white_wins=self.white_wins + other.white_wins,
+            draws=self.draws + other.draws,
+            cap_draws=self.cap_draws + other.cap_draws,
+            total_plies=self.total_plies + other.total_plies,
+            reasons=reasons,
+        )
+
+    @property
+    def mean_length(self) -> float:
+        return self.total_plies / self.games if self.games else 0.0
+
+    def shares(self) -> dict[str, float]:
+        """Decisive / draw / cap-draw shares of the finished games."""
+        n = max(self.games, 1)
+        return {
+            "win_share": (self.black_wins + self.white_wins) / n,
+            "black_win_share": self.black_wins / n,
+            "draw_share": self.draws / n,
+            "cap_draw_share": self.cap_draws / n,
+        }
+
+
+@dataclass(frozen=True)
+class TrainStart:
+    run_dir: Path
+    config: Any  # keisei_ray.config.Config (kept loose to avoid an import cycle for callbacks)
+    timestep: int
+    version: int
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class BatchCollected:
+    worker_id: int
+    transitions: int
+    version: int
+    bytes: int
+    games: GameStats
+
+
+@dataclass(frozen=True)
+class UpdateDone:
+    timestep: int  # the driver's counter, after this update's accepted transitions
+    version: int  # the learner's policy version after this update
+    accepted: int  # transitions the learner trained on in this update
+    metrics: dict[str, float]
+    games: GameStats  # games finished in the batches of this update
+    totals: GameStats  # games finished since the run began
+    policy_lag: int  # largest version lag among the accepted batches
+    workers_alive: int
+    steps_per_s: float
+    worker_restarts: int
+    wall_time: float  # seconds since training started (this session)
+
+
+@dataclass(frozen=True)
+class TrainEnd:
+    timestep: int
+    version: int
+    reason: str  # "completed", "interrupted", or "failed: <why>"
+
+
+class Callback:
+    """Base class of callbacks: override the events you need. Exceptions are contained."""
+
+    def on_train_start(self, event: TrainStart) -> None:
+        """Training is about to start (or resume)."""
+
+    def on_batch_collected(self, event: BatchCollected) -> None:
+        """A worker delivered one batch (not yet trained on)."""
+
+    def on_update_done(self, event: UpdateDone) -> None:
+        """The learner finished an update; the timestep counter has advanced."""
+
+    def on_train_end(self, event: TrainEnd) -> None:
+        """Training stopped; the reason says why."""
+
+
+_HANDLERS = {
+    TrainStart: "on_train_start",
+    BatchCollected: "on_batch_collected",
+    UpdateDone: "on_update_done",
+    TrainEnd: "on_train_end",
+}
+
+
+class EventBus:
+    """Calls every registered callback for each event, containing their failures."""
+
+    def __init__(self, max_failures: int = 3) -> None:
+        self.max_failures = max_failures
+        self._callbacks: list[Callback] = []
+        self._failures: dict[int, int] = {}  # consecutive failures per callback
+        self.errors = 0  # callback exceptions caught since the bus was created
+
+    @property
+    def callbacks(self) -> list[Callback]:
+        return list(self._callbacks)
+
+    def register(self, callback: Callback) -> None:
+        self._callbacks.append(callback)
+        self._failures[id(callback)] = 0
+
+    def emit(self, event: TrainStart | BatchCollected | UpdateDone | TrainEnd) -> None:
+        method = _HANDLERS[type(event)]
+        for callback in list(self._callbacks):
+            try:
+                getattr(callback, method)(event)
+            except Exception:
+                # Contained on purpose: a callback must never stop training or other callbacks.
+                self.errors += 1
+                count = self._failures[id(callback)] = self._failures[id(callback)] + 1
+                log.exception("callback %s failed in %s (%d in a row)",
+                              type(callback).__name__, method, count)
+                if count >= self.max_failures:
+                    log.warning("callback %s disabled after %d consecutive failures",
+                                type(callback).__name__, count)
+                    self._callbacks.remove(callback)
+            else:
+                self._failures[id(callback)] = 0
+
+
+class CallbackImportError(ValueError):
+    """A callback named in the config cannot be imported or built."""
+
+
+def load_callback(spec: str) -> Callback:
+    """Build a callback from `package.module:ClassName` (instantiated without arguments)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CallbackImportError(f"callback {spec!r}: expected 'package.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CallbackImportError(f"callback {spec!r}: cannot import {module_name} ({exc})") from exc
+    try:
+        factory = getattr(module, attr)
+    except AttributeError:
+        raise CallbackImportError(f"callback {spec!r}: {module_name} has no {attr}") from None
+    instance = factory()
+    if not isinstance(instance, Callback):
+        raise CallbackImportError(f"callback {spec!r}: {attr} is not a keisei_ray.events.Callback")
+    return instance
