@@ -1,0 +1,123 @@
+"""Two-player GAE: sign flips, both sides' terminal rewards, truncation, rollout ends.
+
+Every expected number below is computed by hand from the docstring's formulas with
+gamma = 0.9 and lambda = 0.8 (so gamma * lambda = 0.72).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from learner.gae import compute_gae
+
+GAMMA, LAM = 0.9, 0.8
+
+
+def run(values: list[float], rewards: list[float], next_values: list[float],
+        terminated: list[bool], game_over: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """One slot: lists of length T become [T, 1] columns."""
+    def col(x: list[float] | list[bool]) -> np.ndarray:
+        return np.asarray(x)[:, None]
+
+    adv, ret = compute_gae(col(values), col(rewards), col(next_values), col(terminated),
+                           col(game_over), gamma=GAMMA, lam=LAM)
+    return adv[:, 0], ret[:, 0]
+
+
+def test_win_for_the_player_who_moves_last() -> None:
+    # Black t0, White t1 (loses), Black t2 mates. Both last moves terminal, +1 and -1.
+    adv, ret = run(values=[0.1, 0.2, 0.3], rewards=[0, -1, 1], next_values=[0.2, 9, 9],
+                   terminated=[False, True, True], game_over=[False, False, True])
+    # A2 = 1 - 0.3; A1 = -1 - 0.2; delta0 = -0.9*0.2 - 0.1 = -0.28; A0 = -0.28 - 0.72*A1.
+    assert adv == pytest.approx([0.584, -1.2, 0.7], abs=1e-6)
+    assert ret == pytest.approx([0.684, -1.0, 1.0], abs=1e-6)
+
+
+def test_loss_for_the_player_who_moves_first() -> None:
+    # Black t0 then White t1 mates: Black's last move gets -1, White's +1, no bootstrap.
+    adv, ret = run(values=[0.3, -0.4], rewards=[-1, 1], next_values=[9, 9],
+                   terminated=[True, True], game_over=[False, True])
+    assert adv == pytest.approx([-1.3, 1.4], abs=1e-6)
+    assert ret == pytest.approx([-1.0, 1.0], abs=1e-6)
+
+
+def test_draw_gives_zero_to_both_last_moves() -> None:
+    adv, ret = run(values=[0.1, 0.2, 0.3], rewards=[0, 0, 0], next_values=[0.2, 9, 9],
+                   terminated=[False, True, True], game_over=[False, False, True])
+    # A2 = -0.3, A1 = -0.2, A0 = -0.28 - 0.72 * (-0.2) = -0.136.
+    assert adv == pytest.approx([-0.136, -0.2, -0.3], abs=1e-6)
+    assert ret == pytest.approx([-0.036, 0.0, 0.0], abs=1e-6)
+
+
+def test_truncation_bootstraps_from_the_negated_final_value() -> None:
+    # Move cap after t1: not terminal, bootstraps from -V(final) = -0.5, recursion stops.
+    adv, ret = run(values=[0.1, 0.2], rewards=[0, 0], next_values=[0.2, 0.5],
+                   terminated=[False, False], game_over=[False, True])
+    # A1 = -0.9*0.5 - 0.2 = -0.65; A0 = (-0.18 - 0.1) - 0.72 * (-0.65) = 0.188.
+    assert adv == pytest.approx([0.188, -0.65], abs=1e-6)
+    assert ret == pytest.approx([0.288, -0.45], abs=1e-6)
+
+
+def test_game_continuing_past_the_rollout_end_bootstraps() -> None:
+    adv, ret = run(values=[0.1, 0.2], rewards=[0, 0], next_values=[0.2, 0.5],
+                   terminated=[False, False], game_over=[False, False])
+    assert adv == pytest.approx([0.188, -0.65], abs=1e-6)
+    assert ret == pytest.approx([0.288, -0.45], abs=1e-6)
+
+
+def test_two_games_back_to_back_in_one_slot() -> None:
+    # Game A: Black t0, White t1 mates. Game B: Black t2, White t3, still running (next V 0.5).
+    adv, _ = run(values=[0.1, 0.2, 0.3, 0.4], rewards=[-1, 1, 0, 0],
+                 next_values=[9, 9, 0.4, 0.5], terminated=[True, True, False, False],
+                 game_over=[False, True, False, False])
+    # A3 = -0.45 - 0.4 = -0.85; A2 = (-0.36 - 0.3) - 0.72 * (-0.85) = -0.048.
+    assert adv == pytest.approx([-1.1, 0.8, -0.048, -0.85], abs=1e-6)
+
+
+def test_recursion_stops_at_a_truncated_game() -> None:
+    # Game A truncated after t1 (bootstrap 0.5); game B starts at t2, continues (next V 0.7).
+    adv, _ = run(values=[0.1, 0.2, 0.3], rewards=[0, 0, 0], next_values=[0.2, 0.5, 0.7],
+                 terminated=[False, False, False], game_over=[False, True, False])
+    # A2 = -0.63 - 0.3 = -0.93 must not leak into A1 = -0.65.
+    assert adv == pytest.approx([0.188, -0.65, -0.93], abs=1e-6)
+
+
+def test_slots_are_independent_columns() -> None:
+    values = np.array([[0.1, 0.1], [0.2, 0.2]])
+    rewards = np.array([[0.0, 0.0], [0.0, 0.0]])
+    next_values = np.array([[0.2, 0.2], [0.5, 0.5]])
+    terminated = np.zeros((2, 2), dtype=bool)
+    game_over = np.array([[False, True], [True, False]])
+    adv, _ = compute_gae(values, rewards, next_values, terminated, game_over,
+                         gamma=GAMMA, lam=LAM)
+    assert adv[:, 0] == pytest.approx([0.188, -0.65], abs=1e-6)
+    # Slot 1: game over at t0, so A0 = -0.28 alone and t1 starts a new game.
+    assert adv[:, 1] == pytest.approx([-0.28, -0.65], abs=1e-6)
+    assert adv.dtype == np.float32
+
+
+def test_lambda_zero_is_one_step_td_and_lambda_one_is_monte_carlo() -> None:
+    values, rewards = [0.1, 0.2, 0.3], [0, -1, 1]
+    kwargs = dict(next_values=np.array([[0.2], [9], [9]]),
+                  terminated=np.array([[False], [True], [True]]),
+                  game_over=np.array([[False], [False], [True]]))
+    td, _ = compute_gae(np.array([values]).T, np.array([rewards]).T, gamma=0.9, lam=0.0,
+                        **kwargs)
+    mc, ret = compute_gae(np.array([values]).T, np.array([rewards]).T, gamma=1.0, lam=1.0,
+                          **kwargs)
+    assert td[0, 0] == pytest.approx(-0.28, abs=1e-6)
+    # Undiscounted Monte Carlo: Black's first move is worth -(White's -1) = +1.
+    assert ret[:, 0] == pytest.approx([1.0, -1.0, 1.0], abs=1e-6)
+    assert mc[0, 0] == pytest.approx(0.9, abs=1e-6)
+
+
+def test_bad_input_is_rejected() -> None:
+    ok = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="rewards has shape"):
+        compute_gae(ok, np.zeros((3, 2)), ok, ok, ok, gamma=0.9, lam=0.9)
+    with pytest.raises(ValueError, match=r"values must be \[T, E\]"):
+        compute_gae(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3),
+                    gamma=0.9, lam=0.9)
+    with pytest.raises(ValueError, match="gamma"):
+        compute_gae(ok, ok, ok, ok, ok, gamma=0.0, lam=0.9)
