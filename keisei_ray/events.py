@@ -169,7 +169,8 @@ def load_callback(spec: str) -> Callback:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise CallbackImportError(f"callback {spec!r}: cannot import {module_name} ({exc})") from exc
+        raise CallbackImportError(
+            f"callback {spec!r}: cannot import {module_name} ({exc})") from exc
     try:
         factory = getattr(module, attr)
     except AttributeError:
