@@ -1,0 +1,138 @@
+"""Feature planes and legal masks: chosen planes of hand-built positions, a slow reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from learner.features import (
+    HAND_MAX,
+    NUM_PLANES,
+    encode_planes,
+    gather_csr,
+    legal_mask,
+    to_tensors,
+)
+from shogi.actions import NUM_ACTIONS
+from shogi.compact import CompactState
+
+
+def hand_built() -> CompactState:
+    state = CompactState.empty(2)
+    # Row 0: Black to move, in check, seen twice before, ply 100.
+    state.board[0, 60] = 1  # own pawn, row 6 col 6
+    state.board[0, 76] = 8  # own king, row 8 col 4
+    state.board[0, 40] = 14  # own dragon (+R)
+    state.board[0, 4] = -8  # opponent king, row 0 col 4
+    state.board[0, 30] = -9  # opponent tokin (+P), row 3 col 3
+    state.hands[0, 0] = [2, 0, 0, 0, 1, 0, 1]  # own: 2 P, 1 G, 1 R
+    state.hands[0, 1] = [18, 0, 0, 4, 0, 2, 0]  # opponent: 18 P, 4 S, 2 B
+    state.ply[0], state.repetition[0], state.in_check[0] = 100, 2, 1
+    # Row 1: an empty board, White to move.
+    state.color[1] = 1
+    return state
+
+
+def test_chosen_planes_of_a_hand_built_position() -> None:
+    planes = encode_planes(to_tensors(hand_built()), max_moves=512)
+    assert planes.shape == (2, NUM_PLANES, 9, 9)
+    assert planes.dtype == torch.float32
+    p = planes[0]
+    assert p[0, 6, 6] == 1  # pawn: plane 0
+    assert p[7, 8, 4] == 1  # king: plane 7
+    assert p[13, 4, 4] == 1  # +R: plane 13
+    assert p[21, 0, 4] == 1  # opponent king: plane 14 + 8 - 1
+    assert p[22, 3, 3] == 1  # opponent +P: plane 14 + 9 - 1
+    assert p[:28].sum() == 5  # nothing else on the board planes
+    expected_hand = {28: 2 / 18, 32: 1 / 4, 34: 1 / 2, 35: 1.0, 38: 1.0, 40: 1.0}
+    for plane in range(28, 42):
+        assert torch.all(p[plane] == expected_hand.get(plane, 0.0)), plane
+    assert torch.all(p[42] == 0)  # Black to move
+    assert torch.allclose(p[43], torch.tensor(100 / 512))
+    assert torch.allclose(p[44], torch.tensor(2 / 3))
+    assert torch.all(p[45] == 1)
+    # White to move on an empty board: only the colour plane is set.
+    assert torch.all(planes[1, 42] == 1)
+    assert planes[1].sum() == 81
+
+
+def reference_planes(state: CompactState, max_moves: int) -> np.ndarray:
+    """Square by square, straight from the layout table."""
+    n = len(state)
+    out = np.zeros((n, NUM_PLANES, 9, 9), dtype=np.float32)
+    for i in range(n):
+        for sq in range(81):
+            code = int(state.board[i, sq])
+            if code:
+                plane = code - 1 if code > 0 else 14 - code - 1
+                out[i, plane, sq // 9, sq % 9] = 1
+        for side in range(2):
+            for piece in range(7):
+                out[i, 28 + 7 * side + piece] = state.hands[i, side, piece] / HAND_MAX[piece]
+        out[i, 42] = state.color[i]
+        out[i, 43] = state.ply[i] / max_moves
+        out[i, 44] = state.repetition[i] / 3
+        out[i, 45] = state.in_check[i]
+    return out
+
+
+def random_states(n: int, seed: int) -> CompactState:
+    rng = np.random.default_rng(seed)
+    state = CompactState.empty(n)
+    state.board[:] = rng.integers(-14, 15, size=(n, 81)) * (rng.random((n, 81)) < 0.4)
+    state.hands[:] = rng.integers(0, np.array(HAND_MAX) + 1, size=(n, 2, 7))
+    state.color[:] = rng.integers(0, 2, n)
+    state.ply[:] = rng.integers(0, 512, n)
+    state.repetition[:] = rng.integers(0, 4, n)
+    state.in_check[:] = rng.integers(0, 2, n)
+    return state
+
+
+def test_matches_the_square_by_square_reference() -> None:
+    state = random_states(64, seed=1)
+    planes = encode_planes(to_tensors(state), max_moves=300).numpy()
+    np.testing.assert_allclose(planes, reference_planes(state, 300), rtol=0, atol=1e-7)
+
+
+def test_bad_max_moves_is_rejected() -> None:
+    with pytest.raises(ValueError, match="max_moves"):
+        encode_planes(to_tensors(hand_built()), max_moves=0)
+
+
+def test_legal_mask_from_csr() -> None:
+    offsets = np.array([0, 3, 3, 4], dtype=np.int32)
+    actions = np.array([3, 100, NUM_ACTIONS - 1, 0], dtype=np.int16)
+    mask = legal_mask(offsets, actions, 3)
+    assert mask.shape == (3, NUM_ACTIONS) and mask.dtype == torch.bool
+    assert mask.sum(dim=1).tolist() == [3, 0, 1]
+    assert mask[0, [3, 100, NUM_ACTIONS - 1]].all()
+    assert mask[2, 0]
+    with pytest.raises(ValueError, match="legal offsets must have shape"):
+        legal_mask(offsets, actions, 4)
+
+
+def test_gather_csr_selects_rows_in_order() -> None:
+    rng = np.random.default_rng(2)
+    counts = rng.integers(0, 6, size=20)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    actions = rng.integers(0, NUM_ACTIONS, size=int(offsets[-1]))
+    rows = np.array([5, 0, 19, 5, 3])
+    new_offsets, new_actions = gather_csr(torch.from_numpy(offsets), torch.from_numpy(actions),
+                                          torch.from_numpy(rows))
+    expected = [actions[offsets[r]:offsets[r + 1]] for r in rows]
+    assert new_offsets.tolist() == [0, *np.cumsum([len(e) for e in expected]).tolist()]
+    assert new_actions.tolist() == np.concatenate(expected).tolist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    state = random_states(32, seed=3)
+    cpu = encode_planes(to_tensors(state), max_moves=512)
+    gpu = encode_planes(to_tensors(state, "cuda"), max_moves=512)
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=0)
+    offsets = np.array([0, 2, 2, 3], dtype=np.int32)
+    actions = np.array([5, 7, 9], dtype=np.int16)
+    on_gpu = legal_mask(offsets, actions, 3, "cuda")
+    assert torch.equal(on_gpu.cpu(), legal_mask(offsets, actions, 3))
