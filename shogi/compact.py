@@ -1,0 +1,109 @@
+"""The compact state: what the env emits and the wire carries, from the side to move's view.
+
+Board index `i = row * 9 + col` as the side to move sees the board: row 0 is its far rank, col 0
+its left-most file (file 9 for Black). White's view is Black's rotated 180 degrees (`80 - i`).
+Board codes: 0 empty, +1..+14 the mover's P L N S G B R K +P +L +N +S +B +R, -1..-14 the
+opponent's. Hands: `hands[n, 0]` the mover's, `hands[n, 1]` the opponent's, order P L N S G B R.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+BOARD_SIZE = 81
+HAND_SIZE = 7
+PIECE_SYMBOLS = ("P", "L", "N", "S", "G", "B", "R", "K", "+P", "+L", "+N", "+S", "+B", "+R")
+"""SFEN symbols of board codes 1..14 (`PIECE_SYMBOLS[code - 1]`)."""
+
+
+def _square_to_index() -> np.ndarray:
+    # cshogi square (file-1)*9 + (rank-1) -> Black's-view index (rank-1)*9 + (9-file).
+    sq = np.arange(BOARD_SIZE)
+    black = (sq % 9) * 9 + (8 - sq // 9)
+    return np.stack([black, 80 - black]).astype(np.intp)
+
+
+SQUARE_TO_INDEX = _square_to_index()
+"""[2, 81]: cshogi square -> compact board index, for Black (row 0) and White (row 1) to move."""
+INDEX_TO_SQUARE = np.argsort(SQUARE_TO_INDEX, axis=1).astype(np.intp)
+"""[2, 81]: compact board index -> cshogi square, the inverse of SQUARE_TO_INDEX."""
+
+
+def _cshogi_piece_to_code() -> np.ndarray:
+    # cshogi piece types run P L N S B R G K +P +L +N +S +B +R (1..14); ours put G before B R.
+    type_to_code = np.array([0, 1, 2, 3, 4, 6, 7, 5, 8, 9, 10, 11, 12, 13, 14], dtype=np.int8)
+    table = np.zeros(32, dtype=np.int8)
+    table[0:15] = type_to_code  # Black's pieces are cshogi 1..14
+    table[16:31] = -type_to_code  # White's are 17..30
+    return table
+
+
+CSHOGI_PIECE_TO_CODE = _cshogi_piece_to_code()
+"""[32]: cshogi piece (colour included) -> board code signed for Black (+ Black, - White)."""
+
+PROMOTE_CODE = np.array([0, 9, 10, 11, 12, 5, 13, 14, 8, 9, 10, 11, 12, 13, 14], dtype=np.int8)
+"""[15]: unsigned board code -> the code after promotion (G, K and promoted pieces unchanged)."""
+UNPROMOTE_CODE = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 6, 7], dtype=np.int8)
+"""[15]: unsigned board code -> the base piece (a captured piece goes to hand as its base)."""
+
+
+@dataclass(eq=False)
+class CompactState:
+    """A batch of N positions as numpy arrays (leading dimension N), mover's perspective."""
+
+    board: np.ndarray  # int8 [N, 81]
+    hands: np.ndarray  # uint8 [N, 2, 7]: mover's hand, then the opponent's
+    color: np.ndarray  # uint8 [N]: side to move, 0 Black 1 White
+    ply: np.ndarray  # int16 [N]: plies played in the game so far
+    repetition: np.ndarray  # uint8 [N]: earlier occurrences of this position (0..3)
+    in_check: np.ndarray  # uint8 [N]: the side to move is in check
+
+    @classmethod
+    def empty(cls, n: int = 0) -> CompactState:
+        """N all-zero rows (an empty board, no hands, Black to move, ply 0)."""
+        return cls(
+            board=np.zeros((n, BOARD_SIZE), dtype=np.int8),
+            hands=np.zeros((n, 2, HAND_SIZE), dtype=np.uint8),
+            color=np.zeros(n, dtype=np.uint8),
+            ply=np.zeros(n, dtype=np.int16),
+            repetition=np.zeros(n, dtype=np.uint8),
+            in_check=np.zeros(n, dtype=np.uint8),
+        )
+
+    @classmethod
+    def concat(cls, states: Sequence[CompactState]) -> CompactState:
+        """One batch holding the rows of `states` in order."""
+        if not states:
+            return cls.empty(0)
+        return cls(**{f.name: np.concatenate([getattr(s, f.name) for s in states])
+                      for f in fields(cls)})
+
+    def take(self, indices: np.ndarray | Sequence[int]) -> CompactState:
+        """The rows at `indices` (a copy)."""
+        idx = np.asarray(indices, dtype=np.intp)
+        return CompactState(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def __len__(self) -> int:
+        return int(self.board.shape[0])
+
+    def equals(self, other: CompactState) -> bool:
+        """Whether both batches hold the same rows (same dtypes and values)."""
+        return all(getattr(self, f.name).dtype == getattr(other, f.name).dtype
+                   and np.array_equal(getattr(self, f.name), getattr(other, f.name))
+                   for f in fields(self))
+
+
+def perspective_board(black_board: np.ndarray, color: np.ndarray) -> np.ndarray:
+    """[N, 81] Black's-view signed boards -> the side to move's view (rotate, negate for White)."""
+    white = (color != 0)[:, None]
+    return np.where(white, -black_board[:, ::-1], black_board).astype(np.int8)
+
+
+def perspective_hands(hands_by_color: np.ndarray, color: np.ndarray) -> np.ndarray:
+    """[N, 2, 7] hands indexed by colour -> [mover's hand, opponent's hand]."""
+    c = color.astype(np.intp)
+    rows = np.arange(len(c))
+    return np.stack([hands_by_color[rows, c], hands_by_color[rows, 1 - c]], axis=1)

@@ -1,0 +1,64 @@
+"""Simple opponents for evaluation: uniform random and a one-ply heuristic."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shogi.errors import GameOverError
+from shogi.moves import Move
+from shogi.position import Position
+
+# Rough material values by SFEN symbol (upper case), for choosing the best capture.
+PIECE_VALUES = {
+    "P": 1, "L": 3, "N": 4, "S": 5, "G": 6, "B": 8, "R": 10, "K": 1000,
+    "+P": 6, "+L": 6, "+N": 6, "+S": 6, "+B": 10, "+R": 12,
+}
+
+
+def _legal_or_raise(position: Position) -> list[Move]:
+    moves = position.legal_moves()
+    if not moves:
+        outcome = position.outcome()
+        reason = outcome.reason.value if outcome is not None else "unknown"
+        raise GameOverError(f"no move to choose in {position.sfen()!r}: the game is over "
+                            f"({reason})")
+    return moves
+
+
+class RandomPlayer:
+    """Plays a uniformly random legal move."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def choose(self, position: Position) -> Move:
+        moves = _legal_or_raise(position)
+        return moves[int(self.rng.integers(len(moves)))]
+
+
+class HeuristicPlayer:
+    """Mate in one when cshogi finds it, else the most valuable capture, else a promotion,
+    else a random move (ties broken at random)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def choose(self, position: Position) -> Move:
+        moves = _legal_or_raise(position)
+        mate = position.mate_in_one()
+        if mate is not None:
+            return mate
+        best_value = 0
+        best: list[Move] = []
+        for move in moves:
+            target = position.piece_at(move.to_square)
+            if target is None or move.is_drop:
+                continue
+            value = PIECE_VALUES[target.upper()]
+            if value > best_value:
+                best_value, best = value, [move]
+            elif value == best_value:
+                best.append(move)
+        if not best:
+            best = [move for move in moves if move.promotion] or moves
+        return best[int(self.rng.integers(len(best)))]

@@ -1,0 +1,305 @@
+"""`VecEnv`: many games stepped at once, emitting compact states and legal actions in CSR form.
+
+Per game, each step does only what cshogi must do (push the move, hash, in-check, the legal
+move list). Everything else runs as a handful of numpy calls over all games: the board and
+hands are updated incrementally from the moves themselves (no per-game board read-back), and
+legal moves become sorted action rows through one table gather and one sort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cshogi
+import numpy as np
+
+from shogi.actions import ACTION_TO_MOVE16, MOVE16_TO_ACTION, NUM_ACTIONS
+from shogi.compact import (
+    PROMOTE_CODE,
+    SQUARE_TO_INDEX,
+    UNPROMOTE_CODE,
+    CompactState,
+    perspective_board,
+    perspective_hands,
+)
+from shogi.errors import IllegalMoveError
+from shogi.moves import CSHOGI_TYPE_TO_HAND, MOVE16_MASK, Color
+from shogi.position import PLY_LIMIT, Position, impasse_declaration_wins
+from shogi.rules import SENNICHITE_REPETITIONS, Outcome, Termination, judge
+
+# cshogi drop `from` field (80 + piece type) -> hand index P L N S G B R; -1 for board squares.
+_DROP_FIELD_TO_HAND = np.full(128, -1, dtype=np.intp)
+for _piece_type, _hand in CSHOGI_TYPE_TO_HAND.items():
+    _DROP_FIELD_TO_HAND[80 + _piece_type] = _hand
+_SQUARE_TO_BLACK_INDEX = np.zeros(128, dtype=np.intp)
+_SQUARE_TO_BLACK_INDEX[:81] = SQUARE_TO_INDEX[0]
+
+
+@dataclass
+class Observation:
+    """What the policy sees: N compact states and each game's legal actions as CSR rows."""
+
+    state: CompactState
+    legal_offsets: np.ndarray  # int32 [N + 1]: game i's actions are legal_actions[o[i]:o[i+1]]
+    legal_actions: np.ndarray  # int16 [M]: each row sorted ascending, never empty
+
+    def legal_row(self, i: int) -> np.ndarray:
+        """The legal actions of game `i`."""
+        return self.legal_actions[self.legal_offsets[i]:self.legal_offsets[i + 1]]
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+
+@dataclass
+class FinishedGame:
+    """A game that ended during a step (its slot was reset to the start position)."""
+
+    slot: int
+    outcome: Outcome
+    plies: int
+    final_state: CompactState  # batch of 1: the last position, before the reset
+    usi_moves: list[str]  # the game's moves from the start position
+
+
+@dataclass
+class StepResult:
+    """One step's results, per game slot, from the view of the side that just moved."""
+
+    rewards: np.ndarray  # float32 [N]: +1 the move won the game, -1 it lost it, else 0
+    terminated: np.ndarray  # bool [N]: the game ended with a result (win, loss or draw)
+    truncated: np.ndarray  # bool [N]: the game hit max_moves with no result
+    finished: list[FinishedGame]
+
+
+class VecEnv:
+    """`num_games` games from the start position, stepped together; finished games restart.
+
+    Deterministic: the same actions give the same everything. `seed` seeds `rng`, which
+    `random_actions` draws from.
+    """
+
+    def __init__(self, num_games: int, max_moves: int = 512, seed: int = 0, *,
+                 impasse: bool = False) -> None:
+        if isinstance(num_games, bool) or int(num_games) < 1:
+            raise ValueError(f"num_games must be a positive integer, got {num_games!r}")
+        if isinstance(max_moves, bool) or not 1 <= int(max_moves) <= PLY_LIMIT:
+            raise ValueError(f"max_moves must be 1..{PLY_LIMIT}, got {max_moves!r}")
+        self.num_games = int(num_games)
+        self.max_moves = int(max_moves)
+        self.impasse = bool(impasse)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self._start = Position()
+        start_state = self._start.compact()
+        self._start_board = start_state.board[0]  # Black to move: Black's view as is
+        self._start_legal = list(cshogi.Board().legal_moves)
+        self._start_key = cshogi.Board().zobrist_hash()
+        self._rows = np.arange(self.num_games)
+        self._row_base = self._rows.astype(np.int64) * NUM_ACTIONS
+        self.reset()
+
+    # ------------------------------------------------------------------ public
+
+    def reset(self) -> Observation:
+        """Restart every game from the start position."""
+        n = self.num_games
+        self._boards = [cshogi.Board() for _ in range(n)]
+        self._keys: list[list[int]] = [[self._start_key] for _ in range(n)]
+        self._checks: list[list[bool]] = [[False] for _ in range(n)]
+        self._seen: list[dict[int, int]] = [{self._start_key: 1} for _ in range(n)]
+        self._plies = [0] * n
+        self._black_board = np.tile(self._start_board, (n, 1))
+        self._hands = np.zeros((n, 2, 7), dtype=np.uint8)  # indexed by colour
+        self._color = np.zeros(n, dtype=np.uint8)
+        self._ply = np.zeros(n, dtype=np.int16)
+        self._repetition = np.zeros(n, dtype=np.uint8)
+        self._in_check = np.zeros(n, dtype=np.uint8)
+        moves = self._start_legal * n
+        self._build_observation(moves, [len(self._start_legal)] * n)
+        return self._observation
+
+    def observe(self) -> Observation:
+        """The current observation (the arrays are not reused by later steps)."""
+        return self._observation
+
+    def position(self, slot: int) -> Position:
+        """Game `slot` as a Position (replayed from the start: O(plies))."""
+        if not 0 <= slot < self.num_games:
+            raise IndexError(f"slot {slot!r} is out of range 0..{self.num_games - 1}")
+        position = Position(max_moves=self.max_moves, impasse=self.impasse)
+        for move in self._boards[slot].history:
+            position.push_usi(cshogi.move_to_usi(move))
+        return position
+
+    def random_actions(self) -> np.ndarray:
+        """One uniformly random legal action per game, drawn from `rng`."""
+        obs = self._observation
+        counts = np.diff(obs.legal_offsets)
+        picks = obs.legal_offsets[:-1] + (self.rng.random(self.num_games) * counts).astype(np.int64)
+        return obs.legal_actions[picks]
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Play one action per game. An illegal action raises IllegalMoveError, env unchanged."""
+        actions = self._validate(actions)
+        n = self.num_games
+        mover = self._color.copy()
+        move16 = ACTION_TO_MOVE16[mover.astype(np.intp), actions]
+        self._apply_to_arrays(move16, mover)
+
+        impasse = self.impasse
+        max_moves = self.max_moves
+        all_moves: list[int] = []
+        counts = [0] * n
+        repetition = [0] * n
+        in_check = [False] * n
+        ended: list[tuple[int, Outcome]] = []
+        for i, (board, m16) in enumerate(zip(self._boards, move16.tolist(), strict=True)):
+            board.push_move16(m16)
+            key = board.zobrist_hash()
+            seen = self._seen[i]
+            rep = seen.get(key, 0)
+            seen[key] = rep + 1
+            check = board.is_check()
+            self._keys[i].append(key)
+            self._checks[i].append(check)
+            legal = board.legal_moves
+            count = len(legal)
+            ply = self._plies[i] = self._plies[i] + 1
+            declares = impasse and impasse_declaration_wins(board)
+            if count == 0 or rep >= SENNICHITE_REPETITIONS or ply >= max_moves or declares:
+                outcome = judge(Color(board.turn), count, check, rep, self._keys[i],
+                                self._checks[i], declares, ply, max_moves)
+                if outcome is not None:
+                    ended.append((i, outcome))
+                    # The slot restarts; its final position stays in the arrays until below.
+                    all_moves.extend(self._start_legal)
+                    counts[i] = len(self._start_legal)
+                    repetition[i] = rep
+                    in_check[i] = check
+                    continue
+            all_moves.extend(legal)
+            counts[i] = count
+            repetition[i] = rep
+            in_check[i] = check
+
+        self._color ^= 1
+        self._ply += 1
+        self._repetition = np.minimum(np.array(repetition, dtype=np.int64), 255).astype(np.uint8)
+        self._in_check = np.array(in_check, dtype=np.uint8)
+
+        rewards = np.zeros(n, dtype=np.float32)
+        terminated = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        finished: list[FinishedGame] = []
+        if ended:
+            slots = np.array([i for i, _ in ended], dtype=np.intp)
+            final_states = self._state().take(slots)
+            for row, (i, outcome) in enumerate(ended):
+                if outcome.winner is not None:
+                    rewards[i] = 1.0 if int(outcome.winner) == mover[i] else -1.0
+                if outcome.reason is Termination.MAX_MOVES:
+                    truncated[i] = True
+                else:
+                    terminated[i] = True
+                board = self._boards[i]
+                finished.append(FinishedGame(
+                    slot=i, outcome=outcome, plies=self._plies[i],
+                    final_state=final_states.take([row]),
+                    usi_moves=[cshogi.move_to_usi(m) for m in board.history],
+                ))
+                self._restart(i)
+        self._build_observation(all_moves, counts)
+        return StepResult(rewards, terminated, truncated, finished)
+
+    # ------------------------------------------------------------------ internals
+
+    def _validate(self, actions: np.ndarray) -> np.ndarray:
+        acts = np.asarray(actions)
+        if acts.shape != (self.num_games,) or not np.issubdtype(acts.dtype, np.integer):
+            raise IllegalMoveError(f"expected {self.num_games} integer actions, got shape "
+                                   f"{acts.shape} of {acts.dtype}")
+        acts = acts.astype(np.int64)
+        keys = self._row_base + acts
+        legal_keys = self._legal_keys
+        pos = np.minimum(np.searchsorted(legal_keys, keys), len(legal_keys) - 1)
+        ok = (acts >= 0) & (acts < NUM_ACTIONS) & (legal_keys[pos] == keys)
+        if not ok.all():
+            slot = int(np.flatnonzero(~ok)[0])
+            raise IllegalMoveError(
+                f"action {int(acts[slot])!r} is not legal in game slot {slot} "
+                f"(position {self._boards[slot].sfen()!r})")
+        return acts
+
+    def _apply_to_arrays(self, move16: np.ndarray, mover: np.ndarray) -> None:
+        # Replay the moves on our Black's-view boards and colour-indexed hands.
+        to_sq = move16 & 0x7F
+        from_field = (move16 >> 7) & 0x7F
+        promote = (move16 >> 14).astype(bool)
+        sign = (1 - 2 * mover.astype(np.int8)).astype(np.int8)
+        to_idx = _SQUARE_TO_BLACK_INDEX[to_sq]
+        drop_hand = _DROP_FIELD_TO_HAND[from_field]
+        drop = drop_hand >= 0
+        board = self._black_board
+        hands = self._hands
+        rows = self._rows
+
+        moving = ~drop
+        r = rows[moving]
+        frm = _SQUARE_TO_BLACK_INDEX[from_field[moving]]
+        to = to_idx[moving]
+        piece = np.abs(board[r, frm])
+        captured = np.abs(board[r, to])
+        board[r, frm] = 0
+        piece = np.where(promote[moving], PROMOTE_CODE[piece], piece)
+        board[r, to] = sign[moving] * piece
+        took = captured != 0
+        if took.any():
+            hand_index = UNPROMOTE_CODE[captured[took]].astype(np.intp) - 1
+            np.add.at(hands, (r[took], mover[moving][took], hand_index), 1)
+
+        r = rows[drop]
+        if len(r):
+            hand_index = drop_hand[drop]
+            board[r, to_idx[drop]] = sign[drop] * (hand_index + 1).astype(np.int8)
+            hands[r, mover[drop], hand_index] -= 1
+
+    def _restart(self, i: int) -> None:
+        self._boards[i].reset()
+        self._keys[i] = [self._start_key]
+        self._checks[i] = [False]
+        self._seen[i] = {self._start_key: 1}
+        self._plies[i] = 0
+        self._black_board[i] = self._start_board
+        self._hands[i] = 0
+        self._color[i] = 0
+        self._ply[i] = 0
+        self._repetition[i] = 0
+        self._in_check[i] = 0
+
+    def _state(self) -> CompactState:
+        return CompactState(
+            board=perspective_board(self._black_board, self._color),
+            hands=perspective_hands(self._hands, self._color),
+            color=self._color.copy(),
+            ply=self._ply.copy(),
+            repetition=self._repetition.copy(),
+            in_check=self._in_check.copy(),
+        )
+
+    def _build_observation(self, moves: list[int], counts: list[int]) -> None:
+        counts_arr = np.array(counts, dtype=np.int64)
+        offsets = np.zeros(self.num_games + 1, dtype=np.int32)
+        np.cumsum(counts_arr, out=offsets[1:])
+        move16 = np.array(moves, dtype=np.int64) & MOVE16_MASK
+        row_color = np.repeat(self._color.astype(np.intp), counts_arr)
+        row_base = np.repeat(self._row_base, counts_arr)
+        keys = row_base + MOVE16_TO_ACTION[row_color, move16]
+        keys.sort()
+        self._legal_keys = keys
+        self._observation = Observation(
+            state=self._state(),
+            legal_offsets=offsets,
+            legal_actions=(keys - row_base).astype(np.int16),
+        )
+
