@@ -1,0 +1,243 @@
+"""The policy-value network, masked policy maths, and batched inference for the workers.
+
+`PolicyValueNet` maps planes [N, 46, 9, 9] to 13527 policy logits and a value in [-1, 1] for
+the side to move. The policy head is fully convolutional: at every from-square it predicts 160
+channels ("move to k with promote flag", index from*160 + 2*k + promote) and at every to-square
+7 channels ("drop piece", index 12960 + to*7 + piece), which is exactly the action layout.
+
+The masked functions keep every row finite, including a row without any legal action (its
+log-probs and entropy are 0 and it passes no gradient), and never edit a tensor in place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from keisei_ray.config import ModelConfig
+from learner.features import NUM_PLANES
+
+MOVE_CHANNELS = 160  # 80 to-squares x promote flag, per from-square
+DROP_CHANNELS = 7  # P L N S G B R, per to-square
+ILLEGAL_LOG_PROB = torch.finfo(torch.float32).min  # finite stand-in for log(0)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shape of a network; named sizes below, resolved from the config by `spec_for`."""
+
+    blocks: int
+    channels: int
+    squeeze_excitation: bool
+    norm: str = "batch"
+
+
+SIZES: dict[str, ModelSpec] = {
+    "tiny": ModelSpec(blocks=1, channels=16, squeeze_excitation=False),
+    "small": ModelSpec(blocks=2, channels=32, squeeze_excitation=False),
+    "large": ModelSpec(blocks=8, channels=256, squeeze_excitation=True),  # ~10M parameters
+}
+
+
+def spec_for(config: ModelConfig) -> ModelSpec:
+    """The named size of `config` with its explicit overrides applied."""
+    base = SIZES[config.size]
+    return ModelSpec(
+        blocks=base.blocks if config.blocks is None else config.blocks,
+        channels=base.channels if config.channels is None else config.channels,
+        squeeze_excitation=(base.squeeze_excitation if config.squeeze_excitation is None
+                            else config.squeeze_excitation),
+        norm=config.norm,
+    )
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(channels, 8), channels)
+    raise ValueError(f"unknown norm {kind!r} (expected 'batch' or 'group')")
+
+
+def _conv_block(kind: str, c_in: int, c_out: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
+        _norm(kind, c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel gating by a global-average-pool bottleneck (Hu et al. 2018)."""
+
+    def __init__(self, channels: int, reduction: int = 8) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean(dim=(2, 3))))))
+        return x * gate[:, :, None, None]
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, norm: str, squeeze_excitation: bool) -> None:
+        super().__init__()
+        self.conv1 = _conv_block(norm, channels, channels, 3)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = _norm(norm, channels)
+        self.se: nn.Module = SqueezeExcitation(channels) if squeeze_excitation else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.se(self.norm2(self.conv2(self.conv1(x))))
+        return torch.relu(x + y)
+
+
+class PolicyValueNet(nn.Module):
+    """Residual tower with a convolutional policy head and a tanh value head."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        c = spec.channels
+        self.stem = _conv_block(spec.norm, NUM_PLANES, c, 3)
+        self.tower = nn.Sequential(
+            *(ResidualBlock(c, spec.norm, spec.squeeze_excitation) for _ in range(spec.blocks)))
+        self.policy_head = nn.Sequential(
+            _conv_block(spec.norm, c, c, 3),
+            nn.Conv2d(c, MOVE_CHANNELS + DROP_CHANNELS, 1),
+        )
+        hidden = max(64, c)
+        self.value_head = nn.Sequential(
+            _conv_block(spec.norm, c, 2, 1),
+            nn.Flatten(),
+            nn.Linear(2 * 81, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, 1),
+            nn.Tanh(),
+        )
+
+    def forward(self, planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(policy logits [N, 13527], value [N]) of planes [N, 46, 9, 9]."""
+        x = self.tower(self.stem(planes))
+        n = x.shape[0]
+        # [N, 167, 9, 9] -> [N, 81 squares, 167]: square-major, then the channel within it.
+        heads = self.policy_head(x).flatten(2).transpose(1, 2)
+        moves = heads[:, :, :MOVE_CHANNELS].reshape(n, 81 * MOVE_CHANNELS)
+        drops = heads[:, :, MOVE_CHANNELS:].reshape(n, 81 * DROP_CHANNELS)
+        return torch.cat([moves, drops], dim=1), self.value_head(x).squeeze(1)
+
+
+def build_model(config: ModelConfig) -> PolicyValueNet:
+    """A freshly initialised network of the configured size."""
+    return PolicyValueNet(spec_for(config))
+
+
+# ----------------------------------------------------------------------------- masked policy
+
+
+def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Float32 log-probs over the legal actions of each row.
+
+    Illegal entries hold ILLEGAL_LOG_PROB (finite); a row with no legal action is all zeros
+    and passes no gradient.
+    """
+    has_legal = mask.any(dim=-1, keepdim=True)
+    # A row without a legal action is softmaxed over everything (finite), then zeroed.
+    support = mask | ~has_legal
+    log_probs = torch.log_softmax(logits.float().masked_fill(~support, -math.inf), dim=-1)
+    log_probs = torch.where(mask, log_probs, ILLEGAL_LOG_PROB)
+    return torch.where(has_legal, log_probs, 0.0)
+
+
+def masked_entropy(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Entropy [N] (nats, >= 0) of each row's legal distribution; 0 for a row with none."""
+    terms = torch.where(mask, log_probs.exp() * log_probs, 0.0)
+    return -terms.sum(dim=-1)
+
+
+def sample_actions(
+    log_probs: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One legal action per row drawn from `log_probs`; -1 for a row with no legal action."""
+    has_legal = mask.any(dim=-1)
+    # A row with none gets a uniform stand-in so multinomial has something to draw.
+    probs = torch.where(mask, log_probs.exp(), 0.0)
+    probs = torch.where(has_legal.unsqueeze(1), probs, 1.0)
+    actions = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return torch.where(has_legal, actions, -1)
+
+
+@torch.inference_mode()
+def act(
+    model: nn.Module,
+    planes: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched inference for self-play and evaluation: (actions, log_probs, values).
+
+    The model runs in eval mode (BatchNorm uses its running statistics, the numbers the
+    learner will reproduce). Sampling draws from softmax(logits / temperature) and reports the
+    log-prob under that same distribution, the true behaviour probability PPO needs; greedy
+    takes the most likely legal action and reports its log-prob at temperature 1. Rows with no
+    legal action get action -1 and log-prob 0.
+    """
+    if not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        logits, values = model(planes)
+    finally:
+        model.train(was_training)
+    if greedy:
+        log_probs = masked_log_softmax(logits, mask)
+        actions = torch.where(mask.any(dim=-1), log_probs.argmax(dim=-1), -1)
+    else:
+        log_probs = masked_log_softmax(logits / temperature, mask)
+        actions = sample_actions(log_probs, mask, generator)
+    taken = log_probs.gather(1, actions.clamp(min=0).unsqueeze(1)).squeeze(1)
+    return actions, torch.where(actions >= 0, taken, 0.0), values.float()
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def export_weights(model: nn.Module, half: bool = False) -> dict[str, np.ndarray]:
+    """Parameters AND buffers as CPU numpy copies (floats as float16 when `half`)."""
+    out: dict[str, np.ndarray] = {}
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach()
+        if half and t.is_floating_point():
+            t = t.half()
+        # .cpu() of a CPU tensor is the tensor itself: clone so later updates never leak in.
+        out[name] = (t.cpu() if t.device.type != "cpu" else t.clone()).numpy()
+    return out
+
+
+def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
+    """Load `export_weights` output into `model` (float16 arrays are widened to its dtype)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"weights do not match the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    state = {}
+    for name, array in weights.items():
+        target = own[name]
+        if tuple(array.shape) != tuple(target.shape):
+            raise ValueError(f"weight {name!r}: shape {list(array.shape)} does not match the "
+                             f"model's {list(target.shape)}")
+        state[name] = torch.from_numpy(np.asarray(array)).to(target.device, target.dtype)
+    model.load_state_dict(state)

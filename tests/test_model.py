@@ -1,0 +1,213 @@
+"""Policy-value network, NaN-free masked policy maths, batched inference, weight export."""
+
+from __future__ import annotations
+
+import math
+import typing
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from keisei_ray.config import ModelConfig
+from learner.model import (
+    DROP_CHANNELS,
+    ILLEGAL_LOG_PROB,
+    MOVE_CHANNELS,
+    SIZES,
+    PolicyValueNet,
+    act,
+    build_model,
+    export_weights,
+    load_weights,
+    masked_entropy,
+    masked_log_softmax,
+    sample_actions,
+    spec_for,
+)
+from shogi.actions import NUM_ACTIONS
+
+
+def planes(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 46, 9, 9, generator=torch.Generator().manual_seed(seed))
+
+
+def test_sizes_match_the_config_and_action_count() -> None:
+    assert set(SIZES) == set(typing.get_args(ModelConfig.model_fields["size"].annotation))
+    assert 81 * (MOVE_CHANNELS + DROP_CHANNELS) == NUM_ACTIONS
+
+
+def test_config_overrides_the_named_size() -> None:
+    spec = spec_for(ModelConfig(size="large", blocks=3, squeeze_excitation=False, norm="group"))
+    assert (spec.blocks, spec.channels, spec.squeeze_excitation, spec.norm) == (3, 256, False,
+                                                                                 "group")
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_forward_shapes_and_value_range(size: str) -> None:
+    model = build_model(ModelConfig(size=size)).eval()
+    logits, value = model(planes(5) * 50)  # large inputs push tanh towards its bounds
+    assert logits.shape == (5, NUM_ACTIONS)
+    assert value.shape == (5,)
+    assert torch.all(value.abs() <= 1)
+
+
+def test_large_has_about_ten_million_parameters() -> None:
+    model = build_model(ModelConfig(size="large"))
+    count = sum(p.numel() for p in model.parameters())
+    assert 8e6 < count < 12e6
+
+
+class KnownHead(nn.Module):
+    """Policy-head stand-in: channel c at square s holds c * 1000 + s."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = torch.arange(MOVE_CHANNELS + DROP_CHANNELS).view(1, -1, 1, 1) * 1000.0
+        squares = torch.arange(81).view(1, 1, 9, 9).float()
+        return (channels + squares).expand(x.shape[0], -1, -1, -1)
+
+
+def test_policy_logits_follow_the_action_layout() -> None:
+    model = build_model(ModelConfig(size="tiny")).eval()
+    model.policy_head = KnownHead()
+    logits, _ = model(planes(2))
+    # Move: from*160 + 2*k + promote <- channel 2*k + promote at the from-square.
+    src, k, promote = 37, 52, 1
+    assert logits[1, src * 160 + 2 * k + promote] == (2 * k + promote) * 1000 + src
+    # Drop: 12960 + to*7 + piece <- channel 160 + piece at the to-square.
+    to, piece = 80, 6
+    assert logits[0, 12960 + to * 7 + piece] == (160 + piece) * 1000 + to
+
+
+def masks() -> torch.Tensor:
+    mask = torch.zeros(3, NUM_ACTIONS, dtype=torch.bool)
+    mask[0, [1, 5, 9]] = True
+    mask[2, 7] = True  # row 1 has no legal action
+    return mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_masked_log_softmax_stays_finite_with_no_gradient_from_empty_rows(
+    dtype: torch.dtype,
+) -> None:
+    mask = masks()
+    logits = torch.randn(3, NUM_ACTIONS) * 10
+    logits[0, 5] = 1e4  # extreme values must not overflow
+    logits[2, 7] = -1e4
+    logits = logits.to(dtype).requires_grad_()
+    log_probs = masked_log_softmax(logits, mask)
+    assert log_probs.dtype == torch.float32
+    assert torch.isfinite(log_probs).all()
+    assert torch.allclose(log_probs[0, [1, 5, 9]].exp().sum(), torch.tensor(1.0))
+    assert torch.all(log_probs[0, ~mask[0]] == ILLEGAL_LOG_PROB)
+    assert torch.all(log_probs[1] == 0)
+    assert log_probs[2, 7] == 0  # the only legal move is certain
+    entropy = masked_entropy(log_probs, mask)
+    taken = log_probs.gather(1, torch.tensor([[9], [3], [7]])).squeeze(1)
+    (taken.sum() + entropy.sum()).backward()
+    grad = typing.cast(torch.Tensor, logits.grad)
+    assert torch.isfinite(grad.float()).all()
+    assert torch.all(grad[1] == 0)  # the empty row passes no gradient
+    assert torch.all(grad[0, ~mask[0]] == 0)  # nor do illegal entries
+
+
+def test_masked_entropy_exact_values() -> None:
+    mask = masks()
+    log_probs = masked_log_softmax(torch.zeros(3, NUM_ACTIONS), mask)
+    entropy = masked_entropy(log_probs, mask)
+    assert entropy.tolist() == pytest.approx([math.log(3), 0.0, 0.0], abs=1e-6)
+
+
+def test_sampling_draws_legal_actions_with_the_right_frequencies() -> None:
+    mask = masks()
+    logits = torch.zeros(3, NUM_ACTIONS)
+    logits[0, 1] = math.log(2.0)  # probabilities 1/2, 1/4, 1/4 over actions 1, 5, 9
+    log_probs = masked_log_softmax(logits, mask)
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_actions(log_probs, mask, generator) for _ in range(4000)])
+    assert torch.all(draws[:, 1] == -1)
+    assert torch.all(draws[:, 2] == 7)
+    freq = [(draws[:, 0] == a).float().mean().item() for a in (1, 5, 9)]
+    assert freq == pytest.approx([0.5, 0.25, 0.25], abs=0.03)
+    again = sample_actions(log_probs, mask, torch.Generator().manual_seed(0))
+    assert torch.equal(again, draws[0])  # the generator makes draws reproducible
+
+
+def test_act_runs_in_eval_mode_and_restores_the_mode() -> None:
+    model = build_model(ModelConfig(size="tiny"))
+    x = planes(4)
+    model.train()
+    model(x)  # move BatchNorm's running statistics away from their initial values
+    mask = torch.zeros(4, NUM_ACTIONS, dtype=torch.bool)
+    mask[:, 100:110] = True
+    mask[3] = False
+    actions, log_probs, values = act(model, x, mask, greedy=True)
+    assert model.training  # restored
+    model.eval()
+    with torch.no_grad():
+        logits, expected_values = model(x)
+    torch.testing.assert_close(values, expected_values)
+    expected = masked_log_softmax(logits, mask)
+    assert actions[:3].tolist() == expected[:3, 100:110].argmax(dim=1).add(100).tolist()
+    assert actions[3] == -1 and log_probs[3] == 0
+    torch.testing.assert_close(log_probs[:3], expected[torch.arange(3), actions[:3]])
+
+
+def test_act_reports_the_log_prob_of_the_tempered_distribution() -> None:
+    model = build_model(ModelConfig(size="tiny")).eval()
+    x = planes(3)
+    mask = torch.zeros(3, NUM_ACTIONS, dtype=torch.bool)
+    mask[:, ::1000] = True
+    actions, log_probs, _ = act(model, x, mask, temperature=2.5,
+                                generator=torch.Generator().manual_seed(1))
+    assert mask[torch.arange(3), actions].all()
+    with torch.no_grad():
+        tempered = masked_log_softmax(model(x)[0] / 2.5, mask)
+    torch.testing.assert_close(log_probs, tempered[torch.arange(3), actions])
+    with pytest.raises(ValueError, match="temperature"):
+        act(model, x, mask, temperature=0.0)
+
+
+def test_group_norm_gives_the_same_numbers_in_train_and_eval_mode() -> None:
+    model = PolicyValueNet(spec_for(ModelConfig(size="tiny", norm="group")))
+    x = planes(3)
+    with torch.no_grad():
+        train_out = model.train()(x)
+        eval_out = model.eval()(x)
+    torch.testing.assert_close(train_out, eval_out)
+
+
+def test_weights_round_trip_with_buffers_and_half_precision() -> None:
+    source = build_model(ModelConfig(size="tiny"))
+    source.train()
+    source(planes(8))  # non-trivial BatchNorm running statistics
+    weights = export_weights(source)
+    assert any("running_mean" in name for name in weights)
+    assert all(isinstance(a, np.ndarray) for a in weights.values())
+    target = build_model(ModelConfig(size="tiny"))
+    load_weights(target, weights)
+    x = planes(2, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(target.eval()(x), source.eval()(x))
+    # Exported arrays are copies: training the source later does not change them.
+    before = weights["stem.0.weight"].copy()
+    with torch.no_grad():
+        source.stem[0].weight.add_(1.0)
+    np.testing.assert_array_equal(weights["stem.0.weight"], before)
+
+    half = export_weights(source, half=True)
+    assert half["stem.0.weight"].dtype == np.float16
+    assert half["stem.1.num_batches_tracked"].dtype == np.int64
+    load_weights(target, half)
+    assert target.stem[0].weight.dtype == torch.float32
+
+
+def test_load_weights_names_the_mismatch() -> None:
+    model = build_model(ModelConfig(size="tiny"))
+    weights = export_weights(model)
+    with pytest.raises(ValueError, match="missing"):
+        load_weights(model, {k: v for k, v in weights.items() if k != "stem.0.weight"})
+    weights["stem.0.weight"] = np.zeros((1, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"stem\.0\.weight"):
+        load_weights(model, weights)
