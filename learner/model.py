@@ -21,6 +21,7 @@ from torch import nn
 
 from keisei_ray.config import ModelConfig
 from learner.features import NUM_PLANES
+from shogi.actions import NUM_ACTIONS
 
 MOVE_CHANNELS = 160  # 80 to-squares x promote flag, per from-square
 DROP_CHANNELS = 7  # P L N S G B R, per to-square
@@ -162,16 +163,50 @@ def masked_entropy(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -terms.sum(dim=-1)
 
 
-def sample_actions(
-    log_probs: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """One legal action per row drawn from `log_probs`; -1 for a row with no legal action."""
-    has_legal = mask.any(dim=-1)
-    # A row with none gets a uniform stand-in so multinomial has something to draw.
-    probs = torch.where(mask, log_probs.exp(), 0.0)
-    probs = torch.where(has_legal.unsqueeze(1), probs, 1.0)
-    actions = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    return torch.where(has_legal, actions, -1)
+def _segment_max(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.full((n,), -math.inf, dtype=values.dtype, device=values.device)
+    return out.scatter_reduce(0, rows, values, "amax")
+
+
+def choose_actions(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One legal action per row and its log-prob: (actions long [N], log_probs float32 [N]).
+
+    Sampling draws from softmax(logits / temperature) over the legal actions (Gumbel-max) and
+    reports the log-prob under that same distribution; greedy takes the most likely legal
+    action (ties: the lowest index) and reports its log-prob at temperature 1. A row with no
+    legal action gets action -1 and log-prob 0. Only the legal entries are touched, which is
+    much cheaper than dense ops over all 13527 actions of every row.
+    """
+    if not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    n = logits.shape[0]
+    rows, cols = mask.nonzero(as_tuple=True)
+    z = logits[rows, cols].float()
+    if not greedy:
+        z = z / temperature
+    shifted = z - _segment_max(z, rows, n)[rows]
+    totals = torch.zeros(n, device=z.device).index_add_(0, rows, shifted.exp())
+    log_probs = shifted - totals.log()[rows]
+    scores = log_probs
+    if not greedy:
+        noise = torch.empty_like(z).exponential_(generator=generator)
+        scores = log_probs - noise.log()  # + Gumbel(0, 1)
+    hit = scores == _segment_max(scores, rows, n)[rows]
+    lowest = torch.full((n,), NUM_ACTIONS, dtype=cols.dtype, device=cols.device)
+    lowest = lowest.scatter_reduce(0, rows[hit], cols[hit], "amin")
+    pick = hit & (cols == lowest[rows])  # exactly one entry per row that has a legal action
+    actions = torch.full((n,), -1, dtype=torch.long, device=logits.device)
+    actions[rows[pick]] = cols[pick]
+    chosen = torch.zeros(n, device=logits.device)
+    chosen[rows[pick]] = log_probs[pick]
+    return actions, chosen
 
 
 @torch.inference_mode()
@@ -187,27 +222,18 @@ def act(
     """Batched inference for self-play and evaluation: (actions, log_probs, values).
 
     The model runs in eval mode (BatchNorm uses its running statistics, the numbers the
-    learner will reproduce). Sampling draws from softmax(logits / temperature) and reports the
-    log-prob under that same distribution, the true behaviour probability PPO needs; greedy
-    takes the most likely legal action and reports its log-prob at temperature 1. Rows with no
-    legal action get action -1 and log-prob 0.
+    learner will reproduce) and its mode is restored afterwards. Actions and log-probs as in
+    `choose_actions`: the sampled log-prob is the true behaviour probability PPO needs.
     """
-    if not temperature > 0.0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
     was_training = model.training
     model.eval()
     try:
         logits, values = model(planes)
     finally:
         model.train(was_training)
-    if greedy:
-        log_probs = masked_log_softmax(logits, mask)
-        actions = torch.where(mask.any(dim=-1), log_probs.argmax(dim=-1), -1)
-    else:
-        log_probs = masked_log_softmax(logits / temperature, mask)
-        actions = sample_actions(log_probs, mask, generator)
-    taken = log_probs.gather(1, actions.clamp(min=0).unsqueeze(1)).squeeze(1)
-    return actions, torch.where(actions >= 0, taken, 0.0), values.float()
+    actions, log_probs = choose_actions(logits, mask, greedy=greedy, temperature=temperature,
+                                        generator=generator)
+    return actions, log_probs, values.float()
 
 
 # ----------------------------------------------------------------------------- weights

@@ -19,11 +19,11 @@ from learner.model import (
     PolicyValueNet,
     act,
     build_model,
+    choose_actions,
     export_weights,
     load_weights,
     masked_entropy,
     masked_log_softmax,
-    sample_actions,
     spec_for,
 )
 from shogi.actions import NUM_ACTIONS
@@ -120,18 +120,29 @@ def test_masked_entropy_exact_values() -> None:
 
 
 def test_sampling_draws_legal_actions_with_the_right_frequencies() -> None:
-    mask = masks()
+    draws = 2000
     logits = torch.zeros(3, NUM_ACTIONS)
     logits[0, 1] = math.log(2.0)  # probabilities 1/2, 1/4, 1/4 over actions 1, 5, 9
-    log_probs = masked_log_softmax(logits, mask)
-    generator = torch.Generator().manual_seed(0)
-    draws = torch.stack([sample_actions(log_probs, mask, generator) for _ in range(4000)])
-    assert torch.all(draws[:, 1] == -1)
-    assert torch.all(draws[:, 2] == 7)
-    freq = [(draws[:, 0] == a).float().mean().item() for a in (1, 5, 9)]
-    assert freq == pytest.approx([0.5, 0.25, 0.25], abs=0.03)
-    again = sample_actions(log_probs, mask, torch.Generator().manual_seed(0))
-    assert torch.equal(again, draws[0])  # the generator makes draws reproducible
+    expected = masked_log_softmax(logits, masks())
+    logits, mask = logits.repeat(draws, 1), masks().repeat(draws, 1)
+    actions, log_probs = choose_actions(logits, mask, generator=torch.Generator().manual_seed(0))
+    by_row = actions.view(draws, 3)
+    assert torch.all(by_row[:, 1] == -1)
+    assert torch.all(by_row[:, 2] == 7)
+    freq = [(by_row[:, 0] == a).float().mean().item() for a in (1, 5, 9)]
+    assert freq == pytest.approx([0.5, 0.25, 0.25], abs=0.04)
+    row_0 = log_probs.view(draws, 3)[:, 0]
+    torch.testing.assert_close(row_0, expected[0, by_row[:, 0]])
+    assert torch.all(log_probs.view(draws, 3)[:, 1:] == torch.tensor([0.0, 0.0]))
+    again, _ = choose_actions(logits, mask, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, actions)  # the generator makes draws reproducible
+
+
+def test_greedy_breaks_ties_by_the_lowest_index() -> None:
+    mask = masks()
+    actions, log_probs = choose_actions(torch.zeros(3, NUM_ACTIONS), mask, greedy=True)
+    assert actions.tolist() == [1, -1, 7]
+    assert log_probs.tolist() == pytest.approx([-math.log(3), 0.0, 0.0], abs=1e-6)
 
 
 def test_act_runs_in_eval_mode_and_restores_the_mode() -> None:
