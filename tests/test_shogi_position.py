@@ -104,10 +104,10 @@ def test_bad_max_moves_raises() -> None:
 
 def test_push_pop_and_history() -> None:
     position = Position()
-    assert position.turn is Color.BLACK and position.ply == 0
+    assert position.ply == 0
     first = position.push_usi("7g7f")
     assert str(first) == "7g7f"
-    assert Color.WHITE == position.turn
+    assert position.turn is Color.WHITE
     position.push_usi("3c3d")
     position.push(Move.from_usi("8h2b+"))
     assert [str(m) for m in position.moves] == ["7g7f", "3c3d", "8h2b+"]
