@@ -155,11 +155,23 @@ class Position:
         return np.sort(MOVE16_TO_ACTION[int(self.turn), moves])
 
     def mate_in_one(self) -> Move | None:
-        """A move that mates at once, if cshogi's 1-ply mate search finds one."""
+        """A legal move that mates at once, or None. Uses cshogi's 1-ply mate search, which
+        assumes the side to move is not in check; in check, the few legal replies are tried."""
         if self.outcome() is not None:
             return None
-        move = int(self._board.mate_move_in_1ply())
-        return Move(move) if move else None
+        board = self._board
+        if self._checks[-1]:
+            candidates = self._legal_ints()
+        else:
+            found = int(board.mate_move_in_1ply())
+            candidates = [found] if found in self._legal_ints() else []
+        for move in candidates:
+            board.push(move)
+            mates = board.is_check() and len(board.legal_moves) == 0
+            board.pop()
+            if mates:
+                return Move(move)
+        return None
 
     def push(self, move: Move) -> None:
         """Play `move`. IllegalMoveError / GameOverError leave the position unchanged."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from shogi.actions import ACTION_TO_MOVE16, MOVE16_TO_ACTION, NUM_ACTIONS
 from shogi.compact import (
+    CSHOGI_PIECE_TO_CODE,
     PROMOTE_CODE,
     SQUARE_TO_INDEX,
     UNPROMOTE_CODE,
@@ -76,11 +77,12 @@ class VecEnv:
     """`num_games` games from the start position, stepped together; finished games restart.
 
     Deterministic: the same actions give the same everything. `seed` seeds `rng`, which
-    `random_actions` draws from.
+    `random_actions` draws from. `start_sfen` (default: the standard start) lets every game
+    begin from another live position; plies and `max_moves` count from there.
     """
 
     def __init__(self, num_games: int, max_moves: int = 512, seed: int = 0, *,
-                 impasse: bool = False) -> None:
+                 impasse: bool = False, start_sfen: str | None = None) -> None:
         if isinstance(num_games, bool) or int(num_games) < 1:
             raise ValueError(f"num_games must be a positive integer, got {num_games!r}")
         if isinstance(max_moves, bool) or not 1 <= int(max_moves) <= PLY_LIMIT:
@@ -90,11 +92,19 @@ class VecEnv:
         self.impasse = bool(impasse)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
-        self._start = Position()
-        start_state = self._start.compact()
-        self._start_board = start_state.board[0]  # Black to move: Black's view as is
-        self._start_legal = list(cshogi.Board().legal_moves)
-        self._start_key = cshogi.Board().zobrist_hash()
+        start = Position(start_sfen, max_moves=self.max_moves, impasse=self.impasse)
+        if start.is_game_over():
+            raise ValueError(f"start position {start.sfen()!r} is already decided: "
+                             f"{start.outcome()}")
+        self.start_sfen = start.sfen()
+        board = cshogi.Board(self.start_sfen)
+        self._start_black_board = np.zeros(81, dtype=np.int8)
+        self._start_black_board[SQUARE_TO_INDEX[0]] = CSHOGI_PIECE_TO_CODE[np.asarray(board.pieces)]
+        self._start_hands = np.asarray(board.pieces_in_hand, dtype=np.uint8)
+        self._start_color = int(board.turn)
+        self._start_check = bool(board.is_check())
+        self._start_legal = list(board.legal_moves)
+        self._start_key = board.zobrist_hash()
         self._rows = np.arange(self.num_games)
         self._row_base = self._rows.astype(np.int64) * NUM_ACTIONS
         self.reset()
@@ -104,17 +114,17 @@ class VecEnv:
     def reset(self) -> Observation:
         """Restart every game from the start position."""
         n = self.num_games
-        self._boards = [cshogi.Board() for _ in range(n)]
+        self._boards = [cshogi.Board(self.start_sfen) for _ in range(n)]
         self._keys: list[list[int]] = [[self._start_key] for _ in range(n)]
-        self._checks: list[list[bool]] = [[False] for _ in range(n)]
+        self._checks: list[list[bool]] = [[self._start_check] for _ in range(n)]
         self._seen: list[dict[int, int]] = [{self._start_key: 1} for _ in range(n)]
         self._plies = [0] * n
-        self._black_board = np.tile(self._start_board, (n, 1))
-        self._hands = np.zeros((n, 2, 7), dtype=np.uint8)  # indexed by colour
-        self._color = np.zeros(n, dtype=np.uint8)
+        self._black_board = np.tile(self._start_black_board, (n, 1))
+        self._hands = np.tile(self._start_hands, (n, 1, 1))  # indexed by colour
+        self._color = np.full(n, self._start_color, dtype=np.uint8)
         self._ply = np.zeros(n, dtype=np.int16)
         self._repetition = np.zeros(n, dtype=np.uint8)
-        self._in_check = np.zeros(n, dtype=np.uint8)
+        self._in_check = np.full(n, self._start_check, dtype=np.uint8)
         moves = self._start_legal * n
         self._build_observation(moves, [len(self._start_legal)] * n)
         return self._observation
@@ -127,7 +137,7 @@ class VecEnv:
         """Game `slot` as a Position (replayed from the start: O(plies))."""
         if not 0 <= slot < self.num_games:
             raise IndexError(f"slot {slot!r} is out of range 0..{self.num_games - 1}")
-        position = Position(max_moves=self.max_moves, impasse=self.impasse)
+        position = Position(self.start_sfen, max_moves=self.max_moves, impasse=self.impasse)
         for move in self._boards[slot].history:
             position.push_usi(cshogi.move_to_usi(move))
         return position
@@ -265,17 +275,17 @@ class VecEnv:
             hands[r, mover[drop], hand_index] -= 1
 
     def _restart(self, i: int) -> None:
-        self._boards[i].reset()
+        self._boards[i] = cshogi.Board(self.start_sfen)
         self._keys[i] = [self._start_key]
-        self._checks[i] = [False]
+        self._checks[i] = [self._start_check]
         self._seen[i] = {self._start_key: 1}
         self._plies[i] = 0
-        self._black_board[i] = self._start_board
-        self._hands[i] = 0
-        self._color[i] = 0
+        self._black_board[i] = self._start_black_board
+        self._hands[i] = self._start_hands
+        self._color[i] = self._start_color
         self._ply[i] = 0
         self._repetition[i] = 0
-        self._in_check[i] = 0
+        self._in_check[i] = self._start_check
 
     def _state(self) -> CompactState:
         return CompactState(
