@@ -53,15 +53,16 @@ def test_reset_observation() -> None:
 
 
 def test_random_play_agrees_with_position_replays() -> None:
-    env = VecEnv(6, max_moves=40, seed=3)
+    # Long enough for captures, drops and promotions of every kind to reach the compact state.
+    env = VecEnv(6, max_moves=150, seed=3)
     finished = 0
-    for step in range(120):
-        if step % 10 == 0:
+    for step in range(320):
+        if step % 16 == 0:
             assert_matches_positions(env)
         result = env.step(env.random_actions())
         for game in result.finished:
             finished += 1
-            replay = Position(max_moves=40)
+            replay = Position(max_moves=150)
             for usi in game.usi_moves:
                 replay.push_usi(usi)
             assert replay.outcome() == game.outcome
