@@ -10,6 +10,9 @@ from shogi.errors import InvalidSfenError
 
 STARTING_SFEN = "lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL b - 1"
 
+MAX_MOVE_NUMBER = 1_000_000_000
+"""Largest SFEN move number accepted (cshogi stores it in a C int and clamps beyond)."""
+
 # Most pieces of each kind in the whole game (board, promoted or not, plus both hands).
 _MAX_PIECES = {"P": 18, "L": 4, "N": 4, "S": 4, "G": 4, "B": 2, "R": 2}
 _PROMOTABLE = set("PLNSBR")
@@ -108,8 +111,8 @@ def validate_sfen(sfen: str) -> str:
         if n > _MAX_PIECES[kind]:
             raise fail(f"{n} pieces of kind {kind!r}, at most {_MAX_PIECES[kind]} exist")
 
-    if not number.isdigit() or int(number) < 1:
-        raise fail(f"move number must be a positive integer, got {number!r}")
+    if not re.fullmatch(r"[0-9]{1,10}", number) or not 1 <= int(number) <= MAX_MOVE_NUMBER:
+        raise fail(f"move number must be an integer 1..{MAX_MOVE_NUMBER}, got {number!r}")
 
     normalized = f"{board} {side} {hands} {int(number)}"
     # The side that just moved may not have left its king in check.

@@ -78,6 +78,8 @@ def test_move_number_defaults_to_one() -> None:
     ("4k4/9/9/9/9/9/9/9/4K4 b PP 1", "listed twice"),
     ("4k4/9/9/9/9/9/9/9/4K4 b - 0", "move number"),
     ("4k4/9/9/9/9/9/9/9/4K4 b - x", "move number"),
+    ("4k4/9/9/9/9/9/9/9/4K4 b - ²", "move number"),
+    ("4k4/9/9/9/9/9/9/9/4K4 b - 99999999999", "move number"),
     ("44k/9/9/9/9/9/9/9/4K4 b - 1", "adjacent"),
     ("4k4/4R4/9/9/9/9/9/9/4K4 b - 1", "not to move (white) is in check"),
 ])
