@@ -8,9 +8,9 @@ from shogi.errors import GameOverError
 from shogi.moves import Move
 from shogi.position import Position
 
-# Rough material values by SFEN symbol (upper case), for choosing the best capture.
+# Rough material values by SFEN symbol (upper case) of the pieces a move can capture.
 PIECE_VALUES = {
-    "P": 1, "L": 3, "N": 4, "S": 5, "G": 6, "B": 8, "R": 10, "K": 1000,
+    "P": 1, "L": 3, "N": 4, "S": 5, "G": 6, "B": 8, "R": 10,
     "+P": 6, "+L": 6, "+N": 6, "+S": 6, "+B": 10, "+R": 12,
 }
 

@@ -230,7 +230,10 @@ class Position:
         other._start_sfen = self._start_sfen
         other._max_moves = self._max_moves
         other._impasse = self._impasse
-        other._board = self._board.copy()
+        # Replaying keeps the copy's undo history intact on every cshogi version.
+        other._board = cshogi.Board(self._start_sfen)
+        for move in self._moves:
+            other._board.push(move.cshogi_move)
         other._moves = list(self._moves)
         other._hashes = list(self._hashes)
         other._checks = list(self._checks)

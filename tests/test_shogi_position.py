@@ -174,6 +174,8 @@ def test_copy_is_independent() -> None:
     assert position.sfen() != clone.sfen()
     clone.pop()
     assert clone.sfen() == position.sfen()
+    clone.pop()  # a move played before the copy: the undo history came along
+    assert clone.sfen() == STARTING_SFEN and position.ply == 1
 
 
 def test_move_value_object() -> None:
