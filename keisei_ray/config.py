@@ -31,7 +31,7 @@ class Section(BaseModel):
 class EnvConfig(Section):
     """The game as the environment plays it."""
 
-    max_moves: int = Field(512, ge=1, le=100_000, description="ply cap: a draw for statistics, "
+    max_moves: int = Field(512, ge=1, le=32_767, description="ply cap: a draw for statistics, "
                            "a truncation (bootstrapped) for learning")
     impasse: Literal["off", "27"] = Field("off", description="entering-king declaration rule")
     seed: int = Field(0, ge=0, description="seed of game randomness")
