@@ -1,0 +1,283 @@
+"""The self-play worker: plays E games at once with a CPU copy of the policy.
+
+`SelfPlayWorker` is plain Python (testable without Ray); `SelfPlayActor` is its thin Ray
+wrapper. One `collect` plays T plies of every game with batched inference, computes two-player
+GAE per game, and returns a small summary for the driver plus the encoded batch for the
+learner. Games continue across collect calls: a rollout boundary is not a game boundary.
+
+Each slot's last transition is held back until the next collect when its game is still running,
+because its reward is not known yet: if the opponent ends the game on the very next ply, that
+transition is the loser's (or drawer's) last move and must be terminal with the exact reward
+(DESIGN.md: both sides' last transitions are terminal for their own player).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from keisei_ray.codec import ExperienceBatch, encode, summarize_games
+from keisei_ray.config import Config
+from learner.features import encode_planes, legal_mask, to_tensors
+from learner.gae import compute_gae
+from learner.model import act, build_model, load_weights
+from shogi import Color, CompactState, FinishedGame, Observation, Termination, VecEnv
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """What the driver reads of a batch (the bytes go to the learner untouched)."""
+
+    worker_id: int
+    version: int  # policy version that played the batch
+    transitions: int
+    nbytes: int
+    collect_s: float  # seconds the collect took, weight loading included
+    node_id: str | None
+    games: int = 0
+    black_wins: int = 0
+    white_wins: int = 0
+    draws: int = 0
+    cap_draws: int = 0
+    total_plies: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def worker_seeds(seed: int, worker_id: int, incarnation: int = 0) -> tuple[int, int]:
+    """Distinct, reproducible (env seed, sampling seed) for a worker."""
+    env_seed, torch_seed = np.random.SeedSequence([seed, worker_id, incarnation]).generate_state(2)
+    return int(env_seed), int(torch_seed)
+
+
+def csr_take(offsets: np.ndarray, actions: np.ndarray,
+             rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR (offsets, actions) of the selected rows, in the order given."""
+    starts = offsets[rows].astype(np.int64)
+    counts = offsets[rows + 1].astype(np.int64) - starts
+    new_offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(counts, out=new_offsets[1:])
+    positions = np.repeat(starts - new_offsets[:-1], counts) + np.arange(new_offsets[-1])
+    return new_offsets, actions[positions]
+
+
+class SelfPlayWorker:
+    """Plays `train.games_per_worker` games at once and turns them into experience batches."""
+
+    def __init__(self, config: Config, worker_id: int, *, incarnation: int = 0) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        train = config.train
+        self.num_games = train.games_per_worker
+        self.steps = train.rollout_steps
+        self.max_moves = config.env.max_moves
+        env_seed, torch_seed = worker_seeds(train.seed, worker_id, incarnation)
+        self.env = VecEnv(self.num_games, self.max_moves, seed=env_seed,
+                          impasse=config.env.impasse == "27")
+        torch.manual_seed(torch_seed)
+        self.model = build_model(config.model).eval()
+        self.generator = torch.Generator().manual_seed(torch_seed)
+        self.version = -1
+        self.obs = self.env.observe()
+        # The held-back last transition of each slot whose game was still running.
+        e = self.num_games
+        self._carry_state = CompactState.empty(e)
+        self._carry_offsets = np.zeros(e + 1, dtype=np.int32)
+        self._carry_legal = np.zeros(0, dtype=np.int16)
+        self._carry_action = np.zeros(e, dtype=np.int16)
+        self._carry_logp = np.zeros(e, dtype=np.float32)
+        self._carry_value = np.zeros(e, dtype=np.float32)
+        self._has_carry = np.zeros(e, dtype=bool)
+
+    # ---------------------------------------------------------------- inference
+    def _policy(self, obs: Observation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        planes = encode_planes(to_tensors(obs.state), self.max_moves)
+        mask = legal_mask(obs.legal_offsets, obs.legal_actions, len(obs.state))
+        actions, log_probs, values = act(self.model, planes, mask, generator=self.generator)
+        return actions.numpy(), log_probs.numpy(), values.numpy()
+
+    @torch.inference_mode()
+    def _values(self, state: CompactState) -> np.ndarray:
+        _, values = self.model(encode_planes(to_tensors(state), self.max_moves))
+        return values.float().numpy()
+
+    def load(self, weights: Mapping[str, np.ndarray], version: int) -> None:
+        load_weights(self.model, weights)
+        self.model.eval()
+        self.version = version
+
+    # ---------------------------------------------------------------- one rollout
+    def collect(self, weights: Mapping[str, np.ndarray] | None,
+                version: int) -> tuple[BatchSummary, bytes]:
+        """Play `rollout_steps` plies of every game with policy `version`; encode the batch.
+
+        `weights` may be None when the worker already holds `version`.
+        """
+        start = time.perf_counter()
+        if version != self.version:
+            if weights is None:
+                raise ValueError(f"worker-{self.worker_id} holds version {self.version} and "
+                                 f"was given no weights for version {version}")
+            self.load(weights, version)
+        e, t_steps = self.num_games, self.steps
+        rows = t_steps + 1  # row 0: the held-back transitions, rows 1..T: this rollout's plies
+        values = np.zeros((rows, e), np.float32)
+        log_probs = np.zeros((rows, e), np.float32)
+        actions = np.zeros((rows, e), np.int16)
+        rewards = np.zeros((rows, e), np.float32)
+        terminated = np.zeros((rows, e), bool)
+        game_over = np.zeros((rows, e), bool)
+        next_values = np.zeros((rows, e), np.float32)
+        states = [self._carry_state]
+        csr = [(self._carry_offsets, self._carry_legal)]
+
+        # Row 0 exists only where a transition was held back; elsewhere it is an inert stop.
+        values[0], log_probs[0] = self._carry_value, self._carry_logp
+        actions[0] = self._carry_action
+        terminated[0] = game_over[0] = ~self._has_carry
+        truncated_rows: list[tuple[int, int, CompactState]] = []
+        finished: list[FinishedGame] = []
+        for r in range(1, rows):
+            obs = self.obs
+            a, lp, v = self._policy(obs)
+            states.append(obs.state)
+            csr.append((obs.legal_offsets, obs.legal_actions))
+            actions[r], log_probs[r], values[r] = a, lp, v
+            step = self.env.step(a)
+            rewards[r] = step.rewards
+            terminated[r] = step.terminated
+            for game in step.finished:
+                s = game.slot
+                game_over[r, s] = True
+                finished.append(game)
+                # The previous ply of this game (the opponent's last move) ends too; it lives
+                # in row r-1 unless that row belongs to an earlier game or holds nothing.
+                if step.terminated[s] and not game_over[r - 1, s]:
+                    terminated[r - 1, s] = True
+                    rewards[r - 1, s] = -step.rewards[s]
+                if step.truncated[s]:
+                    truncated_rows.append((r, s, game.final_state))
+            self.obs = self.env.observe()
+
+        # Bootstraps: the next row's value, the current states after the last row, and the
+        # final positions of truncated games. Terminal rows ignore theirs.
+        next_values[:-1] = values[1:]
+        next_values[-1] = self._values(self.obs.state)
+        if truncated_rows:
+            finals = self._values(CompactState.concat([f for _, _, f in truncated_rows]))
+            for (r, s, _), value in zip(truncated_rows, finals, strict=True):
+                next_values[r, s] = value
+        advantages, returns = compute_gae(values, rewards, next_values, terminated, game_over,
+                                          gamma=self.config.ppo.gamma,
+                                          lam=self.config.ppo.gae_lambda)
+
+        # Ship every known-outcome row; hold back each running game's last row.
+        ship = np.ones((rows, e), bool)
+        ship[0] = self._has_carry
+        running = ~game_over[-1]
+        ship[-1] = ~running
+        all_state = CompactState.concat(states)  # row index r*E + slot
+        offsets, legal = _concat_csr(csr)
+        order = np.flatnonzero(ship.T.reshape(-1))  # slot-major: one game's plies together
+        r_idx, s_idx = order % rows, order // rows
+        flat = r_idx * e + s_idx
+        batch_offsets, batch_legal = csr_take(offsets, legal, flat)
+        results, lengths, reasons = summarize_games(finished)
+        batch = ExperienceBatch(
+            state=all_state.take(flat),
+            action=actions[r_idx, s_idx],
+            log_prob=log_probs[r_idx, s_idx],
+            value=values[r_idx, s_idx],
+            advantage=advantages[r_idx, s_idx],
+            returns=returns[r_idx, s_idx],
+            legal_offsets=batch_offsets,
+            legal_actions=batch_legal,
+            policy_version=version,
+            worker_id=self.worker_id,
+            game_results=results,
+            game_lengths=lengths,
+            game_reasons=reasons,
+        )
+        self._hold_back(running, all_state, offsets, legal, actions[-1], log_probs[-1],
+                        values[-1], base=t_steps * e)
+        payload = encode(batch)
+        summary = _summarise(self.worker_id, version, len(order), len(payload),
+                             time.perf_counter() - start, finished)
+        return summary, payload
+
+    def _hold_back(self, running: np.ndarray, all_state: CompactState, offsets: np.ndarray,
+                   legal: np.ndarray, action: np.ndarray, log_prob: np.ndarray,
+                   value: np.ndarray, base: int) -> None:
+        e = self.num_games
+        flat = base + np.arange(e)
+        self._carry_state = all_state.take(flat)
+        self._carry_offsets, self._carry_legal = csr_take(offsets, legal, flat)
+        self._carry_action = action.copy()
+        self._carry_logp = log_prob.copy()
+        self._carry_value = value.copy()
+        self._has_carry = running.copy()
+
+
+def _concat_csr(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    sizes = [int(o[-1]) for o, _ in parts]
+    shifts = np.cumsum([0, *sizes[:-1]])
+    offsets = np.concatenate([parts[0][0][:1]] + [o[1:] + shift
+                                                  for (o, _), shift in zip(parts, shifts,
+                                                                           strict=True)])
+    return offsets.astype(np.int32), np.concatenate([a for _, a in parts])
+
+
+def _summarise(worker_id: int, version: int, transitions: int, nbytes: int, seconds: float,
+               finished: list[FinishedGame]) -> BatchSummary:
+    reasons = Counter(g.outcome.reason.value for g in finished)
+    return BatchSummary(
+        worker_id=worker_id, version=version, transitions=transitions, nbytes=nbytes,
+        collect_s=seconds, node_id=_node_id(), games=len(finished),
+        black_wins=sum(g.outcome.winner == Color.BLACK for g in finished),
+        white_wins=sum(g.outcome.winner == Color.WHITE for g in finished),
+        draws=sum(g.outcome.winner is None and g.outcome.reason != Termination.MAX_MOVES
+                  for g in finished),
+        cap_draws=reasons.get(Termination.MAX_MOVES.value, 0),
+        total_plies=sum(g.plies for g in finished),
+        reasons=dict(reasons),
+    )
+
+
+def _node_id() -> str | None:
+    # The plain worker also runs without Ray (tests, benchmarks).
+    return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
+
+
+class SelfPlayActorImpl:
+    """Ray actor around `SelfPlayWorker`: fetches weights only when the version changed."""
+
+    def __init__(self, config: Config, worker_id: int) -> None:
+        threads = max(1, math.ceil(config.train.worker_cpus))
+        torch.set_num_threads(threads)
+        ctx = ray.get_runtime_context()
+        # A restarted actor must not replay its predecessor's games: new seed stream.
+        incarnation = int.from_bytes(np.random.bytes(4), "little") if (
+            ctx.was_current_actor_reconstructed) else 0
+        self.worker = SelfPlayWorker(config, worker_id, incarnation=incarnation)
+        if incarnation:
+            log.warning("worker-%d restarted; reseeded its games", worker_id)
+
+    def ready(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
+    def collect(self, weights_box: list[Any], version: int) -> tuple[BatchSummary, bytes]:
+        # The weights ref travels boxed in a list so Ray does not fetch it unless needed.
+        weights = ray.get(weights_box[0]) if version != self.worker.version else None
+        return self.worker.collect(weights, version)
+
+
+SelfPlayActor: Any = ray.remote(SelfPlayActorImpl)
