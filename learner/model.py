@@ -5,8 +5,7 @@ the side to move. The policy head is fully convolutional: at every from-square i
 channels ("move to k with promote flag", index from*160 + 2*k + promote) and at every to-square
 7 channels ("drop piece", index 12960 + to*7 + piece), which is exactly the action layout.
 
-The masked functions keep every row finite, including a row without any legal action (its
-log-probs and entropy are 0 and it passes no gradient), and never edit a tensor in place.
+`LegalPolicy` restricts the logits to each row's legal actions, sparsely and NaN-free.
 """
 
 from __future__ import annotations
@@ -21,11 +20,10 @@ from torch import nn
 
 from keisei_ray.config import ModelConfig
 from learner.features import NUM_PLANES
-from shogi.actions import NUM_ACTIONS
+from shogi import NUM_ACTIONS
 
 MOVE_CHANNELS = 160  # 80 to-squares x promote flag, per from-square
 DROP_CHANNELS = 7  # P L N S G B R, per to-square
-ILLEGAL_LOG_PROB = torch.finfo(torch.float32).min  # finite stand-in for log(0)
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ class ModelSpec:
     blocks: int
     channels: int
     squeeze_excitation: bool
-    norm: str = "batch"
+    norm: str = "group"
 
 
 SIZES: dict[str, ModelSpec] = {
@@ -143,29 +141,81 @@ def build_model(config: ModelConfig) -> PolicyValueNet:
 # ----------------------------------------------------------------------------- masked policy
 
 
-def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Float32 log-probs over the legal actions of each row.
+@dataclass(frozen=True)
+class LegalPolicy:
+    """The policy of N rows restricted to their legal actions, held sparsely.
 
-    Illegal entries hold ILLEGAL_LOG_PROB (finite); a row with no legal action is all zeros
-    and passes no gradient.
+    Only the M legal entries (rows[j], cols[j]) are touched, which is far cheaper than dense
+    ops over all 13527 actions of every row, and illegal actions get no gradient by
+    construction. Everything stays finite: a row without a legal action has log-prob 0,
+    entropy 0, passes no gradient, and samples action -1. Nothing is edited in place.
     """
-    has_legal = mask.any(dim=-1, keepdim=True)
-    # A row without a legal action is softmaxed over everything (finite), then zeroed.
-    support = mask | ~has_legal
-    log_probs = torch.log_softmax(logits.float().masked_fill(~support, -math.inf), dim=-1)
-    log_probs = torch.where(mask, log_probs, ILLEGAL_LOG_PROB)
-    return torch.where(has_legal, log_probs, 0.0)
 
+    logits: torch.Tensor  # float32 [N, 13527]
+    rows: torch.Tensor  # long [M]
+    cols: torch.Tensor  # long [M]
+    log_probs: torch.Tensor  # float32 [M]: log-prob of each legal entry
+    log_norm: torch.Tensor  # float32 [N]: log-sum-exp of each row's legal logits (0 if none)
+    has_legal: torch.Tensor  # bool [N]
 
-def masked_entropy(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Entropy [N] (nats, >= 0) of each row's legal distribution; 0 for a row with none."""
-    terms = torch.where(mask, log_probs.exp() * log_probs, 0.0)
-    return -terms.sum(dim=-1)
+    @classmethod
+    def from_entries(cls, logits: torch.Tensor, rows: torch.Tensor,
+                     cols: torch.Tensor) -> LegalPolicy:
+        logits = logits.float()
+        n = logits.shape[0]
+        z = logits[rows, cols]
+        has_legal = torch.zeros(n, dtype=torch.bool, device=logits.device)
+        has_legal = has_legal.index_fill(0, rows, True)
+        with torch.no_grad():  # any per-row shift works; the max keeps exp() in range
+            top = torch.full((n,), -math.inf, device=logits.device)
+            top = torch.where(has_legal, top.scatter_reduce(0, rows, z, "amax"), 0.0)
+        sums = torch.zeros(n, device=logits.device).index_add(0, rows, (z - top[rows]).exp())
+        log_norm = top + torch.where(has_legal, sums, 1.0).log()
+        return cls(logits, rows, cols, z - log_norm[rows], log_norm, has_legal)
 
+    @classmethod
+    def from_mask(cls, logits: torch.Tensor, mask: torch.Tensor) -> LegalPolicy:
+        """From a bool mask [N, 13527]."""
+        rows, cols = mask.nonzero(as_tuple=True)
+        return cls.from_entries(logits, rows, cols)
 
-def _segment_max(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
-    out = torch.full((n,), -math.inf, dtype=values.dtype, device=values.device)
-    return out.scatter_reduce(0, rows, values, "amax")
+    @classmethod
+    def from_csr(cls, logits: torch.Tensor, offsets: torch.Tensor,
+                 actions: torch.Tensor) -> LegalPolicy:
+        """From CSR legal actions: row i's are actions[offsets[i]:offsets[i + 1]]."""
+        n = logits.shape[0]
+        counts = offsets[1:] - offsets[:-1]
+        rows = torch.repeat_interleave(torch.arange(n, device=logits.device), counts,
+                                       output_size=actions.shape[0])
+        return cls.from_entries(logits, rows, actions.long())
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        """Log-prob [N] of one (legal) action per row; 0 for a row without legal actions."""
+        taken = self.logits.gather(1, actions.clamp(min=0).unsqueeze(1)).squeeze(1)
+        return torch.where(self.has_legal, taken - self.log_norm, 0.0)
+
+    def entropy(self) -> torch.Tensor:
+        """Entropy [N] in nats (>= 0) of each row's legal distribution; 0 for none."""
+        terms = self.log_probs.exp() * self.log_probs
+        return -torch.zeros_like(self.log_norm).index_add(0, self.rows, terms)
+
+    def choose(self, *, greedy: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """One action per row: sampled (Gumbel-max) or the most likely (ties: lowest index).
+
+        -1 for a row without legal actions.
+        """
+        n = self.log_norm.shape[0]
+        scores = self.log_probs.detach()
+        if not greedy:
+            noise = torch.empty_like(scores).exponential_(generator=generator)
+            scores = scores - noise.log()  # + Gumbel(0, 1)
+        best = torch.full((n,), -math.inf, device=scores.device)
+        best = best.scatter_reduce(0, self.rows, scores, "amax")
+        hit = scores == best[self.rows]
+        lowest = torch.full((n,), NUM_ACTIONS, dtype=torch.long, device=scores.device)
+        lowest = lowest.scatter_reduce(0, self.rows[hit], self.cols[hit], "amin")
+        return torch.where(self.has_legal, lowest, -1)
 
 
 def choose_actions(
@@ -178,35 +228,17 @@ def choose_actions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One legal action per row and its log-prob: (actions long [N], log_probs float32 [N]).
 
-    Sampling draws from softmax(logits / temperature) over the legal actions (Gumbel-max) and
-    reports the log-prob under that same distribution; greedy takes the most likely legal
-    action (ties: the lowest index) and reports its log-prob at temperature 1. A row with no
-    legal action gets action -1 and log-prob 0. Only the legal entries are touched, which is
-    much cheaper than dense ops over all 13527 actions of every row.
+    Sampling draws from softmax(logits / temperature) over the legal actions and reports the
+    log-prob under that same distribution (the true behaviour probability PPO needs); greedy
+    takes the most likely legal action and reports its log-prob at temperature 1. A row with
+    no legal action gets action -1 and log-prob 0.
     """
     if not temperature > 0.0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    n = logits.shape[0]
-    rows, cols = mask.nonzero(as_tuple=True)
-    z = logits[rows, cols].float()
-    if not greedy:
-        z = z / temperature
-    shifted = z - _segment_max(z, rows, n)[rows]
-    totals = torch.zeros(n, device=z.device).index_add_(0, rows, shifted.exp())
-    log_probs = shifted - totals.log()[rows]
-    scores = log_probs
-    if not greedy:
-        noise = torch.empty_like(z).exponential_(generator=generator)
-        scores = log_probs - noise.log()  # + Gumbel(0, 1)
-    hit = scores == _segment_max(scores, rows, n)[rows]
-    lowest = torch.full((n,), NUM_ACTIONS, dtype=cols.dtype, device=cols.device)
-    lowest = lowest.scatter_reduce(0, rows[hit], cols[hit], "amin")
-    pick = hit & (cols == lowest[rows])  # exactly one entry per row that has a legal action
-    actions = torch.full((n,), -1, dtype=torch.long, device=logits.device)
-    actions[rows[pick]] = cols[pick]
-    chosen = torch.zeros(n, device=logits.device)
-    chosen[rows[pick]] = log_probs[pick]
-    return actions, chosen
+    scaled = logits if greedy or temperature == 1.0 else logits.float() / temperature
+    policy = LegalPolicy.from_mask(scaled, mask)
+    actions = policy.choose(greedy=greedy, generator=generator)
+    return actions, policy.log_prob(actions)
 
 
 @torch.inference_mode()

@@ -13,20 +13,18 @@ from torch import nn
 from keisei_ray.config import ModelConfig
 from learner.model import (
     DROP_CHANNELS,
-    ILLEGAL_LOG_PROB,
     MOVE_CHANNELS,
     SIZES,
+    LegalPolicy,
     PolicyValueNet,
     act,
     build_model,
     choose_actions,
     export_weights,
     load_weights,
-    masked_entropy,
-    masked_log_softmax,
     spec_for,
 )
-from shogi.actions import NUM_ACTIONS
+from shogi import NUM_ACTIONS
 
 
 def planes(n: int, seed: int = 0) -> torch.Tensor:
@@ -87,43 +85,63 @@ def masks() -> torch.Tensor:
     return mask
 
 
+def dense_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Reference: log-softmax over the legal entries, -inf elsewhere."""
+    return torch.log_softmax(logits.float().masked_fill(~mask, -math.inf), dim=1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_masked_log_softmax_stays_finite_with_no_gradient_from_empty_rows(
-    dtype: torch.dtype,
-) -> None:
+def test_legal_policy_stays_finite_with_no_gradient_from_empty_rows(dtype: torch.dtype) -> None:
     mask = masks()
     logits = torch.randn(3, NUM_ACTIONS) * 10
     logits[0, 5] = 1e4  # extreme values must not overflow
     logits[2, 7] = -1e4
     logits = logits.to(dtype).requires_grad_()
-    log_probs = masked_log_softmax(logits, mask)
-    assert log_probs.dtype == torch.float32
-    assert torch.isfinite(log_probs).all()
-    assert torch.allclose(log_probs[0, [1, 5, 9]].exp().sum(), torch.tensor(1.0))
-    assert torch.all(log_probs[0, ~mask[0]] == ILLEGAL_LOG_PROB)
-    assert torch.all(log_probs[1] == 0)
-    assert log_probs[2, 7] == 0  # the only legal move is certain
-    entropy = masked_entropy(log_probs, mask)
-    taken = log_probs.gather(1, torch.tensor([[9], [3], [7]])).squeeze(1)
+    policy = LegalPolicy.from_mask(logits, mask)
+    assert policy.log_probs.dtype == torch.float32
+    assert torch.isfinite(policy.log_probs).all() and torch.isfinite(policy.log_norm).all()
+    taken = policy.log_prob(torch.tensor([9, 3, 7]))
+    assert taken[1] == 0  # the empty row
+    assert taken[2] == 0  # the only legal move is certain
+    assert torch.allclose(policy.log_prob(torch.tensor([1, 0, 7]))[0].exp()
+                          + policy.log_prob(torch.tensor([5, 0, 7]))[0].exp()
+                          + taken[0].exp(), torch.tensor(1.0))
+    entropy = policy.entropy()
+    assert entropy[1] == 0 and entropy[2] == 0
     (taken.sum() + entropy.sum()).backward()
     grad = typing.cast(torch.Tensor, logits.grad)
     assert torch.isfinite(grad.float()).all()
     assert torch.all(grad[1] == 0)  # the empty row passes no gradient
     assert torch.all(grad[0, ~mask[0]] == 0)  # nor do illegal entries
+    assert torch.any(grad[0, mask[0]] != 0)
 
 
-def test_masked_entropy_exact_values() -> None:
-    mask = masks()
-    log_probs = masked_log_softmax(torch.zeros(3, NUM_ACTIONS), mask)
-    entropy = masked_entropy(log_probs, mask)
-    assert entropy.tolist() == pytest.approx([math.log(3), 0.0, 0.0], abs=1e-6)
+def test_legal_policy_matches_a_dense_reference_and_csr_form() -> None:
+    mask = torch.rand(6, NUM_ACTIONS, generator=torch.Generator().manual_seed(0)) < 0.01
+    logits = torch.randn(6, NUM_ACTIONS)
+    reference = dense_log_softmax(logits, mask)
+    policy = LegalPolicy.from_mask(logits, mask)
+    actions = torch.stack([row.nonzero()[0, 0] for row in mask])
+    torch.testing.assert_close(policy.log_prob(actions), reference[torch.arange(6), actions])
+    p = reference.exp()
+    expected_entropy = -torch.where(mask, p * reference, 0.0).sum(dim=1)
+    torch.testing.assert_close(policy.entropy(), expected_entropy)
+    counts = mask.sum(dim=1)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    csr = LegalPolicy.from_csr(logits, offsets, mask.nonzero()[:, 1].to(torch.int16))
+    torch.testing.assert_close(csr.log_prob(actions), policy.log_prob(actions))
+
+
+def test_entropy_exact_values() -> None:
+    policy = LegalPolicy.from_mask(torch.zeros(3, NUM_ACTIONS), masks())
+    assert policy.entropy().tolist() == pytest.approx([math.log(3), 0.0, 0.0], abs=1e-6)
 
 
 def test_sampling_draws_legal_actions_with_the_right_frequencies() -> None:
     draws = 2000
     logits = torch.zeros(3, NUM_ACTIONS)
     logits[0, 1] = math.log(2.0)  # probabilities 1/2, 1/4, 1/4 over actions 1, 5, 9
-    expected = masked_log_softmax(logits, masks())
+    expected = dense_log_softmax(logits, masks())
     logits, mask = logits.repeat(draws, 1), masks().repeat(draws, 1)
     actions, log_probs = choose_actions(logits, mask, generator=torch.Generator().manual_seed(0))
     by_row = actions.view(draws, 3)
@@ -131,22 +149,20 @@ def test_sampling_draws_legal_actions_with_the_right_frequencies() -> None:
     assert torch.all(by_row[:, 2] == 7)
     freq = [(by_row[:, 0] == a).float().mean().item() for a in (1, 5, 9)]
     assert freq == pytest.approx([0.5, 0.25, 0.25], abs=0.04)
-    row_0 = log_probs.view(draws, 3)[:, 0]
-    torch.testing.assert_close(row_0, expected[0, by_row[:, 0]])
-    assert torch.all(log_probs.view(draws, 3)[:, 1:] == torch.tensor([0.0, 0.0]))
+    torch.testing.assert_close(log_probs.view(draws, 3)[:, 0], expected[0, by_row[:, 0]])
+    assert torch.all(log_probs.view(draws, 3)[:, 1:] == 0)
     again, _ = choose_actions(logits, mask, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again, actions)  # the generator makes draws reproducible
 
 
 def test_greedy_breaks_ties_by_the_lowest_index() -> None:
-    mask = masks()
-    actions, log_probs = choose_actions(torch.zeros(3, NUM_ACTIONS), mask, greedy=True)
+    actions, log_probs = choose_actions(torch.zeros(3, NUM_ACTIONS), masks(), greedy=True)
     assert actions.tolist() == [1, -1, 7]
     assert log_probs.tolist() == pytest.approx([-math.log(3), 0.0, 0.0], abs=1e-6)
 
 
 def test_act_runs_in_eval_mode_and_restores_the_mode() -> None:
-    model = build_model(ModelConfig(size="tiny"))
+    model = build_model(ModelConfig(size="tiny", norm="batch"))
     x = planes(4)
     model.train()
     model(x)  # move BatchNorm's running statistics away from their initial values
@@ -159,7 +175,7 @@ def test_act_runs_in_eval_mode_and_restores_the_mode() -> None:
     with torch.no_grad():
         logits, expected_values = model(x)
     torch.testing.assert_close(values, expected_values)
-    expected = masked_log_softmax(logits, mask)
+    expected = dense_log_softmax(logits, mask)
     assert actions[:3].tolist() == expected[:3, 100:110].argmax(dim=1).add(100).tolist()
     assert actions[3] == -1 and log_probs[3] == 0
     torch.testing.assert_close(log_probs[:3], expected[torch.arange(3), actions[:3]])
@@ -174,7 +190,7 @@ def test_act_reports_the_log_prob_of_the_tempered_distribution() -> None:
                                 generator=torch.Generator().manual_seed(1))
     assert mask[torch.arange(3), actions].all()
     with torch.no_grad():
-        tempered = masked_log_softmax(model(x)[0] / 2.5, mask)
+        tempered = dense_log_softmax(model(x)[0] / 2.5, mask)
     torch.testing.assert_close(log_probs, tempered[torch.arange(3), actions])
     with pytest.raises(ValueError, match="temperature"):
         act(model, x, mask, temperature=0.0)
@@ -190,13 +206,13 @@ def test_group_norm_gives_the_same_numbers_in_train_and_eval_mode() -> None:
 
 
 def test_weights_round_trip_with_buffers_and_half_precision() -> None:
-    source = build_model(ModelConfig(size="tiny"))
+    source = build_model(ModelConfig(size="tiny", norm="batch"))
     source.train()
     source(planes(8))  # non-trivial BatchNorm running statistics
     weights = export_weights(source)
     assert any("running_mean" in name for name in weights)
     assert all(isinstance(a, np.ndarray) for a in weights.values())
-    target = build_model(ModelConfig(size="tiny"))
+    target = build_model(ModelConfig(size="tiny", norm="batch"))
     load_weights(target, weights)
     x = planes(2, seed=5)
     with torch.no_grad():
