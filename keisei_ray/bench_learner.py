@@ -1,0 +1,228 @@
+"""Benchmarks of the learner side: codec, features, PPO updates, weight export.
+
+Each `bench_*` function measures and returns its figures as a dict (the CLI prints them).
+`collect_experience` plays real games in a `VecEnv` to give the benchmarks (and tests)
+realistic experience batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from keisei_ray.codec import ExperienceBatch, decode, encode, summarize_games
+from keisei_ray.config import Config, ModelConfig
+from learner.features import encode_planes, legal_mask, to_tensors
+from learner.gae import compute_gae
+from learner.learner import Learner
+from learner.model import act, build_model
+from shogi import CompactState, VecEnv
+
+log = logging.getLogger(__name__)
+
+
+def collect_experience(
+    num_games: int = 32,
+    steps: int = 32,
+    *,
+    seed: int = 0,
+    max_moves: int = 512,
+    model: nn.Module | None = None,
+    policy_version: int = 0,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+) -> ExperienceBatch:
+    """`steps` plies of `num_games` games as one batch (rows game by game, then by ply).
+
+    With a model, actions, log-probs and values come from it (eval mode); without one the
+    policy is uniformly random with value 0. Rewards follow the GAE conventions: a decided
+    game marks both last transitions terminal, a truncated one bootstraps from its final state.
+    """
+    env = VecEnv(num_games, max_moves=max_moves, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+
+    def evaluate(state: CompactState, offsets: np.ndarray, legal: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(state)
+        if model is None:
+            counts = np.diff(offsets)
+            picks = offsets[:-1] + (env.rng.random(n) * counts).astype(np.int64)
+            return legal[picks], -np.log(counts).astype(np.float32), np.zeros(n, np.float32)
+        planes = encode_planes(to_tensors(state), max_moves)
+        actions, log_probs, values = act(model, planes, legal_mask(offsets, legal, n),
+                                         generator=generator)
+        return actions.numpy(), log_probs.numpy(), values.numpy()
+
+    def value_of(state: CompactState) -> np.ndarray:
+        if model is None:
+            return np.zeros(len(state), np.float32)
+        with torch.inference_mode():
+            return model.eval()(encode_planes(to_tensors(state), max_moves))[1].numpy()
+
+    states: list[CompactState] = []
+    legal_rows: list[list[np.ndarray]] = []
+    shape = (steps, num_games)
+    actions, log_probs, values, next_values, rewards = (np.zeros(shape, np.float32)
+                                                        for _ in range(5))
+    terminated, game_over = np.zeros(shape, bool), np.zeros(shape, bool)
+    finished = []
+    for t in range(steps):
+        obs = env.observe()
+        states.append(obs.state)
+        legal_rows.append([obs.legal_row(i) for i in range(num_games)])
+        actions[t], log_probs[t], values[t] = evaluate(obs.state, obs.legal_offsets,
+                                                       obs.legal_actions)
+        result = env.step(actions[t].astype(np.int64))
+        rewards[t] = result.rewards
+        terminated[t] = result.terminated
+        game_over[t] = result.terminated | result.truncated
+        if t > 0:  # the other player's last move of a decided game: terminal, opposite reward
+            previous = result.terminated & ~game_over[t - 1]
+            terminated[t - 1] |= previous
+            rewards[t - 1] = np.where(previous, -result.rewards, rewards[t - 1])
+        for game in result.finished:
+            if result.truncated[game.slot]:
+                next_values[t, game.slot] = value_of(game.final_state)[0]
+        finished.extend(result.finished)
+    obs = env.observe()  # games still running bootstrap from the state after the rollout
+    last_values = value_of(obs.state)
+    running = ~game_over
+    next_values[:-1] = np.where(running[:-1], values[1:], next_values[:-1])
+    next_values[-1] = np.where(running[-1], last_values, next_values[-1])
+    advantages, returns = compute_gae(values, rewards, next_values, terminated, game_over,
+                                      gamma=gamma, lam=lam)
+
+    game_results, game_lengths, game_reasons = summarize_games(finished)
+    order = np.arange(steps * num_games).reshape(steps, num_games).T.ravel()  # game-major
+    state = CompactState.concat(states).take(order)
+    rows = [legal_rows[i % steps][i // steps] for i in range(steps * num_games)]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    return ExperienceBatch(
+        state=state,
+        action=actions.T.ravel().astype(np.int16),
+        log_prob=log_probs.T.ravel(),
+        value=values.T.ravel(),
+        advantage=advantages.T.ravel(),
+        returns=returns.T.ravel(),
+        legal_offsets=offsets,
+        legal_actions=np.concatenate(rows).astype(np.int16),
+        policy_version=policy_version,
+        game_results=game_results,
+        game_lengths=game_lengths,
+        game_reasons=game_reasons,
+    )
+
+
+def _best_of(repeats: int, fn: Callable[[], Any]) -> float:
+    """The fastest of `repeats` timed calls, in seconds (after one warm-up call)."""
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_codec(num_games: int = 64, steps: int = 64, *, seed: int = 0,
+                repeats: int = 5) -> dict[str, Any]:
+    """Wire size and encode+decode time on tiny-model self-play data from a VecEnv."""
+    torch.manual_seed(seed)
+    batch = collect_experience(num_games, steps, seed=seed,
+                               model=build_model(ModelConfig.model_validate({"size": "tiny"})))
+    data = encode(batch)
+    n = len(batch)
+    encode_s = _best_of(repeats, lambda: encode(batch))
+    decode_s = _best_of(repeats, lambda: decode(data))
+    return {
+        "transitions": n,
+        "legal actions per transition": len(batch.legal_actions) / n,
+        "bytes per transition": len(data) / n,
+        "encode ms per 1000": encode_s * 1e3 * 1000 / n,
+        "decode ms per 1000": decode_s * 1e3 * 1000 / n,
+        "encode+decode ms per 1000": (encode_s + decode_s) * 1e3 * 1000 / n,
+    }
+
+
+def bench_features(batch_size: int = 1024, *, num_games: int = 64, steps: int = 32,
+                   seed: int = 0, repeats: int = 5, device: str = "cpu") -> dict[str, Any]:
+    """Compact state -> planes + legal mask, positions per second, on real positions."""
+    batch = collect_experience(num_games, steps, seed=seed)
+    rows = np.arange(batch_size) % len(batch)
+    state = batch.state.take(rows)
+    counts = np.diff(batch.legal_offsets)[rows]
+    legal = np.concatenate([batch.legal_actions[batch.legal_offsets[r]:batch.legal_offsets[r + 1]]
+                            for r in rows])
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    target = torch.device(device)
+
+    def run() -> None:
+        encode_planes(to_tensors(state, target), 512)
+        legal_mask(offsets, legal, batch_size, target)
+        if target.type == "cuda":
+            torch.cuda.synchronize()
+
+    seconds = _best_of(repeats, run)
+    return {"device": str(target), "batch": batch_size, "positions per s": batch_size / seconds,
+            "threads": torch.get_num_threads()}
+
+
+def bench_ppo(
+    sizes: Sequence[str] = ("tiny", "small", "large"),
+    *,
+    transitions: int = 2048,
+    device: str = "cpu",
+    amp: str = "off",
+    compile: bool = False,
+    epochs: int = 1,
+    minibatch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """PPO update throughput (transitions absorbed per second) per model size.
+
+    Data: random-policy self-play positions (the update's cost does not depend on who played).
+    The first update (warm-up, compile) is not timed.
+    """
+    games = 64
+    batch = collect_experience(games, max(1, transitions // games), seed=seed)
+    figures: dict[str, Any] = {"device": device, "amp": amp, "compile": compile,
+                               "transitions": len(batch), "epochs": epochs}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        figures["gpu"] = torch.cuda.get_device_name()
+    for size in sizes:
+        config = Config.model_validate({
+            "model": {"size": size},
+            "ppo": {"epochs": epochs, "minibatch_size": minibatch_size, "amp": amp,
+                    "compile": compile, "max_policy_lag": 1_000},
+        })
+        learner = Learner(config, capacity=len(batch), device=device, total_timesteps=10**9,
+                          seed=seed)
+        learner.update([batch])
+        metrics = learner.update([batch])
+        figures[f"{size} samples per s"] = metrics["samples_per_s"]
+    return figures
+
+
+def bench_weights(size: str = "large", *, half: bool = False, device: str = "cpu",
+                  repeats: int = 5) -> dict[str, Any]:
+    """Time of `Learner.weights()` (parameters and buffers to numpy) for a model size."""
+    config = Config.model_validate({"model": {"size": size}})
+    learner = Learner(config, capacity=1, device=device, total_timesteps=1)
+    seconds = _best_of(repeats, lambda: learner.weights(half=half))
+    _, weights = learner.weights(half=half)
+    return {
+        "size": size,
+        "device": str(learner.device),
+        "parameters": sum(p.numel() for p in learner.model.parameters()),
+        "megabytes": sum(a.nbytes for a in weights.values()) / 1e6,
+        "half": half,
+        "weights() ms": seconds * 1e3,
+    }

@@ -1,0 +1,130 @@
+"""The learner's experience buffer: decoded batches in tensors pre-allocated on the device.
+
+The buffer holds compact states and CSR legal actions, not planes: each PPO minibatch builds
+its planes and gathers its legal actions on the device from the rows it draws (cheap, and it
+keeps the buffer at a few hundred bytes per transition instead of ~28 KB).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from keisei_ray.codec import ExperienceBatch
+from learner.features import StateTensors, encode_planes, gather_csr
+
+log = logging.getLogger(__name__)
+
+INITIAL_LEGAL_PER_ROW = 128  # legal actions reserved per transition; grows (doubling) if short
+
+
+@dataclass(frozen=True)
+class Minibatch:
+    """What one PPO step needs, on the device."""
+
+    planes: torch.Tensor  # float32 [B, 46, 9, 9]
+    legal_offsets: torch.Tensor  # long [B + 1]: CSR legal actions of the rows
+    legal_actions: torch.Tensor  # int16 [M]
+    actions: torch.Tensor  # long [B]
+    log_probs: torch.Tensor  # float32 [B]: behaviour policy
+    values: torch.Tensor  # float32 [B]: behaviour value estimates
+    advantages: torch.Tensor  # float32 [B]
+    returns: torch.Tensor  # float32 [B]
+
+
+class ExperienceBuffer:
+    """Up to `capacity` transitions; `clear()` empties it without freeing anything."""
+
+    def __init__(self, capacity: int, device: torch.device) -> None:
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be >= 1 transition, got {capacity!r}")
+        self.capacity = capacity
+        self.device = device
+
+        def alloc(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        self.state = StateTensors(
+            board=alloc(capacity, 81, dtype=torch.int8),
+            hands=alloc(capacity, 2, 7, dtype=torch.uint8),
+            color=alloc(capacity, dtype=torch.uint8),
+            ply=alloc(capacity, dtype=torch.int16),
+            repetition=alloc(capacity, dtype=torch.uint8),
+            in_check=alloc(capacity, dtype=torch.uint8),
+        )
+        self.actions = alloc(capacity, dtype=torch.int16)
+        self.log_probs = alloc(capacity, dtype=torch.float32)
+        self.values = alloc(capacity, dtype=torch.float32)
+        self.advantages = alloc(capacity, dtype=torch.float32)
+        self.returns = alloc(capacity, dtype=torch.float32)
+        self.legal_offsets = alloc(capacity + 1, dtype=torch.int64)
+        self.legal_actions = alloc(capacity * INITIAL_LEGAL_PER_ROW, dtype=torch.int16)
+        self.size = 0
+        self.num_legal = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def clear(self) -> None:
+        self.size = 0
+        self.num_legal = 0
+
+    def add(self, batch: ExperienceBatch) -> None:
+        """Append a decoded batch (copied to the device)."""
+        n, m = len(batch), len(batch.legal_actions)
+        if self.size + n > self.capacity:
+            raise ValueError(f"batches hold more than the buffer's capacity of {self.capacity} "
+                             f"transitions ({self.size} + {n}): raise the learner's capacity")
+        if self.num_legal + m > len(self.legal_actions):
+            self._grow_legal(self.num_legal + m)
+        rows = slice(self.size, self.size + n)
+        for name in ("board", "hands", "color", "ply", "repetition", "in_check"):
+            _copy_into(getattr(self.state, name)[rows], getattr(batch.state, name))
+        _copy_into(self.actions[rows], batch.action)
+        _copy_into(self.log_probs[rows], batch.log_prob)
+        _copy_into(self.values[rows], batch.value)
+        _copy_into(self.advantages[rows], batch.advantage)
+        _copy_into(self.returns[rows], batch.returns)
+        offsets = torch.from_numpy(batch.legal_offsets[1:].astype(np.int64)) + self.num_legal
+        self.legal_offsets[self.size + 1:self.size + n + 1].copy_(offsets)
+        _copy_into(self.legal_actions[self.num_legal:self.num_legal + m], batch.legal_actions)
+        self.size += n
+        self.num_legal += m
+
+    def _grow_legal(self, needed: int) -> None:
+        size = len(self.legal_actions)
+        while size < needed:
+            size *= 2
+        log.info("legal-action buffer grows to %d entries (%.1f per transition)", size,
+                 size / self.capacity)
+        grown = torch.zeros(size, dtype=torch.int16, device=self.device)
+        grown[:self.num_legal] = self.legal_actions[:self.num_legal]
+        self.legal_actions = grown
+
+    def normalize_advantages(self) -> None:
+        """Advantages to zero mean and unit standard deviation over the buffer."""
+        adv = self.advantages[:self.size]
+        std = adv.std() if self.size > 1 else torch.ones((), device=self.device)
+        adv.sub_(adv.mean()).div_(std + 1e-8)
+
+    def minibatch(self, rows: torch.Tensor, max_moves: int) -> Minibatch:
+        """Planes, legal actions and training targets of `rows` (a long tensor on the device)."""
+        offsets, actions = gather_csr(self.legal_offsets[:self.size + 1],
+                                      self.legal_actions[:self.num_legal], rows)
+        return Minibatch(
+            planes=encode_planes(self.state.index(rows), max_moves),
+            legal_offsets=offsets,
+            legal_actions=actions,
+            actions=self.actions[rows].long(),
+            log_probs=self.log_probs[rows],
+            values=self.values[rows],
+            advantages=self.advantages[rows],
+            returns=self.returns[rows],
+        )
+
+
+def _copy_into(target: torch.Tensor, array: np.ndarray) -> None:
+    target.copy_(torch.from_numpy(np.ascontiguousarray(array)))

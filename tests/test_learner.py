@@ -1,0 +1,172 @@
+"""Learner: metrics, policy-lag dropping, LR schedule end point, weights, state round trip."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from keisei_ray.bench_learner import collect_experience
+from keisei_ray.codec import ExperienceBatch, encode
+from keisei_ray.config import Config
+from learner import Learner
+from learner.model import build_model, load_weights
+
+MAX_MOVES = 30  # short games: wins, draws and truncations inside 40 plies
+METRICS = {"policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+           "explained_variance", "grad_norm", "lr", "samples_per_s", "dropped_batches",
+           "accepted", "version", "max_policy_lag"}
+
+
+def config(**ppo: object) -> Config:
+    return Config.model_validate({"env": {"max_moves": MAX_MOVES}, "model": {"size": "tiny"},
+                                  "ppo": {"minibatch_size": 64, "epochs": 2, **ppo}})
+
+
+@pytest.fixture(scope="module")
+def batch() -> ExperienceBatch:
+    # 160 transitions of tiny-model self-play: the behaviour log-probs are the model's own.
+    torch.manual_seed(0)
+    model = build_model(config().model)
+    return collect_experience(4, 40, seed=0, max_moves=MAX_MOVES, model=model)
+
+
+def test_update_reports_every_metric(batch: ExperienceBatch) -> None:
+    learner = Learner(config(), capacity=400, device="cpu", total_timesteps=10_000)
+    metrics = learner.update([encode(batch), batch])  # bytes and decoded batches alike
+    assert set(metrics) >= METRICS
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["accepted"] == 2 * len(batch)
+    assert metrics["entropy"] > 0
+    assert metrics["version"] == 1 and learner.version == 1
+    assert metrics["optimizer_steps"] == 2 * math.ceil(2 * len(batch) / 64)
+    assert learner.timesteps == 2 * len(batch)
+
+
+def test_old_and_future_batches_are_dropped(batch: ExperienceBatch) -> None:
+    learner = Learner(config(max_policy_lag=1), capacity=400, device="cpu",
+                      total_timesteps=10_000)
+    learner.update([batch])
+    learner.update([replace(batch, policy_version=1)])
+    assert learner.version == 2
+    before = {k: v.copy() for k, v in learner.weights()[1].items()}
+    metrics = learner.update([replace(batch, policy_version=0),  # lag 2 > 1
+                              replace(batch, policy_version=3)])  # from the future
+    assert metrics["accepted"] == 0 and metrics["dropped_batches"] == 2
+    assert learner.version == 2  # nothing trained, no new version
+    for name, array in learner.weights()[1].items():
+        np.testing.assert_array_equal(array, before[name])
+    metrics = learner.update([replace(batch, policy_version=1), batch])  # lag 1 ok, lag 2 not
+    assert metrics["accepted"] == len(batch) and metrics["dropped_batches"] == 1
+    assert metrics["max_policy_lag"] == 1
+    assert learner.dropped_batches == 3
+
+
+def test_synchronous_mode_accepts_only_the_current_version(batch: ExperienceBatch) -> None:
+    learner = Learner(config(max_policy_lag=0), capacity=200, device="cpu",
+                      total_timesteps=10_000)
+    learner.update([batch])
+    assert learner.update([batch])["dropped_batches"] == 1
+
+
+def test_capacity_is_preallocated_and_enforced(batch: ExperienceBatch) -> None:
+    learner = Learner(config(), capacity=len(batch) + 10, device="cpu", total_timesteps=10_000)
+    board = learner.buffer.state.board.data_ptr()
+    learner.update([batch])
+    learner.update([replace(batch, policy_version=1)])
+    assert learner.buffer.state.board.data_ptr() == board  # the same memory, not regrown
+    with pytest.raises(ValueError, match="capacity"):
+        learner.update([replace(batch, policy_version=2)] * 2)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_lr_schedule_ends_exactly_at_the_final_value(batch: ExperienceBatch,
+                                                     kind: str) -> None:
+    learner = Learner(config(lr_schedule=kind, learning_rate=1e-3, final_learning_rate=2e-5),
+                      capacity=200, device="cpu", total_timesteps=2 * len(batch))
+    first = learner.update([batch])
+    assert first["lr"] == pytest.approx((1e-3 + 2e-5) / 2)  # halfway through training
+    last = learner.update([replace(batch, policy_version=1)])
+    assert last["lr"] == 2e-5  # exactly the final value on the last step
+    assert learner.optimizer.param_groups[0]["lr"] == 2e-5
+
+
+def test_target_kl_stops_the_update_early(batch: ExperienceBatch) -> None:
+    # The learner starts from the batch's behaviour model (same seed): KL 0 at the first step.
+    learner = Learner(config(target_kl=1e-6, learning_rate=0.05, epochs=8), capacity=200,
+                      device="cpu", total_timesteps=10_000)
+    metrics = learner.update([batch])
+    planned = 8 * math.ceil(len(batch) / 64)
+    assert metrics["early_stopped"] == 1
+    assert 1 <= metrics["optimizer_steps"] < planned
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_updates_stay_finite(amp: str) -> None:
+    small = collect_experience(2, 24, seed=1)  # CPU float16 is slow: keep it small
+    learner = Learner(config(amp=amp), capacity=48, device="cpu", total_timesteps=10_000)
+    metrics = learner.update([small])
+    assert all(math.isfinite(metrics[k]) for k in ("policy_loss", "value_loss", "entropy"))
+    assert learner.scaler.is_enabled() == (amp == "fp16")
+
+
+def test_weights_load_into_a_worker_model(batch: ExperienceBatch) -> None:
+    learner = Learner(config(), capacity=200, device="cpu", total_timesteps=10_000)
+    learner.update([batch])
+    version, weights = learner.weights()
+    assert version == 1
+    assert set(weights) == set(learner.model.state_dict())  # parameters and buffers
+    worker = build_model(learner.config.model)
+    load_weights(worker, weights)
+    planes = torch.rand(3, 46, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(worker.eval()(planes), learner.model.eval()(planes))
+    _, half = learner.weights(half=True)
+    assert half["stem.0.weight"].dtype == np.float16
+
+
+def test_state_dict_round_trip_continues_bit_for_bit(batch: ExperienceBatch) -> None:
+    cfg = config(lr_schedule="linear")
+    a = Learner(cfg, capacity=200, device="cpu", total_timesteps=10_000, seed=1)
+    a.update([batch])
+    saved = io.BytesIO()
+    torch.save(a.state_dict(), saved)
+    saved.seek(0)
+    b = Learner(cfg, capacity=200, device="cpu", total_timesteps=10_000, seed=99)
+    b.load_state_dict(torch.load(saved, weights_only=True))
+    assert (b.version, b.timesteps, b.updates) == (1, len(batch), 1)
+    next_batch = replace(batch, policy_version=1)
+    metrics_a, metrics_b = a.update([next_batch]), b.update([next_batch])
+    for key in ("policy_loss", "value_loss", "approx_kl", "lr"):
+        assert metrics_a[key] == metrics_b[key], key
+    for name, array in a.weights()[1].items():
+        np.testing.assert_array_equal(array, b.weights()[1][name])
+    with pytest.raises(ValueError, match="missing"):
+        b.load_state_dict({"model": {}})
+
+
+def test_unavailable_cuda_falls_back_to_cpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    learner = Learner(config(), capacity=8, device="cuda", total_timesteps=10)
+    assert learner.device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("amp", "compile"), [("off", False), ("bf16", True), ("fp16", False)])
+def test_cuda_update_with_amp_and_compile(batch: ExperienceBatch, amp: str,
+                                          compile: bool) -> None:
+    learner = Learner(config(amp=amp, compile=compile), capacity=200, device="cuda",
+                      total_timesteps=10_000)
+    metrics = learner.update([batch])
+    assert learner.device.type == "cuda"
+    assert all(math.isfinite(metrics[k]) for k in ("policy_loss", "value_loss", "entropy"))
+    keys = list(learner.state_dict()["model"])
+    assert not any("_orig_mod" in k for k in keys)
+    _, weights = learner.weights()
+    assert set(weights) == set(keys)
+    assert all(isinstance(a, np.ndarray) for a in weights.values())
