@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from shogi.actions import NUM_ACTIONS
-from shogi.compact import CompactState
+from shogi import NUM_ACTIONS, CompactState
 
 NUM_PLANES = 46
 PIECE_PLANES = 28  # 14 piece kinds x 2 sides

@@ -14,8 +14,7 @@ from learner.features import (
     legal_mask,
     to_tensors,
 )
-from shogi.actions import NUM_ACTIONS
-from shogi.compact import CompactState
+from shogi import NUM_ACTIONS, CompactState
 
 
 def hand_built() -> CompactState:
