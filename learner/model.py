@@ -272,15 +272,27 @@ def act(
 
 
 def export_weights(model: nn.Module, half: bool = False) -> dict[str, np.ndarray]:
-    """Parameters AND buffers as CPU numpy copies (floats as float16 when `half`)."""
-    out: dict[str, np.ndarray] = {}
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach()
-        if half and t.is_floating_point():
-            t = t.half()
-        # .cpu() of a CPU tensor is the tensor itself: clone so later updates never leak in.
-        out[name] = (t.cpu() if t.device.type != "cpu" else t.clone()).numpy()
-    return out
+    """Parameters AND buffers as CPU numpy copies (floats as float16 when `half`).
+
+    Tensors of one dtype are concatenated on their device and copied to the host at once
+    (one transfer instead of one per tensor); the arrays are views into that fresh copy, so
+    later training never leaks into them.
+    """
+    state = {name: t.detach() for name, t in model.state_dict().items()}
+    groups: dict[torch.dtype, list[str]] = {}
+    for name, t in state.items():
+        dtype = torch.float16 if half and t.is_floating_point() else t.dtype
+        groups.setdefault(dtype, []).append(name)
+    arrays: dict[str, np.ndarray] = {}
+    for dtype, names in groups.items():
+        # torch.cat always allocates: on the CPU too the result is a copy, not an alias.
+        flat = torch.cat([state[name].reshape(-1).to(dtype) for name in names]).cpu().numpy()
+        offset = 0
+        for name in names:
+            size = state[name].numel()
+            arrays[name] = flat[offset:offset + size].reshape(state[name].shape)
+            offset += size
+    return {name: arrays[name] for name in state}
 
 
 def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
