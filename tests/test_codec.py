@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keisei_ray.bench_learner import collect_experience
+from keisei_ray.bench_learner import bench_codec, collect_experience
 from keisei_ray.codec import (
     FORMAT_VERSION,
     TERMINATIONS,
@@ -243,3 +243,10 @@ def test_encode_rejects_wrong_dtypes() -> None:
     batch = collect_experience(2, 3, seed=0)
     with pytest.raises(CodecError, match="log_prob: expected float32"):
         encode(replace(batch, log_prob=batch.log_prob.astype(np.float64)))
+
+
+def test_codec_benchmark_returns_its_figures() -> None:
+    figures = bench_codec(num_games=4, steps=8, repeats=1)
+    assert figures["transitions"] == 32
+    assert 0 < figures["bytes per transition"] <= 300
+    assert figures["encode+decode ms per 1000"] > 0

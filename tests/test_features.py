@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from keisei_ray.bench_learner import bench_features
 from learner.features import (
     HAND_MAX,
     NUM_PLANES,
@@ -135,3 +136,8 @@ def test_cuda_matches_cpu() -> None:
     actions = np.array([5, 7, 9], dtype=np.int16)
     on_gpu = legal_mask(offsets, actions, 3, "cuda")
     assert torch.equal(on_gpu.cpu(), legal_mask(offsets, actions, 3))
+
+
+def test_features_benchmark_returns_its_figures() -> None:
+    figures = bench_features(64, num_games=4, steps=4, repeats=1)
+    assert figures["batch"] == 64 and figures["positions per s"] > 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from keisei_ray.bench_learner import collect_experience
+from keisei_ray.bench_learner import bench_ppo, bench_weights, collect_experience
 from keisei_ray.codec import ExperienceBatch, encode
 from keisei_ray.config import Config
 from learner import Learner
@@ -170,3 +170,10 @@ def test_cuda_update_with_amp_and_compile(batch: ExperienceBatch, amp: str,
     _, weights = learner.weights()
     assert set(weights) == set(keys)
     assert all(isinstance(a, np.ndarray) for a in weights.values())
+
+
+def test_benchmarks_return_their_figures() -> None:
+    ppo = bench_ppo(("tiny",), transitions=128, minibatch_size=64)
+    assert ppo["tiny samples per s"] > 0 and ppo["device"] == "cpu"
+    weights = bench_weights("tiny", repeats=1)
+    assert weights["weights() ms"] > 0 and weights["parameters"] > 0
