@@ -13,9 +13,12 @@ transition is the loser's (or drawer's) last move and must be terminal with the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +47,7 @@ class BatchSummary:
     nbytes: int
     collect_s: float  # seconds the collect took, weight loading included
     node_id: str | None
+    incarnation: int = 0  # 0 for the first life of the actor; changes when Ray restarts it
     games: int = 0
     black_wins: int = 0
     white_wins: int = 0
@@ -80,6 +84,7 @@ class SelfPlayWorker:
         self.num_games = train.games_per_worker
         self.steps = train.rollout_steps
         self.max_moves = config.env.max_moves
+        self.incarnation = incarnation
         env_seed, torch_seed = worker_seeds(train.seed, worker_id, incarnation)
         self.env = VecEnv(self.num_games, self.max_moves, seed=env_seed,
                           impasse=config.env.impasse == "27")
@@ -212,7 +217,7 @@ class SelfPlayWorker:
         payload = encode(batch)
         summary = _summarise(self.worker_id, version, len(order), len(payload),
                              time.perf_counter() - start, finished)
-        return summary, payload
+        return dataclasses.replace(summary, incarnation=self.incarnation), payload
 
     def _hold_back(self, running: np.ndarray, all_state: CompactState, offsets: np.ndarray,
                    legal: np.ndarray, action: np.ndarray, log_prob: np.ndarray,
@@ -263,10 +268,11 @@ class SelfPlayActorImpl:
     def __init__(self, config: Config, worker_id: int) -> None:
         threads = max(1, math.ceil(config.train.worker_cpus))
         torch.set_num_threads(threads)
-        ctx = ray.get_runtime_context()
+        with warnings.catch_warnings():  # Ray's own deprecated call inside this property
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
         # A restarted actor must not replay its predecessor's games: new seed stream.
-        incarnation = int.from_bytes(np.random.bytes(4), "little") if (
-            ctx.was_current_actor_reconstructed) else 0
+        incarnation = 1 + int.from_bytes(os.urandom(4), "little") if restarted else 0
         self.worker = SelfPlayWorker(config, worker_id, incarnation=incarnation)
         if incarnation:
             log.warning("worker-%d restarted; reseeded its games", worker_id)

@@ -7,9 +7,13 @@ exit code (2 for config and usage errors), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -114,6 +118,64 @@ def bench_env_cmd(
 
     _print_figures("VecEnv throughput (one process)",
                    bench_env(num_games=games, seconds=seconds, seed=seed), as_json)
+
+
+@app.command("train")
+def train_cmd(
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    overrides: OverridesArg = None,
+    address: Annotated[
+        str | None, typer.Option("--address", "-a", help="Ray address: 'auto', 'ray://host:port'; "
+                                 "absent: an embedded local Ray.")] = None,
+) -> None:
+    """Train by PPO self-play: the actor-learner loop on Ray (local or a cluster)."""
+    from keisei_ray.driver import Trainer, TrainingError, connect_ray, new_run_dir, write_run_files
+    from keisei_ray.progress import ProgressView
+
+    extra = [f"train.address={address}"] if address is not None else []
+    cfg = load_config(config, [*(overrides or []), *extra], preset=preset)
+    run_dir = new_run_dir(cfg)
+    write_run_files(cfg, run_dir)
+    setup_logging(logging.getLogger().level, log_file=run_dir / "train.log")
+    log.info("run folder %s", run_dir)
+    stop = threading.Event()
+    with _graceful_interrupt(stop):
+        session = connect_ray(cfg.train.address)
+        try:
+            trainer = Trainer(cfg, run_dir, callbacks=[ProgressView(cfg.train.total_timesteps)],
+                              stop=stop)
+            result = trainer.run()
+        except TrainingError as exc:
+            log.error("training failed: %s", exc)
+            _fail(f"training failed: {exc}", EXIT_FAILURE)
+        finally:
+            if session.started_here:
+                import ray
+
+                ray.shutdown()
+    log.info("%s: %d timesteps, %d updates, %.0f steps/s, learner busy %.0f%%, workers busy "
+             "%.0f%%, %d worker restart(s), run folder %s", result.reason, result.state.timestep,
+             result.state.updates, result.steps_per_s, 100 * result.learner_busy,
+             100 * result.worker_busy, result.worker_restarts, run_dir)
+
+
+@contextlib.contextmanager
+def _graceful_interrupt(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C asks the loop to finish cleanly; a second one interrupts at once."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("interrupt: finishing the current update, then stopping "
+                    "(Ctrl-C again to abort)")
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -127,7 +127,9 @@ class EventBus:
     def __init__(self, max_failures: int = 3) -> None:
         self.max_failures = max_failures
         self._callbacks: list[Callback] = []
-        self._failures: dict[int, int] = {}  # consecutive failures per callback
+        # Consecutive failures per (callback, handler): a handler that keeps failing disables
+        # its callback even when the callback's other handlers succeed in between.
+        self._failures: dict[tuple[int, str], int] = {}
         self.errors = 0  # callback exceptions caught since the bus was created
 
     @property
@@ -136,7 +138,6 @@ class EventBus:
 
     def register(self, callback: Callback) -> None:
         self._callbacks.append(callback)
-        self._failures[id(callback)] = 0
 
     def emit(self, event: TrainStart | BatchCollected | UpdateDone | TrainEnd) -> None:
         method = _HANDLERS[type(event)]
@@ -146,7 +147,8 @@ class EventBus:
             except Exception:
                 # Contained on purpose: a callback must never stop training or other callbacks.
                 self.errors += 1
-                count = self._failures[id(callback)] = self._failures[id(callback)] + 1
+                key = (id(callback), method)
+                count = self._failures[key] = self._failures.get(key, 0) + 1
                 log.exception("callback %s failed in %s (%d in a row)",
                               type(callback).__name__, method, count)
                 if count >= self.max_failures:
@@ -154,7 +156,7 @@ class EventBus:
                                 type(callback).__name__, count)
                     self._callbacks.remove(callback)
             else:
-                self._failures[id(callback)] = 0
+                self._failures.pop((id(callback), method), None)
 
 
 class CallbackImportError(ValueError):

@@ -152,6 +152,13 @@ class Learner:
                 "version": float(self.version), "update_s": seconds,
                 "samples_per_s": metrics["samples"] / seconds}
 
+    def reserve(self, capacity: int) -> None:
+        """Make room for `capacity` transitions per update (a new buffer, only if larger)."""
+        if capacity > self.buffer.capacity:
+            log.info("experience buffer grows from %d to %d transitions", self.buffer.capacity,
+                     capacity)
+            self.buffer = ExperienceBuffer(capacity, self.device)
+
     # ------------------------------------------------------------------ weights and state
 
     def weights(self, half: bool = False) -> tuple[int, dict[str, np.ndarray]]:

@@ -1,0 +1,80 @@
+"""The learner as a Ray actor: a thin wrapper of `learner.Learner`.
+
+It resolves the workers' encoded batches (object refs handed over by the driver, never
+copied through it), runs one PPO update, and publishes the new weights with a single
+`ray.put` per update. The driver passes the returned weights ref on to the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import torch
+
+from keisei_ray.config import Config
+from learner import Learner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A policy version and its weights in the object store (wrapped: not auto-resolved)."""
+
+    version: int
+    weights: list[Any]  # [ObjectRef of {name: np.ndarray}]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    metrics: dict[str, float]
+    accepted: int  # transitions trained on (the driver's timestep increment)
+    dropped: int  # batches dropped as too old
+    max_lag: int  # largest policy lag among accepted batches
+    busy_s: float  # seconds spent decoding and updating
+    published: Published = field(repr=False)
+
+
+class LearnerActor:
+    """Ray actor class around a `Learner` (decorated with ray.remote by the driver)."""
+
+    def __init__(self, config: Config, capacity: int, device: str) -> None:
+        torch.set_num_threads(max(1, round(config.train.learner_cpus) or 1))
+        self.config = config
+        self.learner = Learner(config, capacity=capacity, device=device)
+        log.info("learner ready on %s (capacity %d transitions)", self.learner.device, capacity)
+
+    def publish(self) -> Published:
+        version, weights = self.learner.weights(half=self.config.train.half_weights)
+        nbytes = sum(int(a.nbytes) for a in weights.values())
+        return Published(version=version, weights=[ray.put(weights)], nbytes=nbytes)
+
+    def update(self, *payloads: bytes) -> UpdateResult:
+        start = time.perf_counter()
+        metrics = self.learner.update(list(payloads))
+        busy = time.perf_counter() - start
+        return UpdateResult(
+            metrics=metrics,
+            accepted=int(metrics["accepted"]),
+            dropped=int(metrics["dropped_batches"]),
+            max_lag=int(metrics.get("max_policy_lag", 0)),
+            busy_s=busy,
+            published=self.publish(),
+        )
+
+    def reserve(self, capacity: int) -> None:
+        self.learner.reserve(capacity)
+
+    def device(self) -> str:
+        return str(self.learner.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.learner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state)
