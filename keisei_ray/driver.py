@@ -481,7 +481,7 @@ class Trainer:
             games=games, totals=st.games, policy_lag=result.max_lag,
             workers_alive=self.pool.alive,
             steps_per_s=(st.timestep - self._steps_start) / wall if wall > 0 else 0.0,
-            worker_restarts=self.pool.restarts, wall_time=wall))
+            worker_restarts=self.pool.restarts, wall_time=wall, weights=result.published.weights))
 
 
 def _batch_capacity(config: Config) -> int:

@@ -88,6 +88,7 @@ class UpdateDone:
     steps_per_s: float
     worker_restarts: int
     wall_time: float  # seconds since training started (this session)
+    weights: Any = None  # [ObjectRef] of this version's {name: ndarray} (boxed: not resolved)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,86 @@
+"""Inference-only model files: weights plus the model config that shapes them.
+
+`keisei-ray export` writes one; evaluation, `usi` and `play` load one (or, through the
+checkpoint store, a checkpoint directory). Loading never unpickles arbitrary objects
+(`torch.load(weights_only=True)`), and any problem is one `ModelFileError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from keisei_ray.config import ModelConfig
+from learner.model import PolicyValueNet, build_model, load_weights
+
+FORMAT = "keisei-ray-model/1"
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt, of another format or does not fit its config."""
+
+
+@dataclass
+class LoadedModel:
+    model: PolicyValueNet  # in eval mode, on the CPU
+    config: ModelConfig
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. timestep, version, run id
+
+
+def save_model(path: str | Path, weights: Mapping[str, np.ndarray], config: ModelConfig,
+               meta: Mapping[str, Any] | None = None) -> Path:
+    """Write weights + model config to `path` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "model_config": config.model_dump(mode="json"),
+        "weights": {name: torch.from_numpy(np.array(array)) for name, array in weights.items()},
+        "meta": dict(meta or {}),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load a file written by `save_model` into a fresh network in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path}: not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ModelFileError(f"model file {path}: unreadable ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ModelFileError(f"model file {path}: not a {FORMAT} file (format {found!r})")
+    try:
+        config = ModelConfig.model_validate(payload["model_config"])
+    except (KeyError, ValidationError) as exc:
+        raise ModelFileError(f"model file {path}: bad model config ({exc})") from None
+    weights = payload.get("weights")
+    if not isinstance(weights, dict):
+        raise ModelFileError(f"model file {path}: no weights")
+    model = build_model(config)
+    try:
+        load_weights(model, {name: t.numpy() for name, t in weights.items()})
+    except ValueError as exc:
+        raise ModelFileError(f"model file {path}: {exc}") from None
+    model.eval()
+    return LoadedModel(model=model, config=config, meta=dict(payload.get("meta") or {}))
