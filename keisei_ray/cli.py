@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from keisei_ray import __version__
-from keisei_ray.config import ConfigError, dump, load_config
+from keisei_ray.config import Config, ConfigError, dump, load_config
+from keisei_ray.events import Callback, CallbackImportError, load_callback
 from keisei_ray.logs import setup_logging
 
 log = logging.getLogger("keisei_ray")
@@ -131,10 +132,10 @@ def train_cmd(
 ) -> None:
     """Train by PPO self-play: the actor-learner loop on Ray (local or a cluster)."""
     from keisei_ray.driver import Trainer, TrainingError, connect_ray, new_run_dir, write_run_files
-    from keisei_ray.progress import ProgressView
 
     extra = [f"train.address={address}"] if address is not None else []
     cfg = load_config(config, [*(overrides or []), *extra], preset=preset)
+    user_callbacks = [load_callback(spec) for spec in cfg.train.callbacks]  # fail before any I/O
     run_dir = new_run_dir(cfg)
     write_run_files(cfg, run_dir)
     setup_logging(logging.getLogger().level, log_file=run_dir / "train.log")
@@ -143,8 +144,8 @@ def train_cmd(
     with _graceful_interrupt(stop):
         session = connect_ray(cfg.train.address)
         try:
-            trainer = Trainer(cfg, run_dir, callbacks=[ProgressView(cfg.train.total_timesteps)],
-                              stop=stop)
+            callbacks = train_callbacks(cfg, run_dir, user_callbacks)
+            trainer = Trainer(cfg, run_dir, callbacks=callbacks, stop=stop)
             result = trainer.run()
         except TrainingError as exc:
             log.error("training failed: %s", exc)
@@ -158,6 +159,14 @@ def train_cmd(
              "%.0f%%, %d worker restart(s), run folder %s", result.reason, result.state.timestep,
              result.state.updates, result.steps_per_s, 100 * result.learner_busy,
              100 * result.worker_busy, result.worker_restarts, run_dir)
+
+
+def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback]) -> list[Callback]:
+    """The callbacks of a `keisei-ray train` run, in the order they see each event."""
+    from keisei_ray.progress import ProgressView
+
+    callbacks: list[Callback] = [ProgressView(cfg.train.total_timesteps)]
+    return callbacks + user
 
 
 @contextlib.contextmanager
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # standalone mode: click reports its own usage errors (exit 2) and exits.
         command.main(args=argv, prog_name="keisei-ray", standalone_mode=True)
-    except ConfigError as exc:
+    except (ConfigError, CallbackImportError) as exc:
         _fail(f"config error: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
         _fail("interrupted", 130)

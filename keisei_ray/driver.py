@@ -401,7 +401,7 @@ class Trainer:
             self._steps_start = self.state.timestep
             self._started = time.monotonic()  # rates count from here, not from actor start-up
             self.bus.emit(TrainStart(self.run_dir, self.config, self.state.timestep,
-                                     self.state.version, self.resumed))
+                                     self.state.version, self.resumed, bus=self.bus))
             synchronous = self.config.ppo.max_policy_lag == 0
             in_flight: tuple[Any, GameStats] | None = None  # running update, its games
             self.pool.launch(self.published)

@@ -64,6 +64,7 @@ class TrainStart:
     timestep: int
     version: int
     resumed: bool
+    bus: EventBus | None = None  # callbacks that produce events of their own emit them here
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,35 @@ class UpdateDone:
 
 
 @dataclass(frozen=True)
+class CheckpointSaved:
+    timestep: int
+    version: int
+    path: Path
+    reason: str  # "interval", "end", "interrupt"
+
+
+@dataclass(frozen=True)
+class EvaluationDone:
+    """A background evaluation of policy `version` (trained to `timestep`) finished."""
+
+    timestep: int
+    version: int
+    opponent: str  # "random", "heuristic", or a checkpoint / model name
+    games: int
+    wins: int
+    losses: int
+    draws: int
+    elo: float | None = None  # rating after this match, when an Elo store is kept
+    elo_ci: float | None = None  # half-width of its 95% interval
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. results by reason, records
+
+    @property
+    def score(self) -> float:
+        """(wins + draws / 2) / games."""
+        return (self.wins + 0.5 * self.draws) / self.games if self.games else 0.0
+
+
+@dataclass(frozen=True)
 class TrainEnd:
     timestep: int
     version: int
@@ -110,14 +140,24 @@ class Callback:
     def on_update_done(self, event: UpdateDone) -> None:
         """The learner finished an update; the timestep counter has advanced."""
 
+    def on_checkpoint_saved(self, event: CheckpointSaved) -> None:
+        """A checkpoint directory was written (renamed into place)."""
+
+    def on_evaluation_done(self, event: EvaluationDone) -> None:
+        """A background evaluation finished."""
+
     def on_train_end(self, event: TrainEnd) -> None:
         """Training stopped; the reason says why."""
 
 
-_HANDLERS = {
+Event = TrainStart | BatchCollected | UpdateDone | CheckpointSaved | EvaluationDone | TrainEnd
+
+_HANDLERS: dict[type, str] = {
     TrainStart: "on_train_start",
     BatchCollected: "on_batch_collected",
     UpdateDone: "on_update_done",
+    CheckpointSaved: "on_checkpoint_saved",
+    EvaluationDone: "on_evaluation_done",
     TrainEnd: "on_train_end",
 }
 
@@ -140,7 +180,7 @@ class EventBus:
     def register(self, callback: Callback) -> None:
         self._callbacks.append(callback)
 
-    def emit(self, event: TrainStart | BatchCollected | UpdateDone | TrainEnd) -> None:
+    def emit(self, event: Event) -> None:
         method = _HANDLERS[type(event)]
         for callback in list(self._callbacks):
             try:
