@@ -25,7 +25,7 @@ import lz4.block
 import msgpack
 import numpy as np
 
-from shogi import NUM_ACTIONS, Color, CompactState, FinishedGame, Termination
+from shogi import HAND_MAX, NUM_ACTIONS, Color, CompactState, FinishedGame, Termination
 
 FORMAT_VERSION = 1
 MAX_ENCODED_BYTES = 256 << 20
@@ -34,7 +34,7 @@ TERMINATIONS: tuple[Termination, ...] = tuple(Termination)
 """`ExperienceBatch.game_reasons` codes index this tuple."""
 
 _HEADER = struct.Struct("<BII")  # version, crc32, uncompressed msgpack size
-_HAND_MAX = np.array([18, 4, 4, 4, 4, 2, 2], dtype=np.uint8)
+_HAND_MAX = np.array(HAND_MAX, dtype=np.uint8)
 _MAX_REPETITION = 3
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from keisei_ray.codec import ExperienceBatch
-from learner.features import StateTensors, encode_planes, gather_csr
+from learner.features import StateTensors, encode_planes, from_numpy, gather_csr
 
 log = logging.getLogger(__name__)
 
@@ -127,4 +127,4 @@ class ExperienceBuffer:
 
 
 def _copy_into(target: torch.Tensor, array: np.ndarray) -> None:
-    target.copy_(torch.from_numpy(np.ascontiguousarray(array)))
+    target.copy_(from_numpy(array))

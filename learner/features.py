@@ -17,16 +17,16 @@ Plane layout (all from the side to move's perspective, square i = row*9 + col):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from shogi import NUM_ACTIONS, CompactState
+from shogi import HAND_MAX, NUM_ACTIONS, CompactState
 
 NUM_PLANES = 46
 PIECE_PLANES = 28  # 14 piece kinds x 2 sides
-HAND_MAX = (18, 4, 4, 4, 4, 2, 2)  # the most of each hand piece type P L N S G B R in one hand
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,24 @@ class StateTensors:
                             self.ply[rows], self.repetition[rows], self.in_check[rows])
 
 
+def from_numpy(array: np.ndarray) -> torch.Tensor:
+    """`torch.from_numpy` that also takes read-only arrays, for callers that only read.
+
+    Ray hands out object-store arrays as read-only zero-copy views; torch warns about those
+    even when the tensor is only copied from.
+    """
+    array = np.ascontiguousarray(array)
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
 def to_tensors(state: CompactState, device: torch.device | str = "cpu") -> StateTensors:
     """Move a numpy compact-state batch to torch tensors on `device` (no copy on CPU)."""
     def move(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
+        return from_numpy(array).to(device, non_blocking=True)
 
     return StateTensors(move(state.board), move(state.hands), move(state.color),
                         move(state.ply), move(state.repetition), move(state.in_check))

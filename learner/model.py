@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from keisei_ray.config import ModelConfig
-from learner.features import NUM_PLANES
+from learner.features import NUM_PLANES, from_numpy
 from shogi import NUM_ACTIONS
 
 MOVE_CHANNELS = 160  # 80 to-squares x promote flag, per from-square
@@ -315,5 +315,5 @@ def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
         if tuple(array.shape) != tuple(target.shape):
             raise ValueError(f"weight {name!r}: shape {list(array.shape)} does not match the "
                              f"model's {list(target.shape)}")
-        state[name] = torch.from_numpy(np.asarray(array)).to(target.device, target.dtype)
+        state[name] = from_numpy(np.asarray(array)).to(target.device, target.dtype)
     model.load_state_dict(state)

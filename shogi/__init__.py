@@ -11,7 +11,7 @@ from shogi.actions import (
     move_to_action,
     moves_to_actions,
 )
-from shogi.compact import CompactState
+from shogi.compact import HAND_MAX, CompactState
 from shogi.errors import GameOverError, IllegalMoveError, InvalidSfenError, ShogiError
 from shogi.moves import HAND_PIECE_SYMBOLS, Color, Move, square, square_name
 from shogi.players import HeuristicPlayer, RandomPlayer
@@ -22,6 +22,7 @@ from shogi.sfen import STARTING_SFEN, validate_sfen
 from shogi.vecenv import FinishedGame, Observation, StepResult, VecEnv
 
 __all__ = [
+    "HAND_MAX",
     "HAND_PIECE_SYMBOLS",
     "NUM_ACTIONS",
     "STARTING_SFEN",

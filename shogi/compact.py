@@ -15,6 +15,7 @@ import numpy as np
 
 BOARD_SIZE = 81
 HAND_SIZE = 7
+HAND_MAX = (18, 4, 4, 4, 4, 2, 2)  # the most of each hand piece P L N S G B R one side can hold
 PIECE_SYMBOLS = ("P", "L", "N", "S", "G", "B", "R", "K", "+P", "+L", "+N", "+S", "+B", "+R")
 """SFEN symbols of board codes 1..14 (`PIECE_SYMBOLS[code - 1]`)."""
 
