@@ -45,6 +45,7 @@ out = Console(highlight=False, soft_wrap=True)
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the run stopped cleanly on Ctrl-C, before total_timesteps
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config file.", dir_okay=False)
@@ -121,6 +122,82 @@ def bench_env_cmd(
                    bench_env(num_games=games, seconds=seconds, seed=seed), as_json)
 
 
+@bench_app.command("codec")
+def bench_codec_cmd(games: int = 64, steps: int = 64, as_json: JsonOpt = False) -> None:
+    """Experience wire format: bytes per transition, encode+decode ms per 1,000."""
+    from keisei_ray.bench_learner import bench_codec
+
+    _print_figures("Experience codec", bench_codec(num_games=games, steps=steps), as_json)
+
+
+@bench_app.command("features")
+def bench_features_cmd(batch: int = 1024, device: str = "cpu", as_json: JsonOpt = False) -> None:
+    """Compact state -> planes + legal mask, positions per second."""
+    from keisei_ray.bench_learner import bench_features
+
+    _print_figures("Features", bench_features(batch, device=device), as_json)
+
+
+@bench_app.command("ppo")
+def bench_ppo_cmd(
+    sizes: Annotated[str, typer.Option(help="Comma-separated model sizes.")] = "tiny,small,large",
+    transitions: int = 2048,
+    device: str = "cpu",
+    amp: str = "off",
+    compile_model: Annotated[bool, typer.Option("--compile")] = False,
+    minibatch: int = 256,
+    as_json: JsonOpt = False,
+) -> None:
+    """PPO update throughput (samples/s) per model size."""
+    from keisei_ray.bench_learner import bench_ppo
+
+    _print_figures("PPO learner", bench_ppo(tuple(sizes.split(",")), transitions=transitions,
+                                            device=device, amp=amp, compile=compile_model,
+                                            minibatch_size=minibatch), as_json)
+
+
+@bench_app.command("weights")
+def bench_weights_cmd(size: str = "large", half: bool = False, device: str = "cpu",
+                      as_json: JsonOpt = False) -> None:
+    """Time of Learner.weights() (export for the broadcast)."""
+    from keisei_ray.bench_learner import bench_weights
+
+    _print_figures("Weights export", bench_weights(size, half=half, device=device), as_json)
+
+
+@bench_app.command("worker")
+def bench_worker_cmd(size: str = "small", games: int = 64, steps: int = 32,
+                     seconds: float = 5.0, as_json: JsonOpt = False) -> None:
+    """Self-play worker decisions/s vs pure batched inference of the same model (roofline)."""
+    from keisei_ray.bench_train import bench_worker
+
+    _print_figures("Worker roofline", bench_worker(size, games, steps, seconds), as_json)
+
+
+@bench_app.command("broadcast")
+def bench_broadcast_cmd(workers: int = 8, half: bool = False, as_json: JsonOpt = False) -> None:
+    """ray.put -> all workers holding the new weights, small and large models."""
+    from keisei_ray.bench_train import bench_broadcast
+
+    _print_figures("Weight broadcast", bench_broadcast(workers=workers, half=half), as_json)
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    preset: str = "local",
+    workers: Annotated[str, typer.Option(help="Comma-separated worker counts.")] = "1,2",
+    timesteps: int = 20_000,
+    overrides: OverridesArg = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """End-to-end training steps/s with N workers; learner and worker idle shares."""
+    from keisei_ray.bench_train import bench_training
+
+    counts = tuple(int(w) for w in workers.split(","))
+    _print_figures("End-to-end training", bench_training(preset, counts, timesteps,
+                                                         tuple(overrides or [])), as_json)
+
+
 @app.command("train")
 def train_cmd(
     config: ConfigOpt = None,
@@ -159,6 +236,8 @@ def train_cmd(
              "%.0f%%, %d worker restart(s), run folder %s", result.reason, result.state.timestep,
              result.state.updates, result.steps_per_s, 100 * result.learner_busy,
              100 * result.worker_busy, result.worker_restarts, run_dir)
+    if result.reason == "interrupted":
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback]) -> list[Callback]:

@@ -1,0 +1,139 @@
+"""Benchmarks of the distributed loop: worker roofline, weight broadcast, end-to-end training.
+
+Each function returns its figures (the CLI prints them); nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from actors.self_play import SelfPlayWorker
+from keisei_ray.config import Config, load_config
+from keisei_ray.driver import Trainer
+from learner.features import encode_planes, legal_mask, to_tensors
+from learner.model import act, build_model, export_weights, load_weights
+
+
+def bench_worker(size: str = "small", games: int = 64, steps: int = 32, seconds: float = 5.0,
+                 threads: int = 1) -> dict[str, Any]:
+    """Self-play decisions/s of one worker vs pure batched inference of its model.
+
+    Same model, same batch size (the worker's games), same thread count, one process. The
+    inference side runs `act` (forward + masked sampling) on a fixed batch of real positions
+    whose planes and mask were built beforehand; the worker side is everything a collect
+    does: env steps, features, inference, GAE, encoding.
+    """
+    torch.set_num_threads(threads)
+    config = load_config(None, [f"model.size={size}", f"train.games_per_worker={games}",
+                                f"train.rollout_steps={steps}"])
+    worker = SelfPlayWorker(config, worker_id=0)
+    weights = export_weights(worker.model)
+    worker.collect(weights, 0)  # warm-up, and positions from a real game state
+    obs = worker.obs
+    planes = encode_planes(to_tensors(obs.state), config.env.max_moves)
+    mask = legal_mask(obs.legal_offsets, obs.legal_actions, games)
+    model = worker.model
+
+    def rate(fn: Any, per_call: int) -> float:
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn()
+            calls += 1
+        return calls * per_call / (time.perf_counter() - start)
+
+    inference = rate(lambda: act(model, planes, mask), games)
+    transitions = 0
+
+    def one_collect() -> None:
+        nonlocal transitions
+        summary, _ = worker.collect(None, 0)
+        transitions += summary.transitions
+
+    collects, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        one_collect()
+        collects += 1
+    worker_rate = transitions / (time.perf_counter() - start)
+    return {"model": size, "games (batch)": games, "threads": threads,
+            "inference decisions per s": inference, "worker decisions per s": worker_rate,
+            "ratio": worker_rate / inference}
+
+
+class _Holder:
+    """A stand-in worker for the broadcast benchmark: a model that loads published weights."""
+
+    def __init__(self, size: str) -> None:
+        torch.set_num_threads(1)
+        self.model = build_model(load_config(None, [f"model.size={size}"]).model)
+
+    def load(self, weights_box: list[Any]) -> float:
+        load_weights(self.model, ray.get(weights_box[0]))
+        return time.time()
+
+
+def bench_broadcast(sizes: tuple[str, ...] = ("small", "large"), workers: int = 8,
+                    repeats: int = 5, half: bool = False) -> dict[str, Any]:
+    """Time from `ray.put` of new weights to all workers having loaded them (one node)."""
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=max(2, workers), include_dashboard=False)
+    figures: dict[str, Any] = {"workers": workers, "half": half}
+    try:
+        for size in sizes:
+            holder_cls: Any = ray.remote(num_cpus=0)(_Holder)
+            holders = [holder_cls.remote(size) for _ in range(workers)]
+            model = build_model(load_config(None, [f"model.size={size}"]).model)
+            weights = export_weights(model, half=half)
+            ray.get([h.load.remote([ray.put(weights)]) for h in holders])  # warm-up
+            times = []
+            for _ in range(repeats):
+                start = time.time()
+                ref = ray.put(export_weights(model, half=half))
+                ray.get([h.load.remote([ref]) for h in holders])
+                times.append(time.time() - start)
+            params = sum(p.numel() for p in model.parameters())
+            figures[f"{size} parameters"] = params
+            figures[f"{size} MB"] = sum(a.nbytes for a in weights.values()) / 1e6
+            figures[f"{size} broadcast ms (median)"] = 1e3 * float(np.median(times))
+            figures[f"{size} broadcast ms (best)"] = 1e3 * min(times)
+            for h in holders:
+                ray.kill(h)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return figures
+
+
+def bench_training(preset: str = "local", workers: tuple[int, ...] = (1, 2),
+                   timesteps: int = 20_000, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """End-to-end steps/s of a preset with N workers, and the learner's and workers' idle share."""
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(include_dashboard=False)
+    figures: dict[str, Any] = {"preset": preset, "cpus": ray.cluster_resources().get("CPU")}
+    try:
+        for n in workers:
+            config: Config = load_config(None, [
+                f"train.num_workers={n}", f"train.total_timesteps={timesteps}",
+                # N workers share the machine with the learner: do not reserve its CPU.
+                "train.learner_cpus=0", *overrides], preset=preset)
+            with tempfile.TemporaryDirectory() as tmp:
+                result = Trainer(config, Path(tmp)).run()
+            figures[f"N={n} steps per s"] = result.steps_per_s
+            figures[f"N={n} learner idle"] = 1.0 - result.learner_busy
+            figures[f"N={n} workers idle"] = max(0.0, 1.0 - result.worker_busy)
+            figures[f"N={n} updates"] = result.state.updates
+    finally:
+        if started_here:
+            ray.shutdown()
+    if math.isfinite(figures.get("N=1 steps per s", math.nan)) and "N=2 steps per s" in figures:
+        figures["N=2 / N=1"] = figures["N=2 steps per s"] / figures["N=1 steps per s"]
+    return figures

@@ -1,0 +1,64 @@
+"""`keisei-ray train` end to end, as a user runs it: a real process with its own local Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+
+
+def keisei(*args: str) -> list[str]:
+    return [sys.executable, "-m", "keisei_ray.cli", *args]
+
+
+@pytest.mark.slow
+def test_smoke_training_through_the_cli(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        keisei("train", "--preset", "smoke", f"train.runs_dir={tmp_path}", "train.run_name=smoke"),
+        capture_output=True, text=True, timeout=300, env=ENV, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "smoke"
+    effective = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert effective["model"]["size"] == "tiny"
+    log = (run_dir / "train.log").read_text()
+    assert "completed" in log
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_config_error_exits_2_before_any_run_folder(tmp_path: Path) -> None:
+    proc = subprocess.run(keisei("train", "--preset", "smoke", f"train.runs_dir={tmp_path}",
+                                 "train.num_workers=zero"),
+                          capture_output=True, text=True, timeout=120, env=ENV, check=False)
+    assert proc.returncode == 2
+    assert "train.num_workers" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_cleanly(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        keisei("train", "--preset", "smoke", f"train.runs_dir={tmp_path}", "train.run_name=int",
+               "train.total_timesteps=100000000"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 240
+    seen = []
+    for line in proc.stdout:  # wait until the loop runs
+        seen.append(line)
+        if "self-play worker(s) ready" in line or time.monotonic() > deadline:
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    text = "".join(seen) + out
+    assert proc.returncode == 130, text[-3000:]
+    assert "interrupted" in text
+    assert "Traceback" not in text
