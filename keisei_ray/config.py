@@ -129,6 +129,44 @@ class TrainConfig(Section):
         return self.games_per_worker * self.rollout_steps
 
 
+class EvaluationConfig(Section):
+    """Evaluation matches: in the background during training, and `keisei-ray evaluate`."""
+
+    enabled: bool = Field(True, description="evaluate the policy in the background during "
+                          "training (never blocks collection or updates)")
+    interval_timesteps: int = Field(50_000, ge=1, description="evaluate each time the timestep "
+                                    "counter crosses a multiple of this")
+    games: int = Field(64, ge=1, le=100_000, description="games per opponent and evaluation "
+                       "(colours alternate)")
+    opponents: list[str] = Field(default_factory=lambda: ["random", "heuristic"],
+                                 description="fixed opponents: random, heuristic, or model files")
+    previous: bool = Field(True, description="also play the previously evaluated policy of the "
+                           "run (rates checkpoints against each other)")
+    greedy: bool = Field(True, description="network players take their most likely move "
+                         "(after the sampled opening plies); false: sample with temperature")
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="sampling temperature")
+    sample_plies: int = Field(8, ge=0, le=512, description="opening plies in which network "
+                              "players sample even when greedy (otherwise greedy model-vs-model "
+                              "games would all be the same game)")
+    games_at_once: int = Field(64, ge=1, le=4096, description="games an evaluation worker plays "
+                               "at once (one batched forward per ply)")
+    records: int = Field(2, ge=0, le=1000, description="games per match saved as KIF + SVG")
+    num_cpus: float = Field(0.0, ge=0.0, le=64.0, description="CPUs the background evaluation "
+                            "actor reserves (0: it shares the training CPUs at low priority)")
+    nice: int = Field(10, ge=0, le=19, description="process niceness of the background "
+                      "evaluation actor (higher: yields more to training)")
+    final_wait_s: float = Field(120.0, ge=0.0, description="at the end of training, wait at "
+                                "most this long for a running evaluation")
+    seed: int = Field(0, ge=0, description="seed of the evaluation games")
+
+    @field_validator("opponents")
+    @classmethod
+    def _distinct_opponents(cls, value: list[str]) -> list[str]:
+        if any(not name.strip() for name in value) or len(set(value)) != len(value):
+            raise ValueError("opponents must be distinct, non-empty names")
+        return value
+
+
 class Config(Section):
     """The root of the configuration. Later sections hang here."""
 
@@ -136,6 +174,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
 
 # ----------------------------------------------------------------------------- presets
