@@ -8,7 +8,9 @@ legal moves become sorted action rows through one table gather and one sort.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import cshogi
 import numpy as np
@@ -156,6 +158,87 @@ class VecEnv:
         for move in self._games[slot].board.history:
             position.push_usi(cshogi.move_to_usi(move))
         return position
+
+    def get_state(self) -> dict[str, Any]:
+        """Every running game as its moves from the start, plus `rng`: what `set_state` takes.
+
+        Plain values and numpy arrays only (small: two bytes per ply); the boards, histories and
+        the observation are rebuilt by replaying the moves.
+        """
+        moves = [[cshogi.move16(m) for m in game.board.history] for game in self._games]
+        return {
+            "num_games": self.num_games,
+            "max_moves": self.max_moves,
+            "impasse": self.impasse,
+            "start_sfen": self.start_sfen,
+            "move_counts": np.array([len(m) for m in moves], dtype=np.int32),
+            "moves": np.array([m for game in moves for m in game], dtype=np.uint16),
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> Observation:
+        """Restore what `get_state` returned: same games, same `rng`, same next observation.
+
+        The env must have the same size, rules and start. Every move is checked while it is
+        replayed; a bad state raises ValueError naming what is wrong and leaves the env as it was.
+        """
+        for key, mine in (("num_games", self.num_games), ("max_moves", self.max_moves),
+                          ("impasse", self.impasse), ("start_sfen", self.start_sfen)):
+            if state.get(key) != mine:
+                raise ValueError(f"env state: {key} is {state.get(key)!r}, this env has {mine!r}")
+        counts = np.asarray(state["move_counts"], dtype=np.int64)
+        moves = np.asarray(state["moves"]).astype(np.int64)
+        if counts.shape != (self.num_games,) or (counts < 0).any() or counts.sum() != len(moves):
+            raise ValueError(f"env state: move_counts {counts.tolist()!r} do not fit "
+                             f"{self.num_games} games and {len(moves)} moves")
+        rng = np.random.default_rng()
+        try:
+            rng.bit_generator.state = dict(state["rng"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"env state: bad rng state ({exc})") from None
+        games = [self._replay(slot, moves[end - n:end].tolist())
+                 for slot, (n, end) in enumerate(zip(counts, np.cumsum(counts), strict=True))]
+
+        legal = [list(game.board.legal_moves) for game in games]
+        pieces = np.array([game.board.pieces for game in games], dtype=np.intp)
+        black_board = np.zeros((self.num_games, 81), dtype=np.int8)
+        black_board[:, SQUARE_TO_INDEX[0]] = CSHOGI_PIECE_TO_CODE[pieces]
+        self._games = games
+        self._black_board = black_board
+        self._hands = np.array([game.board.pieces_in_hand for game in games], dtype=np.uint8)
+        self._color = np.array([game.board.turn for game in games], dtype=np.uint8)
+        self._ply = np.array([game.plies for game in games], dtype=np.int16)
+        self._repetition = np.array([min(game.seen[game.keys[-1]] - 1, 255) for game in games],
+                                    dtype=np.uint8)
+        self._in_check = np.array([game.checks[-1] for game in games], dtype=np.uint8)
+        self.rng = rng
+        self._build_observation([m for row in legal for m in row], [len(row) for row in legal])
+        return self._observation
+
+    def _replay(self, slot: int, moves: list[int]) -> _Game:
+        """Game `slot` rebuilt from its 16-bit moves; it must still be running."""
+        game = self._new_game()
+        board = game.board
+        for m16 in moves:
+            move = board.move_from_move16(m16)
+            if move not in board.legal_moves:
+                raise ValueError(f"env state: move16 {m16} at ply {game.plies + 1} of game slot "
+                                 f"{slot} is not legal in {board.sfen()!r}")
+            board.push(move)
+            key = board.zobrist_hash()
+            game.seen[key] = game.seen.get(key, 0) + 1
+            game.keys.append(key)
+            game.checks.append(board.is_check())
+            game.plies += 1
+        count = len(board.legal_moves)
+        repetition = game.seen[game.keys[-1]] - 1
+        declares = self.impasse and impasse_declaration_wins(board)
+        outcome = judge(Color(board.turn), count, game.checks[-1], repetition, game.keys,
+                        game.checks, declares, game.plies, self.max_moves)
+        if outcome is not None:
+            raise ValueError(f"env state: game slot {slot} is already over after {game.plies} "
+                             f"plies ({outcome.reason.value})")
+        return game
 
     def random_actions(self) -> np.ndarray:
         """One uniformly random legal action per game, drawn from `rng`."""
