@@ -219,6 +219,41 @@ class SelfPlayWorker:
                              time.perf_counter() - start, finished)
         return dataclasses.replace(summary, incarnation=self.incarnation), payload
 
+    # ---------------------------------------------------------------- state (checkpoints)
+    def get_state(self) -> dict[str, Any]:
+        """What a resumed run needs to continue this worker exactly: the running games, the
+        held-back rows and the sampling generator (numpy arrays and plain values). The weights
+        are not part of it: the driver hands the current ones to the next collect."""
+        carry = {f"state_{f.name}": getattr(self._carry_state, f.name)
+                 for f in dataclasses.fields(CompactState)}
+        return {
+            "worker_id": self.worker_id,
+            "env": self.env.get_state(),
+            "generator": self.generator.get_state().numpy(),
+            "carry": {**carry, "offsets": self._carry_offsets, "legal": self._carry_legal,
+                      "action": self._carry_action, "log_prob": self._carry_logp,
+                      "value": self._carry_value, "has": self._has_carry},
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restore `get_state`'s result (same shape of worker); ValueError if it does not fit."""
+        carry = {name: np.array(value) for name, value in state["carry"].items()}
+        e = self.num_games
+        if len(carry["has"]) != e or len(carry["offsets"]) != e + 1 or any(
+                len(carry[name]) != e for name in ("action", "log_prob", "value")):
+            raise ValueError(f"worker state: held-back rows are for {len(carry['has'])} games, "
+                             f"this worker plays {e}")
+        generator = torch.Generator()
+        generator.set_state(torch.from_numpy(np.array(state["generator"], dtype=np.uint8)))
+        self.env.set_state(state["env"])  # checks the games; unchanged if it raises
+        self.obs = self.env.observe()
+        self.generator = generator
+        self._carry_state = CompactState(**{f.name: carry[f"state_{f.name}"]
+                                            for f in dataclasses.fields(CompactState)})
+        self._carry_offsets, self._carry_legal = carry["offsets"], carry["legal"]
+        self._carry_action, self._carry_logp = carry["action"], carry["log_prob"]
+        self._carry_value, self._has_carry = carry["value"], carry["has"].astype(bool)
+
     def _hold_back(self, running: np.ndarray, all_state: CompactState, offsets: np.ndarray,
                    legal: np.ndarray, action: np.ndarray, log_prob: np.ndarray,
                    value: np.ndarray, base: int) -> None:
@@ -284,6 +319,12 @@ class SelfPlayActorImpl:
         # The weights ref travels boxed in a list so Ray does not fetch it unless needed.
         weights = ray.get(weights_box[0]) if version != self.worker.version else None
         return self.worker.collect(weights, version)
+
+    def get_state(self) -> dict[str, Any]:
+        return self.worker.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.worker.set_state(state)
 
 
 SelfPlayActor: Any = ray.remote(SelfPlayActorImpl)
