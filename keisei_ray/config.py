@@ -167,6 +167,37 @@ class EvaluationConfig(Section):
         return value
 
 
+class CheckpointConfig(Section):
+    """Checkpoints of a training run (in RUN_DIR/checkpoints), and what is kept of them."""
+
+    interval_timesteps: int | None = Field(
+        50_000, ge=1, description="checkpoint at the first update that crosses each multiple of "
+        "this (None: only at the end and on interrupt)")
+    keep_last: int = Field(3, ge=1, le=10_000, description="newest checkpoints kept on disk")
+    keep_best: bool = Field(True, description="also keep the checkpoint with the best evaluation "
+                            "(Elo when rated, else the score against the hardest opponent)")
+
+
+class WandbConfig(Section):
+    """Weights & Biases logging. Off by default: a first run needs no account."""
+
+    mode: Literal["disabled", "offline", "online"] = Field(
+        "disabled", description="disabled: no W&B; offline: local files (sync later with "
+        "`wandb sync`); online: stream to the server")
+    project: str = Field("keisei-ray", min_length=1, description="W&B project")
+    entity: str | None = Field(None, description="W&B team or user (None: your default)")
+    tags: list[str] = Field(default_factory=list, description="tags of the W&B run")
+    log_checkpoints: bool = Field(True, description="upload checkpoints as model artifacts "
+                                  "(aliases latest, ts-N, best)")
+    retry_initial_s: float = Field(1.0, gt=0.0, le=600.0, description="first retry delay of a "
+                                   "failed W&B call (doubles each retry)")
+    retry_max_s: float = Field(120.0, gt=0.0, le=3600.0, description="longest retry delay")
+    max_attempts: int = Field(8, ge=1, le=100, description="tries of one W&B call before it is "
+                              "dropped (logged)")
+    finish_timeout_s: float = Field(60.0, ge=0.0, description="at the end, wait at most this long "
+                                    "for queued W&B calls and the run's finish")
+
+
 class Config(Section):
     """The root of the configuration. Later sections hang here."""
 
@@ -175,6 +206,8 @@ class Config(Section):
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
 
 
 # ----------------------------------------------------------------------------- presets
