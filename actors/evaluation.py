@@ -1,0 +1,397 @@
+"""Evaluation workers: matches between a policy and an opponent, many games at once.
+
+A *player* chooses one move for each of a batch of positions. Network players run one batched
+forward over every game in which it is their turn (so a match costs about one forward per ply,
+whatever the number of games); `random` and `heuristic` choose per game. `play_match` keeps up
+to `games_at_once` games going, alternates colours (even games: the player is Black), and
+returns wins / losses / draws by reason plus a few game records.
+
+`Evaluator` is plain Python (tests, `keisei-ray evaluate`); `EvaluationActor` is its thin Ray
+wrapper, started at low priority beside training. Models arrive as weights (a dict of arrays,
+or a boxed ObjectRef to one): files are read by the caller, never here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import ray
+import torch
+from torch import nn
+
+from keisei_ray.config import Config, ModelConfig
+from learner.features import encode_planes, legal_mask, to_tensors
+from learner.model import build_model, choose_actions, load_weights
+from shogi import (
+    Color,
+    CompactState,
+    HeuristicPlayer,
+    Move,
+    Outcome,
+    Position,
+    RandomPlayer,
+    action_to_move,
+)
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("random", "heuristic")
+"""Opponents that need no model."""
+
+
+class Player(Protocol):
+    """Chooses one legal move for each position of a batch (none of them finished)."""
+
+    name: str
+
+    def choose(self, positions: Sequence[Position]) -> list[Move]: ...
+
+
+class BaselinePlayer:
+    """`random` or `heuristic` (see `shogi.players`), one move per position."""
+
+    def __init__(self, kind: str, seed: int = 0, name: str | None = None) -> None:
+        if kind == "random":
+            self._player: RandomPlayer | HeuristicPlayer = RandomPlayer(seed)
+        elif kind == "heuristic":
+            self._player = HeuristicPlayer(seed)
+        else:
+            raise ValueError(f"unknown baseline player {kind!r} (expected one of {BASELINES})")
+        self.kind = kind
+        self.name = name or kind
+
+    def choose(self, positions: Sequence[Position]) -> list[Move]:
+        return [self._player.choose(p) for p in positions]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A network player's choices for a batch, with its value estimates (side to move)."""
+
+    moves: list[Move]
+    values: np.ndarray  # float32 [N], in [-1, 1]
+    probabilities: np.ndarray  # float32 [N]: each chosen move's probability (greedy: at
+    # temperature 1; sampled: under the sampling temperature)
+
+
+class PolicyPlayer:
+    """A policy-value network choosing by argmax or by sampling, over a batch of positions.
+
+    With `greedy`, positions in the first `sample_plies` plies of their game are still sampled
+    (at `temperature`), so that two greedy networks do not replay one game over and over.
+    `max_moves` scales the ply plane exactly as in training.
+    """
+
+    def __init__(self, name: str, model: nn.Module, max_moves: int, *, greedy: bool = True,
+                 temperature: float = 1.0, sample_plies: int = 0, seed: int = 0) -> None:
+        if not temperature > 0.0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if max_moves < 1:
+            raise ValueError(f"max_moves must be >= 1, got {max_moves!r}")
+        self.name = name
+        self.model = model.eval()
+        self.max_moves = max_moves
+        self.greedy = greedy
+        self.temperature = temperature
+        self.sample_plies = sample_plies
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def from_weights(cls, name: str, config: ModelConfig, weights: Mapping[str, np.ndarray],
+                     max_moves: int, **kwargs: Any) -> PolicyPlayer:
+        model = build_model(config)
+        load_weights(model, weights)
+        return cls(name, model, max_moves, **kwargs)
+
+    def choose(self, positions: Sequence[Position]) -> list[Move]:
+        return self.decide(positions).moves
+
+    @torch.inference_mode()
+    def decide(self, positions: Sequence[Position]) -> Decision:
+        n = len(positions)
+        state = CompactState.concat([p.compact() for p in positions])
+        rows = [p.legal_actions() for p in positions]
+        counts = np.array([len(r) for r in rows])
+        if n == 0 or counts.min() == 0:
+            raise ValueError("every position given to a player must have a legal move")
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(counts, out=offsets[1:])
+        planes = encode_planes(to_tensors(state), self.max_moves)
+        mask = legal_mask(offsets, np.concatenate(rows), n)
+        logits, values = self.model(planes)
+        plies = torch.as_tensor(state.ply.astype(np.int64))
+        sampled = plies < self.sample_plies if self.greedy else torch.ones(n, dtype=torch.bool)
+        actions = torch.empty(n, dtype=torch.long)
+        log_probs = torch.empty(n)
+        for which, greedy in ((~sampled, True), (sampled, False)):
+            if which.any():
+                actions[which], log_probs[which] = choose_actions(
+                    logits[which], mask[which], greedy=greedy, temperature=self.temperature,
+                    generator=self.generator)
+        moves = [action_to_move(int(a), p.turn) for a, p in zip(actions.tolist(), positions,
+                                                               strict=True)]
+        return Decision(moves, values.float().numpy().copy(), log_probs.exp().numpy())
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class GameRecord:
+    """One finished game, small enough to ship: replay it with `position()`."""
+
+    black: str
+    white: str
+    start_sfen: str
+    moves: list[str]  # USI
+    winner: int | None  # Color value, None for a draw
+    reason: str  # shogi.Termination value
+
+    @property
+    def result(self) -> str:
+        """"1-0", "0-1" or "1/2-1/2" (Black's score first)."""
+        if self.winner is None:
+            return "1/2-1/2"
+        return "1-0" if self.winner == Color.BLACK else "0-1"
+
+    def position(self, max_moves: int | None = None, impasse: bool = False) -> Position:
+        """The game replayed (its final position, with the whole history)."""
+        position = Position(self.start_sfen, max_moves=max_moves, impasse=impasse)
+        for usi in self.moves:
+            position.push_usi(usi)
+        return position
+
+
+@dataclass
+class MatchResult:
+    """Games of `player` against `opponent`, counted from `player`'s side."""
+
+    player: str
+    opponent: str
+    wins: int = 0
+    draws: int = 0
+    losses: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # "win_checkmate", "draw_max_moves"..
+    as_black: list[int] = field(default_factory=lambda: [0, 0, 0])  # wins, draws, losses
+    as_white: list[int] = field(default_factory=lambda: [0, 0, 0])
+    plies: int = 0
+    seconds: float = 0.0
+    records: list[GameRecord] = field(default_factory=list)
+
+    @property
+    def games(self) -> int:
+        return self.wins + self.draws + self.losses
+
+    @property
+    def score(self) -> float:
+        """(wins + draws / 2) / games."""
+        return (self.wins + 0.5 * self.draws) / self.games if self.games else math.nan
+
+    @property
+    def win_rate(self) -> float:
+        """wins / games: draws count as non-wins."""
+        return self.wins / self.games if self.games else math.nan
+
+    def add_game(self, player_color: Color, outcome: Outcome, plies: int) -> None:
+        if outcome.winner is None:
+            slot, word = 1, "draw"
+            self.draws += 1
+        elif outcome.winner == player_color:
+            slot, word = 0, "win"
+            self.wins += 1
+        else:
+            slot, word = 2, "loss"
+            self.losses += 1
+        (self.as_black if player_color == Color.BLACK else self.as_white)[slot] += 1
+        key = f"{word}_{outcome.reason.value}"
+        self.reasons[key] = self.reasons.get(key, 0) + 1
+        self.plies += plies
+
+    def merge(self, other: MatchResult) -> MatchResult:
+        """Both parts of one match played in pieces (same player and opponent)."""
+        if (other.player, other.opponent) != (self.player, self.opponent):
+            raise ValueError(f"cannot merge {other.player!r} vs {other.opponent!r} into "
+                             f"{self.player!r} vs {self.opponent!r}")
+        reasons = Counter(self.reasons)
+        reasons.update(other.reasons)
+        return MatchResult(
+            self.player, self.opponent, self.wins + other.wins, self.draws + other.draws,
+            self.losses + other.losses, dict(reasons),
+            [a + b for a, b in zip(self.as_black, other.as_black, strict=True)],
+            [a + b for a, b in zip(self.as_white, other.as_white, strict=True)],
+            self.plies + other.plies, max(self.seconds, other.seconds),
+            self.records + other.records)
+
+
+def play_match(player: Player, opponent: Player, games: int, *, max_moves: int,
+               impasse: bool = False, games_at_once: int = 64, records: int = 0,
+               start_sfen: str | None = None, first_game: int = 0) -> MatchResult:
+    """Play `games` games, up to `games_at_once` at a time; colours alternate by game number.
+
+    Game k (counting from `first_game`) has `player` as Black when k is even. The first
+    `records` games (by number) come back as records.
+    """
+    if games < 0 or games_at_once < 1:
+        raise ValueError(f"need games >= 0 and games_at_once >= 1, got {games!r}, "
+                         f"{games_at_once!r}")
+    start = time.perf_counter()
+    result = MatchResult(player.name, opponent.name)
+    numbers = iter(range(first_game, first_game + games))
+    active: dict[int, Position] = {}
+    kept: dict[int, GameRecord] = {}
+
+    def start_next() -> None:
+        number = next(numbers, None)
+        if number is not None:
+            active[number] = Position(start_sfen, max_moves=max_moves, impasse=impasse)
+
+    def player_color(number: int) -> Color:
+        return Color.BLACK if number % 2 == 0 else Color.WHITE
+
+    for _ in range(min(games, games_at_once)):
+        start_next()
+    while active:
+        # Finished games leave; their slot takes the next game.
+        for number, position in list(active.items()):
+            outcome = position.outcome()
+            if outcome is None:
+                continue
+            color = player_color(number)
+            result.add_game(color, outcome, position.ply)
+            if number - first_game < records:
+                names = ((player.name, opponent.name) if color == Color.BLACK
+                         else (opponent.name, player.name))
+                kept[number] = GameRecord(
+                    names[0], names[1], position.start_sfen, [m.usi() for m in position.moves],
+                    None if outcome.winner is None else int(outcome.winner),
+                    outcome.reason.value)
+            del active[number]
+            start_next()
+        if not active:
+            break
+        mine = [n for n, p in active.items() if p.turn == player_color(n)]
+        theirs = [n for n, p in active.items() if p.turn != player_color(n)]
+        for who, numbers_to_move in ((player, mine), (opponent, theirs)):
+            if numbers_to_move:
+                moves = who.choose([active[n] for n in numbers_to_move])
+                for n, move in zip(numbers_to_move, moves, strict=True):
+                    active[n].push(move)
+    result.records = [kept[n] for n in sorted(kept)]
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# ----------------------------------------------------------------------------- evaluator
+
+
+@dataclass(frozen=True)
+class Contestant:
+    """Who plays: a baseline (`random`, `heuristic`) or a network.
+
+    A network has its model config and weights: a dict of arrays, or (through Ray) a list
+    holding one ObjectRef to such a dict, resolved by the evaluation actor. `max_moves` is the
+    ply cap the network was trained with (it scales an input plane); None: the env's.
+    """
+
+    name: str
+    model: ModelConfig | None = None
+    weights: Any = None
+    max_moves: int | None = None
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.model is None
+
+    @classmethod
+    def baseline(cls, kind: str) -> Contestant:
+        if kind not in BASELINES:
+            raise ValueError(f"unknown baseline player {kind!r} (expected one of {BASELINES})")
+        return cls(kind)
+
+
+class Evaluator:
+    """Plays matches with the evaluation settings and game rules of a config."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.settings = config.evaluation
+
+    def player(self, contestant: Contestant, seed: int) -> Player:
+        if contestant.model is None:
+            return BaselinePlayer(contestant.name, seed)
+        if contestant.weights is None:
+            raise ValueError(f"network player {contestant.name!r} has no weights")
+        s = self.settings
+        return PolicyPlayer.from_weights(
+            contestant.name, contestant.model, contestant.weights,
+            contestant.max_moves or self.config.env.max_moves, greedy=s.greedy,
+            temperature=s.temperature, sample_plies=s.sample_plies, seed=seed)
+
+    def match(self, player: Contestant, opponent: Contestant, games: int, *, seed: int,
+              first_game: int = 0, records: int | None = None) -> MatchResult:
+        """`games` games of `player` against `opponent`; seeds are drawn from `seed`."""
+        if player.name == opponent.name:
+            raise ValueError(f"a match needs two different players, got {player.name!r} twice")
+        player_seed, opponent_seed = np.random.SeedSequence([seed, first_game]).generate_state(2)
+        env = self.config.env
+        result = play_match(
+            self.player(player, int(player_seed)), self.player(opponent, int(opponent_seed)),
+            games, max_moves=env.max_moves, impasse=env.impasse == "27",
+            games_at_once=self.settings.games_at_once,
+            records=self.settings.records if records is None else records,
+            first_game=first_game)
+        log.debug("%s vs %s: +%d =%d -%d in %.1f s", result.player, result.opponent,
+                  result.wins, result.draws, result.losses, result.seconds)
+        return result
+
+    def evaluate(self, policy: Contestant, opponents: Sequence[Contestant], games: int, *,
+                 seed: int) -> list[MatchResult]:
+        """One match of `policy` against each opponent, in order."""
+        return [self.match(policy, opponent, games, seed=seed + 7919 * k)
+                for k, opponent in enumerate(opponents)]
+
+
+# ----------------------------------------------------------------------------- Ray actor
+
+
+def resolve(contestant: Contestant) -> Contestant:
+    """The contestant with boxed weights ([ObjectRef]) fetched from the object store."""
+    if isinstance(contestant.weights, list):
+        weights = ray.get(contestant.weights[0])
+        return Contestant(contestant.name, contestant.model, weights, contestant.max_moves)
+    return contestant
+
+
+class EvaluationActorImpl:
+    """Ray actor around `Evaluator`: one torch thread, lowered CPU priority."""
+
+    def __init__(self, config: Config, nice: int = 0) -> None:
+        torch.set_num_threads(1)
+        if nice > 0:
+            # Evaluation shares the machine with training: let the scheduler favour training.
+            os.nice(nice)
+        self.evaluator = Evaluator(config)
+
+    def ready(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
+    def evaluate(self, policy: Contestant, opponents: list[Contestant], games: int,
+                 seed: int) -> list[MatchResult]:
+        return self.evaluator.evaluate(resolve(policy), [resolve(o) for o in opponents], games,
+                                       seed=seed)
+
+    def match(self, player: Contestant, opponent: Contestant, games: int, seed: int,
+              first_game: int = 0, records: int | None = None) -> MatchResult:
+        return self.evaluator.match(resolve(player), resolve(opponent), games, seed=seed,
+                                    first_game=first_game, records=records)
+
+
+EvaluationActor: Any = ray.remote(EvaluationActorImpl)

@@ -1,0 +1,164 @@
+"""Evaluation matches without Ray: colours, results by reason, records, network players."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from actors.evaluation import (
+    BaselinePlayer,
+    Contestant,
+    Evaluator,
+    MatchResult,
+    PolicyPlayer,
+    play_match,
+)
+from keisei_ray.config import Config, load_config
+from learner.features import encode_planes, to_tensors
+from learner.model import build_model, export_weights
+from shogi import Color, Outcome, Position, Termination, move_to_action
+
+# Black to move mates at once with G*5b (its own knights box the king in).
+MATE_IN_ONE = "3nkn3/9/4P4/9/9/9/9/9/4K4 b G 1"
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny batches: one thread is fastest, and the machine is shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(*extra: str) -> Config:
+    return load_config(None, ["model.size=tiny", "env.max_moves=48", "evaluation.games_at_once=8",
+                              "evaluation.records=2", *extra])
+
+
+def tiny_network(name: str, seed: int = 0, **kwargs: object) -> PolicyPlayer:
+    torch.manual_seed(seed)
+    model = build_model(config().model)
+    return PolicyPlayer(name, model, 48, **kwargs)  # type: ignore[arg-type]
+
+
+def test_colours_alternate_and_results_add_up() -> None:
+    result = play_match(BaselinePlayer("heuristic", 1), BaselinePlayer("random", 2), 11,
+                        max_moves=200, games_at_once=4, records=3)
+    assert result.games == 11
+    assert sum(result.as_black) == 6 and sum(result.as_white) == 5
+    assert sum(result.reasons.values()) == 11
+    assert result.wins == sum(v for k, v in result.reasons.items() if k.startswith("win_"))
+    assert result.wins >= 9  # mate-in-one and captures crush random play
+    assert result.score == pytest.approx((result.wins + result.draws / 2) / 11)
+    assert result.win_rate == pytest.approx(result.wins / 11)
+    assert [r.black for r in result.records] == ["heuristic", "random", "heuristic"]
+
+
+def test_records_replay_to_their_result() -> None:
+    result = play_match(BaselinePlayer("random", 0), BaselinePlayer("random", 1, name="other"),
+                        4, max_moves=40, records=4)
+    assert len(result.records) == 4
+    for record in result.records:
+        position = record.position(max_moves=40)
+        outcome = position.outcome()
+        assert outcome is not None and outcome.reason.value == record.reason
+        assert (None if outcome.winner is None else int(outcome.winner)) == record.winner
+        assert len(record.moves) == position.ply
+    # 40 plies of random play end in the move cap: draws, named by reason.
+    assert result.reasons.get("draw_max_moves", 0) >= 1
+
+
+def test_a_mate_in_one_is_found_by_the_heuristic_from_a_given_start() -> None:
+    result = play_match(BaselinePlayer("heuristic"), BaselinePlayer("random"), 1, max_moves=10,
+                        start_sfen=MATE_IN_ONE, records=1)
+    assert (result.wins, result.draws, result.losses) == (1, 0, 0)
+    assert result.reasons == {"win_checkmate": 1}
+    assert result.records[0].moves == ["G*5b"] and result.records[0].result == "1-0"
+    assert result.plies == 1
+
+
+def test_greedy_network_takes_the_best_legal_move() -> None:
+    player = tiny_network("net", greedy=True, sample_plies=0)
+    position = Position()
+    for usi in ("7g7f", "3c3d", "8h2b+"):
+        position.push_usi(usi)
+    decision = player.decide([position])
+    with torch.inference_mode():
+        logits, value = player.model(encode_planes(to_tensors(position.compact()), 48))
+    legal = position.legal_actions().astype(np.int64)
+    best = legal[int(torch.argmax(logits[0, legal]))]
+    move = decision.moves[0]
+    assert move in position.legal_moves()
+    assert move_to_action(move, position.turn) == best
+    assert decision.values[0] == pytest.approx(float(value[0]))
+    assert 0.0 < decision.probabilities[0] <= 1.0
+
+
+def test_greedy_games_repeat_unless_the_opening_is_sampled() -> None:
+    def games(sample_plies: int) -> set[tuple[str, ...]]:
+        a = tiny_network("a", 1, greedy=True, sample_plies=sample_plies)
+        b = tiny_network("b", 2, greedy=True, sample_plies=sample_plies)
+        result = play_match(a, b, 6, max_moves=24, records=6)
+        return {tuple(r.moves) for r in result.records}
+
+    assert len(games(0)) == 2  # one game per colour assignment, replayed
+    assert len(games(6)) > 2
+
+
+def test_network_moves_are_always_legal_in_sampled_play() -> None:
+    player = tiny_network("net", greedy=False, temperature=2.0)
+    result = play_match(player, BaselinePlayer("random"), 8, max_moves=48, games_at_once=3)
+    assert result.games == 8 and result.plies > 8  # Position.push raises on an illegal move
+
+
+def test_merge_adds_parts_of_one_match() -> None:
+    a = play_match(BaselinePlayer("heuristic"), BaselinePlayer("random"), 3, max_moves=60)
+    b = play_match(BaselinePlayer("heuristic"), BaselinePlayer("random"), 2, max_moves=60,
+                   first_game=3)
+    both = a.merge(b)
+    assert both.games == 5 and sum(both.as_black) == 3  # games 0, 2, 4
+    assert both.plies == a.plies + b.plies
+    with pytest.raises(ValueError, match="cannot merge 'x' vs 'random'"):
+        a.merge(MatchResult("x", "random"))
+
+
+def test_add_game_counts_by_colour_and_reason() -> None:
+    r = MatchResult("p", "q")
+    r.add_game(Color.WHITE, Outcome(Color.WHITE, Termination.PERPETUAL_CHECK), 30)
+    r.add_game(Color.BLACK, Outcome(None, Termination.SENNICHITE), 40)
+    assert r.as_white == [1, 0, 0] and r.as_black == [0, 1, 0]
+    assert r.reasons == {"win_perpetual_check": 1, "draw_sennichite": 1}
+    assert r.score == pytest.approx(0.75)
+
+
+def test_evaluator_plays_a_network_against_baselines() -> None:
+    cfg = config()
+    torch.manual_seed(3)
+    weights = export_weights(build_model(cfg.model))
+    policy = Contestant("ts-100", cfg.model, weights)
+    results = Evaluator(cfg).evaluate(
+        policy, [Contestant.baseline("random"), Contestant.baseline("heuristic")], 4, seed=5)
+    assert [(r.player, r.opponent, r.games) for r in results] == [
+        ("ts-100", "random", 4), ("ts-100", "heuristic", 4)]
+    assert all(len(r.records) == 2 for r in results)
+    again = Evaluator(cfg).evaluate(policy, [Contestant.baseline("random")], 4, seed=5)
+    assert again[0].records == results[0].records  # seeded: reproducible
+
+
+def test_evaluator_errors_name_the_problem() -> None:
+    cfg = config()
+    evaluator = Evaluator(cfg)
+    with pytest.raises(ValueError, match="unknown baseline player 'stockfish'"):
+        Contestant.baseline("stockfish")
+    with pytest.raises(ValueError, match="two different players, got 'random' twice"):
+        evaluator.match(Contestant.baseline("random"), Contestant.baseline("random"), 2, seed=0)
+    with pytest.raises(ValueError, match="'net' has no weights"):
+        evaluator.match(Contestant("net", cfg.model), Contestant.baseline("random"), 2, seed=0)
+    with pytest.raises(ValueError, match="unknown baseline player 'x'"):
+        BaselinePlayer("x")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        tiny_network("n", temperature=0.0)
