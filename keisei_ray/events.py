@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,10 @@ class UpdateDone:
     worker_restarts: int
     wall_time: float  # seconds since training started (this session)
     weights: Any = None  # [ObjectRef] of this version's {name: ndarray} (boxed: not resolved)
+    learner_busy: float = 0.0  # fraction of the wall time the learner spent updating
+    # Returns a consistent keisei_ray.checkpoint.RunSnapshot of the run at this update (the
+    # learner is idle and no worker is collecting while handlers run); None: no consistent cut.
+    snapshot: Callable[[], Any] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ class CheckpointSaved:
     timestep: int
     version: int
     path: Path
-    reason: str  # "interval", "end", "interrupt"
+    reason: str  # "interval", "end", "interrupt"; "best": this (existing) one is now the best
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,9 @@ class TrainEnd:
     timestep: int
     version: int
     reason: str  # "completed", "interrupted", or "failed: <why>"
+    # As UpdateDone.snapshot: set when training stopped at a consistent cut (completed, or
+    # interrupted after finishing the in-flight update); None after a failure.
+    snapshot: Callable[[], Any] | None = field(default=None, repr=False)
 
 
 class Callback:
@@ -148,6 +156,21 @@ class Callback:
 
     def on_train_end(self, event: TrainEnd) -> None:
         """Training stopped; the reason says why."""
+
+
+@runtime_checkable
+class StatefulCallback(Protocol):
+    """A callback whose state travels in checkpoints (e.g. the Elo table).
+
+    Checkpoints save `state_dict()` (JSON-able values only) under `state_key` (unique per
+    callback); a resumed run calls `load_state_dict` with it before TrainStart is emitted.
+    """
+
+    state_key: str
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
 Event = TrainStart | BatchCollected | UpdateDone | CheckpointSaved | EvaluationDone | TrainEnd
