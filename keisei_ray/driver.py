@@ -13,9 +13,12 @@ accepted: a batch lost with a dying worker, or dropped as too old, is never coun
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import os
+import random
 import secrets
 import threading
 import time
@@ -25,16 +28,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+import torch
+from ray.exceptions import (
+    ActorUnavailableError,
+    GetTimeoutError,
+    ObjectLostError,
+    RayActorError,
+    RayTaskError,
+)
 
 from actors.self_play import BatchSummary, SelfPlayActor
+from keisei_ray.checkpoint import RunSnapshot
 from keisei_ray.config import Config, ConfigError, dump
 from keisei_ray.events import (
     BatchCollected,
     Callback,
     EventBus,
     GameStats,
+    StatefulCallback,
     TrainEnd,
     TrainStart,
     UpdateDone,
@@ -299,6 +312,13 @@ class TrainState:
     dropped_batches: int = 0
     lost_batches: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        return cls(**{**data, "games": GameStats(**data["games"])})
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -328,16 +348,25 @@ def new_run_dir(config: Config) -> Path:
 
 
 class Trainer:
-    """Owns the learner actor, the worker pool and the counters of one training session."""
+    """Owns the learner actor, the worker pool and the counters of one training session.
+
+    `resume` (a checkpoint's RunSnapshot) restores everything of a consistent cut: counters,
+    learner, workers' games, the batches gathered but not trained on, RNG and callback states;
+    the run then continues exactly as it would have without the stop.
+    """
 
     def __init__(self, config: Config, run_dir: Path, *, callbacks: Sequence[Callback] = (),
                  state: TrainState | None = None, learner_state: dict[str, Any] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, resume: RunSnapshot | None = None) -> None:
         self.config = config
         self.run_dir = run_dir
         self.bus = EventBus()
         for callback in callbacks:
             self.bus.register(callback)
+        self.resume = resume
+        if resume is not None:
+            state = TrainState.from_dict(resume.driver)
+            learner_state = resume.learner
         self.state = state or TrainState()
         self.resumed = state is not None
         self._learner_state = learner_state
@@ -378,9 +407,81 @@ class Trainer:
         self.pool = WorkerPool(self.config)
         self.pool.spawn(workers)
         self.pool.wait_until_ready(timeout_s=train.round_timeout_s)
+        if self.resume is not None:
+            self._restore_workers(self.resume.workers)
         log.info("%d self-play worker(s) ready, %d games each", self.pool.alive,
                  train.games_per_worker)
         return published
+
+    def _restore_workers(self, states: dict[int, dict[str, Any]]) -> None:
+        """Put the saved games back into the workers of the same id (the others start anew)."""
+        assert self.pool is not None
+        refs = {slot.worker_id: slot.actor.set_state.remote(states[slot.worker_id])
+                for slot in self.pool.ready_workers if slot.worker_id in states}
+        for worker_id, ref in refs.items():
+            try:
+                ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                log.warning("worker-%d could not take its saved games and starts new ones (%s)",
+                            worker_id, str(exc).splitlines()[-1] if str(exc) else type(exc))
+        fresh = sorted(set(self.pool.slots) - set(refs))
+        if fresh:
+            log.info("worker(s) %s have no saved games: they start new ones", fresh)
+
+    def _restore_process_state(self) -> None:
+        """The driver's RNG states and the stateful callbacks' states of the resumed run."""
+        assert self.resume is not None
+        rng = self.resume.rng
+        if rng:
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(torch.from_numpy(np.asarray(rng["torch"], dtype=np.uint8)))
+        for callback in self.bus.callbacks:
+            if isinstance(callback, StatefulCallback) and callback.state_key in (
+                    self.resume.callbacks):
+                try:
+                    callback.load_state_dict(self.resume.callbacks[callback.state_key])
+                except Exception:
+                    # Contained like any callback failure: its state starts empty instead.
+                    self.bus.errors += 1
+                    log.exception("callback %s could not restore its saved state",
+                                  type(callback).__name__)
+
+    def snapshot(self, pending: Sequence[Any], games: GameStats) -> RunSnapshot:
+        """The run at a consistent cut; call only while the learner is idle (between updates)
+        and before the next collect is launched. `pending`: payload refs gathered and not
+        trained on yet (they go first into the resumed run's next update), `games` theirs."""
+        assert self.pool is not None
+        learner_ref = self.learner.state_dict.remote()
+        # A straggler still collecting is skipped: on resume it starts new games.
+        idle = [slot for slot in self.pool.ready_workers if slot.pending is None]
+        state_refs = {slot.worker_id: slot.actor.get_state.remote() for slot in idle}
+        try:
+            learner_state = ray.get(learner_ref)
+        except (RayActorError, RayTaskError) as exc:
+            raise TrainingError(f"the learner failed: {exc.__class__.__name__}") from exc
+        workers: dict[int, dict[str, Any]] = {}
+        for worker_id, ref in state_refs.items():
+            try:
+                workers[worker_id] = ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                log.warning("worker-%d gave no state for the checkpoint (%s): it will start "
+                            "new games on resume", worker_id, type(exc).__name__)
+        payloads: list[bytes] = []
+        for ref in pending:
+            try:
+                payloads.append(ray.get(ref))
+            except ObjectLostError:
+                log.warning("a pending batch was lost with its node; the checkpoint lacks it")
+        callbacks = {cb.state_key: cb.state_dict() for cb in self.bus.callbacks
+                     if isinstance(cb, StatefulCallback)}
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(),
+               "torch": torch.get_rng_state().numpy()}
+        return RunSnapshot(config=self.config, timestep=self.state.timestep,
+                           version=self.state.version, driver=self.state.to_dict(),
+                           learner=learner_state, workers=workers, pending=payloads,
+                           pending_games=dataclasses.asdict(games), rng=rng,
+                           callbacks=callbacks)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -393,54 +494,73 @@ class Trainer:
         """Train until `total_timesteps` accepted transitions, or until `stop` is set."""
         train = self.config.train
         reason = "completed"
+        stopped_at: tuple[list[Any], GameStats] | None = None  # the cut the loop ended at
         self._started = time.monotonic()
         try:
             self.published = self._start_actors()
             assert self.pool is not None
             self.state.version = self.published.version
             self._steps_start = self.state.timestep
+            if self.resume is not None:
+                self._restore_process_state()
             self._started = time.monotonic()  # rates count from here, not from actor start-up
             self.bus.emit(TrainStart(self.run_dir, self.config, self.state.timestep,
                                      self.state.version, self.resumed, bus=self.bus))
             synchronous = self.config.ppo.max_policy_lag == 0
             in_flight: tuple[Any, GameStats] | None = None  # running update, its games
-            self.pool.launch(self.published)
-            while self.state.timestep < train.total_timesteps and not self.stop.is_set():
-                batches = self.pool.gather(train.round_timeout_s, self._on_batch)
-                if in_flight is not None:  # pipelined: the previous update ran meanwhile
-                    self._finish_update(*in_flight)
-                    in_flight = None
-                    if self.state.timestep >= train.total_timesteps or self.stop.is_set():
-                        break  # this round's batches were never trained on: not counted
-                if batches:
-                    size = sum(b.summary.transitions for b in batches)
-                    if size > self.capacity:  # the pool grew: rare, so a new buffer is fine
-                        self.capacity = len(self.pool.slots) * _batch_capacity(self.config)
-                        self.learner.reserve.remote(max(size, self.capacity))
-                    games = sum((game_stats(b.summary) for b in batches), GameStats())
-                    in_flight = (self.learner.update.remote(*[b.payload for b in batches]),
-                                 games)
-                    if synchronous:
-                        self._finish_update(*in_flight)
+            # Payload refs gathered and not trained on yet; None: gather the next round. A
+            # resumed run starts with the checkpoint's, so it trains exactly as it would have.
+            batches: list[Any] | None = None
+            games = GameStats()
+            if self.resume is not None:
+                batches = [ray.put(payload) for payload in self.resume.pending]
+                games = GameStats(**self.resume.pending_games)
+                self._reserve(len(batches) * _batch_capacity(self.config))
+            else:
+                self.pool.launch(self.published)
+            # Every stop happens at a consistent cut: the learner idle, no collect running.
+            while True:
+                if batches is None:
+                    collected = self.pool.gather(train.round_timeout_s, self._on_batch)
+                    self._reserve(sum(c.summary.transitions for c in collected))
+                    batches = [c.payload for c in collected]
+                    games = sum((game_stats(c.summary) for c in collected), GameStats())
+                    if in_flight is not None:  # pipelined: the previous update ran meanwhile
+                        self._finish_update(*in_flight, cut=(batches, games))
                         in_flight = None
+                if self._should_stop():
+                    stopped_at = (batches, games)  # never trained on: not counted
+                    break
+                if batches:
+                    in_flight = (self.learner.update.remote(*batches), games)
+                    if synchronous:
+                        self._finish_update(*in_flight, cut=([], GameStats()))
+                        in_flight = None
+                        if self._should_stop():
+                            stopped_at = ([], GameStats())
+                            break
+                batches = None
                 self.pool.poll_ready()
                 self.pool.grow_to_capacity()
                 if not self.pool.slots:
                     raise TrainingError("every self-play worker is gone")
                 self.pool.launch(self.published)
-            if in_flight is not None:  # an update already running is finished and counted
-                self._finish_update(*in_flight)
             if self.stop.is_set() and self.state.timestep < train.total_timesteps:
                 reason = "interrupted"
             self.final_weights = ray.get(self.published.weights[0])
         except KeyboardInterrupt:
             reason = "interrupted"
+            stopped_at = None  # a second Ctrl-C: wherever the loop was, no consistent cut
             raise
         except TrainingError as exc:
             reason = f"failed: {exc}"
+            stopped_at = None
             raise
         finally:
-            self.bus.emit(TrainEnd(self.state.timestep, self.state.version, reason))
+            snapshot = None if stopped_at is None else functools.partial(self.snapshot,
+                                                                          *stopped_at)
+            self.bus.emit(TrainEnd(self.state.timestep, self.state.version, reason,
+                                   snapshot=snapshot))
             self.close()
         wall = time.monotonic() - self._started
         steps = self.state.timestep - self._steps_start
@@ -453,12 +573,25 @@ class Trainer:
             worker_restarts=self.pool.restarts if self.pool else 0,
             callback_errors=self.bus.errors, final_weights=self.final_weights)
 
+    def _should_stop(self) -> bool:
+        return self.state.timestep >= self.config.train.total_timesteps or self.stop.is_set()
+
+    def _reserve(self, size: int) -> None:
+        """Grow the learner's buffer when a round holds more than it (the pool grew: rare)."""
+        if size > self.capacity:
+            assert self.pool is not None
+            self.capacity = max(size, len(self.pool.slots) * _batch_capacity(self.config))
+            self.learner.reserve.remote(self.capacity)
+
     def _on_batch(self, item: Collected) -> None:
         s = item.summary
         self.bus.emit(BatchCollected(worker_id=s.worker_id, transitions=s.transitions,
                                      version=s.version, bytes=s.nbytes, games=game_stats(s)))
 
-    def _finish_update(self, ref: Any, games: GameStats) -> None:
+    def _finish_update(self, ref: Any, games: GameStats,
+                       cut: tuple[list[Any], GameStats]) -> None:
+        """Count a finished update and emit UpdateDone; `cut` is what a snapshot taken by its
+        handlers holds as not-yet-trained batches (the next update's)."""
         try:
             result: UpdateResult = ray.get(ref)
         except (RayActorError, RayTaskError, GetTimeoutError) as exc:
@@ -481,7 +614,9 @@ class Trainer:
             games=games, totals=st.games, policy_lag=result.max_lag,
             workers_alive=self.pool.alive,
             steps_per_s=(st.timestep - self._steps_start) / wall if wall > 0 else 0.0,
-            worker_restarts=self.pool.restarts, wall_time=wall, weights=result.published.weights))
+            worker_restarts=self.pool.restarts, wall_time=wall, weights=result.published.weights,
+            learner_busy=self.learner_busy_s / wall if wall > 0 else 0.0,
+            snapshot=functools.partial(self.snapshot, *cut)))
 
 
 def _batch_capacity(config: Config) -> int:

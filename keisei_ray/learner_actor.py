@@ -74,7 +74,18 @@ class LearnerActor:
         return str(self.learner.device)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.learner.state_dict()
+        # On the CPU: the driver (and the checkpoint files) must not need the learner's GPU.
+        return _to_cpu(self.learner.state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state)
+
+
+def _to_cpu(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {key: _to_cpu(value) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_to_cpu(value) for value in tree)
+    return tree

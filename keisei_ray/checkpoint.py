@@ -1,0 +1,662 @@
+"""Checkpoints: written atomically off the hot path, verified on load, resumed exactly.
+
+A checkpoint is one directory, `RUN_DIR/checkpoints/ckpt-<timestep>`:
+
+    learner.pt      Learner.state_dict(): model, optimizer, AMP scaler, generator, counters
+                    (the LR schedule has no state of its own: it is a function of the timestep)
+    workers.pt      each self-play worker's running games, held-back rows and generator
+    pending.pt      experience batches gathered at the cut but not trained on yet
+    driver.pt       the driver process's RNG states
+    state.json      the driver's counters and statistics (TrainState), the pending games
+    callbacks.json  the state of stateful callbacks (e.g. the Elo table), by state_key
+    config.yaml     the effective config
+    manifest.json   format, run id, timestep, version, SHA-256 and size of every file
+
+It is written under a `tempfile.mkdtemp` name in the same folder, every file fsync'ed, the
+manifest last, then renamed into place: a directory named `ckpt-*` is complete or was tampered
+with. Loading verifies the manifest and reads tensors with `torch.load(weights_only=True)`
+(never unpickles arbitrary objects). What goes wrong is one `CheckpointError` line, and resume
+falls back to the previous good checkpoint of the same run.
+
+The driver provides the consistent cut (`UpdateDone.snapshot` / `TrainEnd.snapshot`: learner
+idle, every worker between collects); `CheckpointCallback` decides when to save, hands the
+snapshot to a writer thread, keeps the last K and the best, and emits `CheckpointSaved`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import queue
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from keisei_ray.config import Config, ConfigError, dump, validate
+from keisei_ray.events import (
+    Callback,
+    CheckpointSaved,
+    EvaluationDone,
+    EventBus,
+    TrainEnd,
+    TrainStart,
+    UpdateDone,
+)
+from shogi import NUM_ACTIONS
+
+log = logging.getLogger(__name__)
+
+FORMAT = "keisei-ray-checkpoint/1"
+CHECKPOINTS = "checkpoints"  # the folder of a run that holds its checkpoints
+MANIFEST = "manifest.json"
+RUN_FILE = "run.json"  # a run folder's identity: its run id (also the W&B run id)
+BEST_FILE = "best.json"  # names the best checkpoint of the run
+_NAME = re.compile(r"^ckpt-(\d+)$")
+
+# Config fields whose change makes the saved learner state unusable.
+INCOMPATIBLE_FIELDS = ("model.size", "model.blocks", "model.channels",
+                       "model.squeeze_excitation", "model.norm", "ppo.optimizer")
+# Config fields whose change makes the saved games unusable (workers then start new games).
+WORKER_FIELDS = ("env.max_moves", "env.impasse", "train.games_per_worker")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, partial, corrupt, tampered with, foreign or incompatible."""
+
+
+@dataclass
+class RunSnapshot:
+    """A consistent cut of a training run: what a checkpoint holds and resume restores."""
+
+    config: Config
+    timestep: int
+    version: int
+    driver: dict[str, Any]  # the driver's TrainState as JSON-able values
+    learner: dict[str, Any]  # Learner.state_dict()
+    workers: dict[int, dict[str, Any]]  # worker id -> SelfPlayWorker.get_state()
+    pending: list[bytes] = field(default_factory=list)  # encoded batches not trained on yet
+    pending_games: dict[str, Any] = field(default_factory=dict)  # their GameStats, as a dict
+    rng: dict[str, Any] = field(default_factory=dict)  # the driver process's RNG states
+    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # state_key -> state
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a verified manifest says about its checkpoint."""
+
+    path: Path
+    run_id: str
+    timestep: int
+    version: int
+    reason: str
+    created: str
+    config: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- run identity
+
+
+def run_id_of(run_dir: Path, *, create: bool = False) -> str:
+    """The run id recorded in RUN_DIR/run.json (created with a new id when asked)."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        if not create:
+            raise CheckpointError(f"{run_dir} is not a run folder (no {RUN_FILE})")
+        run_id = secrets.token_hex(6)
+        _write_atomic(path, json.dumps({"run_id": run_id, "created": _now()}).encode())
+        return run_id
+    try:
+        run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: unreadable run identity ({exc})") from None
+    if not isinstance(run_id, str) or not run_id:
+        raise CheckpointError(f"{path}: run_id must be a non-empty string, got {run_id!r}")
+    return run_id
+
+
+def checkpoint_name(timestep: int) -> str:
+    return f"ckpt-{timestep:012d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint directories, newest (highest timestep) first; nothing verified."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if p.is_dir() and (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_checkpoint(folder: Path, snapshot: RunSnapshot, *, run_id: str, reason: str) -> Path:
+    """Write `snapshot` as `folder/ckpt-<timestep>` atomically; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "learner.pt": _torch_bytes(snapshot.learner),
+        "workers.pt": _torch_bytes(_to_torch(snapshot.workers)),
+        "pending.pt": _torch_bytes(list(snapshot.pending)),
+        "driver.pt": _torch_bytes(_to_torch(snapshot.rng)),
+        "state.json": _json_bytes({"driver": snapshot.driver,
+                                   "pending_games": snapshot.pending_games}),
+        "callbacks.json": _json_bytes(snapshot.callbacks),
+        "config.yaml": dump(snapshot.config).encode("utf-8"),
+    }
+    manifest = {
+        "format": FORMAT,
+        "run_id": run_id,
+        "timestep": snapshot.timestep,
+        "version": snapshot.version,
+        "reason": reason,
+        "created": _now(),
+        "num_actions": NUM_ACTIONS,
+        "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                  for name, data in files.items()},
+    }
+    final = folder / checkpoint_name(snapshot.timestep)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=folder))
+    try:
+        for name, data in files.items():
+            _write_synced(tmp / name, data)
+        _write_synced(tmp / MANIFEST, _json_bytes(manifest))  # last: it marks completeness
+        _fsync_dir(tmp)
+        if final.exists():  # a re-save of the same timestep (e.g. a resumed run's end)
+            aside = Path(tempfile.mkdtemp(prefix=".old-ckpt-", dir=folder))
+            os.replace(final, aside / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _to_torch(tree: Any) -> Any:
+    """numpy arrays -> tensors (torch.load(weights_only=True) reads tensors, not arrays)."""
+    if isinstance(tree, np.ndarray):
+        return torch.from_numpy(np.array(tree))  # a writable copy (Ray hands read-only arrays)
+    if isinstance(tree, np.generic):
+        return tree.item()
+    if isinstance(tree, dict):
+        return {key: _to_torch(value) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_to_torch(value) for value in tree)
+    return tree
+
+
+def _to_numpy(tree: Any) -> Any:
+    """The inverse of `_to_torch`."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numpy()
+    if isinstance(tree, dict):
+        return {key: _to_numpy(value) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_to_numpy(value) for value in tree)
+    return tree
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def verify_checkpoint(path: Path, *, run_id: str | None = None) -> CheckpointInfo:
+    """Check the manifest and every file's size and SHA-256; CheckpointError says what is wrong."""
+    path = Path(path)
+    where = f"checkpoint {path}"
+    if not path.is_dir():
+        raise CheckpointError(f"{where}: not found")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{where}: partial (no {MANIFEST}: its save never finished)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        info = CheckpointInfo(path=path, run_id=str(manifest["run_id"]),
+                              timestep=int(manifest["timestep"]),
+                              version=int(manifest["version"]), reason=str(manifest["reason"]),
+                              created=str(manifest["created"]), config={})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{where}: {MANIFEST} is unreadable ({type(exc).__name__}: "
+                              f"{exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if run_id is not None and info.run_id != run_id:
+        raise CheckpointError(f"{where}: belongs to run {info.run_id!r}, not to this run "
+                              f"{run_id!r} (a run only resumes from its own checkpoints)")
+    if manifest.get("num_actions") != NUM_ACTIONS:
+        raise CheckpointError(f"{where}: action space of {manifest.get('num_actions')!r} "
+                              f"actions, this version has {NUM_ACTIONS}")
+    if not isinstance(files, dict) or "learner.pt" not in files:
+        raise CheckpointError(f"{where}: {MANIFEST} lists no learner.pt")
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{where}: {name} is missing")
+        size = file.stat().st_size
+        if size != entry["bytes"]:
+            raise CheckpointError(f"{where}: {name} is truncated or altered ({size} bytes, "
+                                  f"manifest says {entry['bytes']})")
+        if _sha256(file) != entry["sha256"]:
+            raise CheckpointError(f"{where}: {name} does not match its SHA-256 (corrupt or "
+                                  "tampered with)")
+    return info
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or unsafe file
+        first = str(exc).splitlines()[0] if str(exc) else "no detail"
+        raise CheckpointError(f"checkpoint {path.parent}: {path.name} is unreadable "
+                              f"({type(exc).__name__}: {first})") from exc
+
+
+def _read_config(path: Path) -> Config:
+    try:
+        return validate(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {})
+    except (OSError, yaml.YAMLError, ConfigError) as exc:
+        raise CheckpointError(f"checkpoint {path}: bad config.yaml ({exc})") from None
+
+
+def read_checkpoint(path: Path, *, run_id: str | None = None) -> RunSnapshot:
+    """Verify and load a whole checkpoint (what resume needs)."""
+    info = verify_checkpoint(path, run_id=run_id)
+    config = _read_config(path)
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        callbacks = json.loads((path / "callbacks.json").read_text(encoding="utf-8"))
+        driver, pending_games = state["driver"], state["pending_games"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: bad state.json or callbacks.json "
+                              f"({exc})") from None
+    learner = _torch_load(path / "learner.pt")
+    workers = _to_numpy(_torch_load(path / "workers.pt"))
+    pending = _torch_load(path / "pending.pt")
+    rng = _to_numpy(_torch_load(path / "driver.pt"))
+    if not isinstance(learner, dict) or not isinstance(workers, dict) or not isinstance(
+            pending, list) or not all(isinstance(p, bytes) for p in pending):
+        raise CheckpointError(f"checkpoint {path}: learner, worker or pending state of the "
+                              "wrong shape")
+    return RunSnapshot(config=config, timestep=info.timestep, version=info.version,
+                       driver=driver, learner=learner, workers=workers, pending=pending,
+                       pending_games=pending_games, rng=rng, callbacks=callbacks)
+
+
+def read_model_state(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict[str, Any]]:
+    """(config, model state_dict, meta) of a checkpoint: only what inference needs."""
+    info = verify_checkpoint(path)
+    config = _read_config(path)
+    learner = _torch_load(path / "learner.pt")
+    model = learner.get("model") if isinstance(learner, dict) else None
+    if not isinstance(model, dict):
+        raise CheckpointError(f"checkpoint {path}: learner.pt holds no model state")
+    meta = {"run_id": info.run_id, "timestep": info.timestep, "version": info.version,
+            "checkpoint": str(path)}
+    return config, model, meta
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    run_dir: Path
+    run_id: str
+    snapshot: RunSnapshot | None  # None: no good checkpoint, starting the run afresh
+    path: Path | None  # the checkpoint resumed from
+
+
+def find_resume_point(path: Path, *, allow_fresh: bool = False) -> ResumePoint:
+    """The newest good checkpoint of a run folder, or the given checkpoint (or an older one).
+
+    Each bad checkpoint is reported in one warning line and the previous one is tried. Only the
+    run's own `checkpoints/` folder is searched and the manifest's run id must match the run's.
+    With none good, CheckpointError unless `allow_fresh` (then snapshot is None).
+    """
+    path = Path(path)
+    if (path / RUN_FILE).is_file():
+        run_dir, candidates = path, list_checkpoints(path)
+    elif _NAME.match(path.name) and path.parent.name == CHECKPOINTS:
+        run_dir = path.parent.parent
+        if not (run_dir / RUN_FILE).is_file():
+            raise CheckpointError(f"--resume {path}: the checkpoint is not inside its run folder "
+                                  f"(no {run_dir / RUN_FILE})")
+        candidates = [p for p in list_checkpoints(run_dir) if p.name <= path.name]
+        if path not in candidates:
+            candidates.insert(0, path)  # missing: reported below, then the older ones
+    else:
+        raise CheckpointError(f"--resume {path}: neither a run folder (with {RUN_FILE}) nor a "
+                              f"checkpoint (RUN/{CHECKPOINTS}/ckpt-N)")
+    run_id = run_id_of(run_dir)
+    for candidate in candidates:
+        try:
+            snapshot = read_checkpoint(candidate, run_id=run_id)
+        except CheckpointError as exc:
+            log.warning("%s; trying the previous one", exc)
+            continue
+        log.info("resuming run %s from %s (timestep %d)", run_id, candidate, snapshot.timestep)
+        return ResumePoint(run_dir, run_id, snapshot, candidate)
+    what = f"no good checkpoint in {run_dir / CHECKPOINTS} ({len(candidates)} tried)"
+    if not allow_fresh:
+        raise CheckpointError(f"{what}; pass --allow-fresh to start this run from scratch")
+    log.warning("%s: starting run %s from scratch (--allow-fresh)", what, run_id)
+    return ResumePoint(run_dir, run_id, None, None)
+
+
+def _field(config: Config, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def check_compatible(saved: Config, now: Config, where: Path | str) -> list[str]:
+    """Refuse a config the saved learner cannot continue with (CheckpointError names the field).
+
+    Returns the fields that make the saved games unusable (their workers start new games).
+    """
+    for name in INCOMPATIBLE_FIELDS:
+        old, new = _field(saved, name), _field(now, name)
+        if old != new:
+            raise CheckpointError(f"checkpoint {where}: incompatible config: {name} is {old!r} "
+                                  f"in the checkpoint, {new!r} now")
+    if (saved.ppo.amp == "fp16") != (now.ppo.amp == "fp16"):
+        raise CheckpointError(f"checkpoint {where}: incompatible config: ppo.amp is "
+                              f"{saved.ppo.amp!r} in the checkpoint, {now.ppo.amp!r} now (the "
+                              "fp16 scaler state)")
+    return [name for name in WORKER_FIELDS if _field(saved, name) != _field(now, name)]
+
+
+# ----------------------------------------------------------------------------- the callback
+
+
+@dataclass(frozen=True)
+class _Saved:
+    path: Path
+    timestep: int
+    version: int
+    reason: str
+    seconds: float
+
+
+class _Writer:
+    """One background thread that writes checkpoints and deletes old ones, in order."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue[Any] = queue.Queue()
+        self.done: queue.Queue[_Saved] = queue.Queue()
+        self.busy = 0  # jobs submitted and not finished (read on the driver thread)
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="checkpoint-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Any) -> None:
+        with self._lock:
+            self.busy += 1
+        self.jobs.put(job)
+
+    def _loop(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            try:
+                result = job()
+                if isinstance(result, _Saved):
+                    self.done.put(result)
+            except Exception:
+                # Logged, counted, and training goes on: the previous checkpoint stays valid.
+                self.failures += 1
+                log.exception("checkpoint writer: a job failed")
+            finally:
+                with self._lock:
+                    self.busy -= 1
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until every submitted job is finished; False on timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.busy:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self._thread.join()
+
+
+class CheckpointCallback(Callback):
+    """Saves checkpoints on the event bus: every `checkpoint.interval_timesteps`, at the end and
+    on interrupt; keeps the last K and the best by evaluation; emits `CheckpointSaved`.
+
+    The save itself costs the driver only the snapshot fetch (`stall_s`): files are written,
+    hashed and fsync'ed by a background thread. Its own state (evaluation merits, the best
+    checkpoint) travels in the checkpoints through the `state_key` protocol.
+    """
+
+    state_key = "checkpoint"
+
+    def __init__(self, config: Config) -> None:
+        self.settings = config.checkpoint
+        self.folder: Path | None = None
+        self.run_id = ""
+        self.bus: EventBus | None = None
+        self.next_due: int | None = None
+        self.last_timestep: int | None = None  # of the newest checkpoint submitted
+        self.merits: dict[int, tuple[int, float]] = {}  # version -> (rated, Elo or score)
+        self.best: str | None = None  # name of the best checkpoint
+        self.saved: dict[str, tuple[int, int]] = {}  # name -> (timestep, version), on disk
+        self.stall_s: list[float] = []  # driver-side seconds per checkpoint (snapshot fetch)
+        self.save_s: list[float] = []  # writer-thread seconds per checkpoint
+        self._writer: _Writer | None = None
+
+    # ---------------------------------------------------------------- state protocol
+    def state_dict(self) -> dict[str, Any]:
+        return {"merits": {str(v): list(m) for v, m in self.merits.items()}, "best": self.best}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.merits = {int(v): (int(m[0]), float(m[1])) for v, m in state["merits"].items()}
+        self.best = state.get("best")
+
+    # ---------------------------------------------------------------- events
+    def on_train_start(self, event: TrainStart) -> None:
+        self.folder = Path(event.run_dir) / CHECKPOINTS
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id_of(event.run_dir, create=True)
+        self.bus = event.bus
+        for stale in self.folder.glob(".tmp-ckpt-*"):  # a save killed half-way
+            log.info("removing the unfinished checkpoint %s", stale.name)
+            shutil.rmtree(stale, ignore_errors=True)
+        self.saved = {}
+        for path in list_checkpoints(event.run_dir):
+            timestep = int(_NAME.match(path.name).group(1))  # type: ignore[union-attr]
+            if event.resumed and timestep > event.timestep:
+                # Written after the checkpoint this run resumed from: a future that is gone.
+                aside = path.with_name(f"{path.name}.abandoned-{int(time.time())}")
+                log.warning("%s is newer than the resumed timestep %d; renamed to %s",
+                            path.name, event.timestep, aside.name)
+                path.rename(aside)
+                continue
+            try:
+                info = verify_checkpoint(path, run_id=self.run_id)
+            except CheckpointError as exc:
+                log.warning("%s (kept aside: not counted among the last %d)", exc,
+                            self.settings.keep_last)
+                continue
+            self.saved[path.name] = (info.timestep, info.version)
+        self.last_timestep = event.timestep if event.resumed else None
+        interval = self.settings.interval_timesteps
+        self.next_due = None if interval is None else (event.timestep // interval + 1) * interval
+        self._writer = _Writer()
+
+    def on_update_done(self, event: UpdateDone) -> None:
+        self._poll()
+        if self.next_due is None or event.timestep < self.next_due or event.snapshot is None:
+            return
+        interval = self.settings.interval_timesteps
+        assert interval is not None
+        self.next_due = (event.timestep // interval + 1) * interval
+        self._save(event.snapshot, "interval")
+
+    def on_evaluation_done(self, event: EvaluationDone) -> None:
+        old = self.merits.get(event.version)
+        if event.elo is not None:  # a rating takes every opponent into account
+            self.merits[event.version] = (1, float(event.elo))
+        elif old is None or old[0] == 0:  # unrated: the score against the hardest opponent
+            self.merits[event.version] = (0, min(event.score, old[1]) if old else event.score)
+        self._update_best()
+
+    def on_train_end(self, event: TrainEnd) -> None:
+        if self._writer is None:
+            return
+        if event.snapshot is not None and event.timestep != self.last_timestep:
+            reason = "end" if event.reason == "completed" else "interrupt"
+            self._save(event.snapshot, reason)
+        self._writer.wait()  # the last checkpoint must be on disk before the process ends
+        self._poll()
+        self._writer.wait()
+        self._writer.close()
+        self._writer = None
+
+    # ---------------------------------------------------------------- internals
+    def _save(self, take_snapshot: Any, reason: str) -> None:
+        assert self._writer is not None and self.folder is not None
+        start = time.perf_counter()
+        snapshot: RunSnapshot = take_snapshot()
+        self.stall_s.append(time.perf_counter() - start)
+        self.last_timestep = snapshot.timestep
+        folder, run_id = self.folder, self.run_id
+
+        def job() -> _Saved:
+            began = time.perf_counter()
+            path = write_checkpoint(folder, snapshot, run_id=run_id, reason=reason)
+            return _Saved(path, snapshot.timestep, snapshot.version, reason,
+                          time.perf_counter() - began)
+
+        self._writer.submit(job)
+
+    def _poll(self) -> None:
+        """Announce the checkpoints the writer finished (on the driver thread), then rotate."""
+        if self._writer is None:
+            return
+        while True:
+            try:
+                saved = self._writer.done.get_nowait()
+            except queue.Empty:
+                break
+            self.save_s.append(saved.seconds)
+            self.saved[saved.path.name] = (saved.timestep, saved.version)
+            log.info("checkpoint %s saved (%s, %.2f s)", saved.path, saved.reason, saved.seconds)
+            if self.bus is not None:
+                self.bus.emit(CheckpointSaved(saved.timestep, saved.version, saved.path,
+                                              saved.reason))
+            self._update_best()
+            self._rotate()
+
+    def _update_best(self) -> None:
+        if not self.settings.keep_best or self.folder is None:
+            return
+        rated = [(self.merits[version], name) for name, (_, version) in self.saved.items()
+                 if version in self.merits]
+        if not rated:
+            return
+        merit, name = max(rated)
+        if name == self.best:
+            return
+        self.best = name
+        timestep, version = self.saved[name]
+        _write_atomic(self.folder / BEST_FILE, _json_bytes(
+            {"checkpoint": name, "timestep": timestep, "version": version,
+             "rated": bool(merit[0]), "merit": merit[1]}))
+        log.info("best checkpoint is now %s (%s %.3f)", name, "Elo" if merit[0] else "score",
+                 merit[1])
+        if self.bus is not None:
+            self.bus.emit(CheckpointSaved(timestep, version, self.folder / name, "best"))
+
+    def _rotate(self) -> None:
+        """Delete checkpoints beyond the newest `keep_last` (never the best), in the writer."""
+        assert self._writer is not None and self.folder is not None
+        names = sorted(self.saved, key=lambda n: self.saved[n][0], reverse=True)
+        doomed = [n for n in names[self.settings.keep_last:] if n != self.best]
+        for name in doomed:
+            del self.saved[name]
+        if doomed:
+            folder = self.folder
+
+            def job() -> None:
+                for name in doomed:
+                    shutil.rmtree(folder / name, ignore_errors=True)
+
+            self._writer.submit(job)
