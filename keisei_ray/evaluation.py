@@ -1,0 +1,474 @@
+"""Evaluation from the driver's side: background evaluation during training, one-off matches
+(`keisei-ray evaluate`) and the checkpoint ladder (`keisei-ray ladder`).
+
+`BackgroundEvaluation` is a callback. Every `evaluation.interval_timesteps` it hands the
+update's weights (a boxed ObjectRef: never copied through the driver) to an evaluation actor
+and returns at once; finished evaluations are picked up on later events, rated in the run's one
+Elo store, written as game records, logged, and emitted as `EvaluationDone` on the bus. At most
+one evaluation runs at a time; if the next one comes due meanwhile it waits, and a newer one
+replaces it (training never waits for evaluation, except for a bounded final wait).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import RayError
+
+from actors.evaluation import BASELINES, Contestant, EvaluationActor, Evaluator, MatchResult
+from keisei_ray.config import Config
+from keisei_ray.elo import ANCHOR, Z95, EloStore, Rating
+from keisei_ray.events import (
+    Callback,
+    EvaluationDone,
+    EventBus,
+    TrainEnd,
+    TrainStart,
+    UpdateDone,
+)
+from keisei_ray.model_file import load_model
+from keisei_ray.records import write_record, write_text_atomic
+from learner.model import export_weights
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- contestants
+
+
+def load_contestant(spec: str, name: str | None = None) -> Contestant:
+    """`random`, `heuristic`, or a model file: the one place that turns a name into a player.
+
+    A model's name defaults to its file name; its `max_moves` (which scales an input plane)
+    comes from the file's metadata when the file records it.
+    """
+    if spec in BASELINES:
+        return Contestant.baseline(spec)
+    loaded = load_model(spec)
+    max_moves = loaded.meta.get("max_moves")
+    return Contestant(name or Path(spec).name, loaded.config, export_weights(loaded.model),
+                      int(max_moves) if isinstance(max_moves, int) else None)
+
+
+def boxed(contestant: Contestant) -> Contestant:
+    """The contestant with its weights put in the object store once (for many Ray calls)."""
+    if contestant.weights is None or isinstance(contestant.weights, list):
+        return contestant
+    return Contestant(contestant.name, contestant.model, [ray.put(contestant.weights)],
+                      contestant.max_moves)
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (draws may count as half successes)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denominator = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class MatchSummary:
+    """What a person reads about a match: score, win rate and Elo difference with 95% intervals."""
+
+    result: MatchResult
+    score_ci: tuple[float, float]
+    win_rate_ci: tuple[float, float]
+    elo: Rating  # the player's rating with the opponent pinned at 0
+
+    @classmethod
+    def of(cls, result: MatchResult) -> MatchSummary:
+        store = EloStore(anchor=result.opponent)
+        store.record(result.player, result.opponent, result.wins, result.draws, result.losses)
+        return cls(result, wilson_interval(result.wins + 0.5 * result.draws, result.games),
+                   wilson_interval(result.wins, result.games), store.rating(result.player))
+
+    def lines(self) -> list[str]:
+        r = self.result
+        reasons = ", ".join(f"{k.replace('_', ' ', 1)} {v}" for k, v in sorted(r.reasons.items()))
+        return [
+            f"{r.player} vs {r.opponent}: {r.games} games (colours alternated), "
+            f"+{r.wins} ={r.draws} -{r.losses}",
+            f"score {100 * r.score:.1f}% (95% interval {100 * self.score_ci[0]:.1f}-"
+            f"{100 * self.score_ci[1]:.1f}%)",
+            f"win rate {100 * r.win_rate:.1f}% (draws count as non-wins; 95% interval "
+            f"{100 * self.win_rate_ci[0]:.1f}-{100 * self.win_rate_ci[1]:.1f}%)",
+            f"Elo difference {self.elo.elo:+.0f} ± {self.elo.ci95:.0f} (95%)",
+            f"as Black +{r.as_black[0]} ={r.as_black[1]} -{r.as_black[2]}, "
+            f"as White +{r.as_white[0]} ={r.as_white[1]} -{r.as_white[2]}",
+            f"results by reason: {reasons or 'none'}",
+            f"{r.plies / max(r.games, 1):.0f} plies per game, {r.games / max(r.seconds, 1e-9):.2f} "
+            f"games/s",
+        ]
+
+
+# ----------------------------------------------------------------------------- one-off matches
+
+
+def run_match(config: Config, player: Contestant, opponent: Contestant, games: int, *,
+              workers: int = 1, seed: int | None = None,
+              records: int | None = None) -> MatchResult:
+    """`games` games of `player` vs `opponent`, in this process or split over Ray actors.
+
+    With `workers` > 1 the games are split into contiguous blocks (colours still alternate by
+    game number) played by that many evaluation actors; Ray must be initialised.
+    """
+    seed = config.evaluation.seed if seed is None else seed
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    if workers == 1 or games < 2:
+        return Evaluator(config).match(player, opponent, games, seed=seed, records=records)
+    player, opponent = boxed(player), boxed(opponent)
+    actors = [EvaluationActor.options(num_cpus=1).remote(config) for _ in range(workers)]
+    try:
+        bounds = np.linspace(0, games, workers + 1).round().astype(int)
+        refs = [actor.match.remote(player, opponent, int(hi - lo), seed, int(lo),
+                                   records if k == 0 else 0)
+                for k, (actor, lo, hi) in enumerate(zip(actors, bounds[:-1], bounds[1:],
+                                                        strict=True)) if hi > lo]
+        parts: list[MatchResult] = ray.get(refs)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.merge(part)
+    return total
+
+
+# ----------------------------------------------------------------------------- background
+
+
+@dataclass(frozen=True)
+class _Request:
+    name: str
+    timestep: int
+    version: int
+    weights: list[Any]  # [ObjectRef] of the policy's weights
+
+
+@dataclass
+class _Running:
+    request: _Request
+    ref: Any
+    opponents: list[str]
+    started: float = field(default_factory=time.monotonic)
+
+
+class BackgroundEvaluation(Callback):
+    """Evaluates the policy in the background every `evaluation.interval_timesteps`.
+
+    Each evaluation plays `evaluation.games` games against every fixed opponent and, with
+    `evaluation.previous`, against the previously evaluated policy; all games go into the run's
+    Elo store (`state_dict` keeps it for checkpoints, `load_state_dict` restores it on resume).
+    """
+
+    state_key = "evaluation"
+
+    def __init__(self, config: Config, run_dir: Path | None = None, *,
+                 actor_factory: Callable[[Config], Any] | None = None) -> None:
+        self.config = config
+        self.settings = config.evaluation
+        self.run_dir = run_dir
+        # Bad opponent files fail here, before the run starts.
+        self.opponents = [load_contestant(spec) for spec in self.settings.opponents]
+        self.elo = EloStore()
+        self.history: list[dict[str, Any]] = []
+        self.bus: EventBus | None = None
+        self._actor_factory = actor_factory or self._default_actor
+        self._actor: Any = None
+        self._running: _Running | None = None
+        self._pending: _Request | None = None
+        self._previous: Contestant | None = None
+        self._last_bucket: int | None = None
+        self.skipped = 0  # evaluations replaced by a newer one before they could start
+        self.failed = 0
+
+    # ---------------------------------------------------------------- events
+    def on_train_start(self, event: TrainStart) -> None:
+        self.bus = event.bus
+        self.run_dir = event.run_dir
+        if self._last_bucket is None:
+            self._last_bucket = event.timestep // self.settings.interval_timesteps
+        self.opponents = [boxed(o) for o in self.opponents]
+
+    def on_update_done(self, event: UpdateDone) -> None:
+        self.poll()
+        bucket = event.timestep // self.settings.interval_timesteps
+        if self._last_bucket is None:
+            self._last_bucket = 0
+        if bucket > self._last_bucket and event.weights is not None:
+            self._last_bucket = bucket
+            self.submit(_Request(f"ts-{event.timestep}", event.timestep, event.version,
+                                 event.weights))
+
+    def on_train_end(self, event: TrainEnd) -> None:
+        try:
+            if self._running is not None and event.reason == "completed":
+                # The running evaluation, then the newest one that was waiting, within budget.
+                log.info("waiting up to %.0f s for the running evaluation of %s",
+                         self.settings.final_wait_s, self._running.request.name)
+                deadline = time.monotonic() + self.settings.final_wait_s
+                while self._running is not None and time.monotonic() < deadline:
+                    self.poll(timeout_s=max(0.0, deadline - time.monotonic()))
+            if self._running is not None:
+                log.warning("evaluation of %s did not finish before the end of training; "
+                            "dropped", self._running.request.name)
+                self._running = None
+            if self._pending is not None:
+                log.info("evaluation of %s was due but not started before the end of training",
+                         self._pending.name)
+                self._pending = None
+        finally:
+            self.close()
+
+    # ---------------------------------------------------------------- work
+    def submit(self, request: _Request) -> None:
+        """Start an evaluation now, or queue it behind the running one (newest wins)."""
+        if self._running is None:
+            self._launch(request)
+            return
+        if self._pending is not None:
+            self.skipped += 1
+            log.info("evaluation of %s skipped: %s is still running and %s is newer",
+                     self._pending.name, self._running.request.name, request.name)
+        self._pending = request
+
+    def poll(self, timeout_s: float = 0.0, *, launch_pending: bool = True) -> bool:
+        """Collect a finished evaluation (waiting at most `timeout_s`); True if one finished."""
+        running = self._running
+        if running is None:
+            return False
+        done, _ = ray.wait([running.ref], timeout=timeout_s)
+        if not done:
+            return False
+        self._running = None
+        try:
+            results: list[MatchResult] = ray.get(running.ref)
+        except RayError as exc:
+            self.failed += 1
+            log.error("evaluation of %s failed after %.0f s: %s", running.request.name,
+                      time.monotonic() - running.started,
+                      str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc))
+            self._drop_actor()
+        else:
+            self._finish(running, results)
+        if launch_pending and self._pending is not None:
+            request, self._pending = self._pending, None
+            self._launch(request)
+        return True
+
+    def close(self) -> None:
+        self._drop_actor()
+
+    def _default_actor(self, config: Config) -> Any:
+        return EvaluationActor.options(num_cpus=self.settings.num_cpus, max_restarts=0,
+                                       max_task_retries=0).remote(config, self.settings.nice)
+
+    def _drop_actor(self) -> None:
+        if self._actor is not None:
+            ray.kill(self._actor)
+            self._actor = None
+
+    def _launch(self, request: _Request) -> None:
+        if self._actor is None:
+            self._actor = self._actor_factory(self.config)
+        policy = Contestant(request.name, self.config.model, request.weights)
+        opponents = list(self.opponents)
+        if self.settings.previous and self._previous is not None:
+            opponents.append(self._previous)
+        seed = int(np.random.SeedSequence([self.settings.seed, request.timestep])
+                   .generate_state(1)[0])
+        ref = self._actor.evaluate.remote(policy, opponents, self.settings.games, seed)
+        self._running = _Running(request, ref, [o.name for o in opponents])
+        log.debug("evaluation of %s launched against %s", request.name,
+                  ", ".join(self._running.opponents))
+
+    def _finish(self, running: _Running, results: list[MatchResult]) -> None:
+        request = running.request
+        for r in results:
+            self.elo.record(r.player, r.opponent, r.wins, r.draws, r.losses)
+        ratings = self.elo.ratings()
+        own = ratings.get(request.name)
+        folder = self.run_dir / "evaluation" if self.run_dir is not None else None
+        env = self.config.env
+        row: dict[str, Any] = {"name": request.name, "timestep": request.timestep,
+                               "version": request.version,
+                               "elo": own.elo if own else None,
+                               "elo_ci": own.ci95 if own else None, "matches": {}}
+        for r in results:
+            paths: list[str] = []
+            if folder is not None:
+                for k, record in enumerate(r.records):
+                    stem = f"{request.name}-vs-{_safe(r.opponent)}-{k + 1}"
+                    paths += [str(p) for p in write_record(
+                        record, folder / request.name, stem, max_moves=env.max_moves,
+                        impasse=env.impasse == "27")]
+            opponent_rating = ratings.get(r.opponent)
+            details = {
+                "name": request.name, "score": r.score, "win_rate": r.win_rate,
+                "reasons": dict(r.reasons), "as_black": list(r.as_black),
+                "as_white": list(r.as_white), "plies": r.plies, "seconds": r.seconds,
+                "opponent_elo": opponent_rating.elo if opponent_rating else None,
+                "records": paths,
+            }
+            row["matches"][r.opponent] = {"wins": r.wins, "draws": r.draws, "losses": r.losses,
+                                          "score": r.score}
+            if self.bus is not None:
+                self.bus.emit(EvaluationDone(
+                    timestep=request.timestep, version=request.version, opponent=r.opponent,
+                    games=r.games, wins=r.wins, losses=r.losses, draws=r.draws,
+                    elo=own.elo if own else None, elo_ci=own.ci95 if own else None,
+                    details=details))
+        self.history.append(row)
+        self._previous = Contestant(request.name, self.config.model, request.weights)
+        matches = ", ".join(f"vs {r.opponent} +{r.wins} ={r.draws} -{r.losses} "
+                            f"({100 * r.score:.0f}%)" for r in results)
+        elo_text = f"Elo {own.elo:+.0f} ± {own.ci95:.0f}" if own else "no Elo"
+        log.info("evaluation %s (v%d): %s; %s (%.0f s)", request.name, request.version, matches,
+                 elo_text, time.monotonic() - running.started)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(folder / "elo.json", json.dumps(
+                {"history": self.history, "ratings": _ratings_table(self.elo),
+                 "store": self.elo.state_dict()}, indent=1) + "\n")
+
+    # ---------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        return {"elo": self.elo.state_dict(), "last_bucket": self._last_bucket,
+                "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        elo = EloStore()
+        elo.load_state_dict(state["elo"])
+        last = state.get("last_bucket")
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int)):
+            raise ValueError(f"evaluation state: last_bucket must be an integer, got {last!r}")
+        self.elo = elo
+        self._last_bucket = last
+        self.history = list(state.get("history", []))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+
+
+def _ratings_table(store: EloStore) -> list[dict[str, Any]]:
+    return [{"player": r.player, "elo": r.elo, "ci95": r.ci95 if math.isfinite(r.ci95) else None,
+             "games": r.games, "score": r.score if math.isfinite(r.score) else None}
+            for r in store.ratings().values()]
+
+
+# ----------------------------------------------------------------------------- ladder
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """A model of a run for the ladder: its name, training timestep and where it lives."""
+
+    name: str
+    timestep: int
+    path: Path
+
+
+def run_models(run_dir: Path) -> list[RunModel]:
+    """The run's models in timestep order: every exported model file (`*.pt`) under `run_dir`.
+
+    The timestep comes from the file's metadata, else from the last number in its name.
+    """
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir}: not found")
+    found = []
+    for path in sorted(run_dir.rglob("*.pt")):
+        meta = load_model(path).meta
+        timestep = meta.get("timestep")
+        if not isinstance(timestep, int):
+            numbers = re.findall(r"\d+", path.stem)
+            timestep = int(numbers[-1]) if numbers else 0
+        found.append(RunModel(f"ts-{timestep}", timestep, path))
+    names = [m.name for m in found]
+    # Two files of one timestep keep distinct names.
+    return sorted((RunModel(m.name if names.count(m.name) == 1 else f"{m.name}-{m.path.stem}",
+                            m.timestep, m.path) for m in found),
+                  key=lambda m: (m.timestep, m.name))
+
+
+@dataclass(frozen=True)
+class LadderRow:
+    name: str
+    timestep: int
+    rating: Rating
+    scores: dict[str, float]  # opponent -> score
+
+
+def ladder(config: Config, models: Sequence[RunModel], games: int, *, workers: int = 1,
+           previous: bool = True,
+           progress: Callable[[MatchResult], None] | None = None) -> tuple[list[LadderRow],
+                                                                            EloStore]:
+    """Rate `models` by matches against random, heuristic and (with `previous`) their
+    predecessor; one Elo store over all of them."""
+    if not models:
+        raise ValueError("no models to rate")
+    store = EloStore()
+    scores: dict[str, dict[str, float]] = {m.name: {} for m in models}
+    baselines = [Contestant.baseline(b) for b in BASELINES]
+    earlier: Contestant | None = None
+    for k, model in enumerate(models):
+        contestant = load_contestant(str(model.path), name=model.name)
+        opponents = [*baselines, *([earlier] if previous and earlier is not None else [])]
+        for opponent in opponents:
+            result = run_match(config, contestant, opponent, games, workers=workers,
+                               seed=config.evaluation.seed + 1009 * k, records=0)
+            store.record(result.player, result.opponent, result.wins, result.draws,
+                         result.losses)
+            scores[model.name][opponent.name] = result.score
+            if progress is not None:
+                progress(result)
+        earlier = contestant
+    ratings = store.ratings()
+    rows = [LadderRow(m.name, m.timestep, ratings[m.name], scores[m.name]) for m in models]
+    return rows, store
+
+
+def plot_ladder(rows: Sequence[LadderRow], store: EloStore, path: Path) -> Path:
+    """A PNG of Elo over timesteps (95% bars), with the anchors drawn as lines."""
+    # Only the ladder draws: keep matplotlib out of every other import. No pyplot (no global
+    # backend state): a bare Figure renders with Agg.
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    figure = Figure(figsize=(7, 4), dpi=120)
+    axes = figure.add_subplot()
+    steps = [r.timestep for r in rows]
+    elos = [r.rating.elo for r in rows]
+    bars = [r.rating.ci95 if math.isfinite(r.rating.ci95) else 0.0 for r in rows]
+    axes.errorbar(steps, elos, yerr=bars, marker="o", capsize=3, label="checkpoints")
+    ratings = store.ratings()
+    axes.axhline(ratings[ANCHOR].elo, color="grey", linestyle=":", label=f"{ANCHOR} (anchor)")
+    if "heuristic" in ratings:
+        axes.axhline(ratings["heuristic"].elo, color="tab:red", linestyle="--",
+                     label="heuristic")
+    axes.set_xlabel("timestep")
+    axes.set_ylabel(f"Elo ({ANCHOR} = {ratings[ANCHOR].elo:.0f})")
+    axes.set_title("Elo over training (Bradley-Terry, 95% intervals)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+

@@ -1,0 +1,59 @@
+"""Game records on disk: KIF (readable in Shogi GUIs) and an SVG picture of the final position."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import cshogi
+
+from actors.evaluation import GameRecord
+
+log = logging.getLogger(__name__)
+
+
+def record_kif(record: GameRecord, *, max_moves: int | None = None, impasse: bool = False) -> str:
+    """The game as KIF text, its ending included (`max_moves`/`impasse`: the rules it was
+    played under, so that a capped game ends as 持将棋)."""
+    position = record.position(max_moves=max_moves, impasse=impasse)
+    return position.to_kif(names=(record.black, record.white))
+
+
+def record_svg(record: GameRecord) -> str:
+    """An SVG picture of the final position, the last move highlighted."""
+    board = cshogi.Board(record.start_sfen)
+    last = None
+    for usi in record.moves:
+        last = board.move_from_usi(usi)
+        if not board.is_legal(last):
+            raise ValueError(f"record {record.black} vs {record.white}: illegal move {usi!r} "
+                             f"in {board.sfen()!r}")
+        board.push(last)
+    return str(board.to_svg(lastmove=last))
+
+
+def write_record(record: GameRecord, folder: Path, stem: str, *, max_moves: int | None = None,
+                 impasse: bool = False) -> list[Path]:
+    """Write `<stem>.kif` and `<stem>.svg` into `folder` (created); return both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for suffix, text in ((".kif", record_kif(record, max_moves=max_moves, impasse=impasse)),
+                         (".svg", record_svg(record))):
+        path = folder / f"{stem}{suffix}"
+        write_text_atomic(path, text)
+        paths.append(path)
+    return paths
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text through a temporary file in the same folder, then rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,213 @@
+"""Background evaluation on a real local Ray: it never blocks training, rates every policy in one
+Elo store, writes records, emits EvaluationDone, and keeps its state for checkpoints."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from actors.evaluation import Contestant, EvaluationActorImpl, MatchResult
+from keisei_ray.config import Config, load_config
+from keisei_ray.driver import Trainer
+from keisei_ray.elo import ANCHOR
+from keisei_ray.evaluation import BackgroundEvaluation
+from keisei_ray.events import Callback, EvaluationDone, TrainStart, UpdateDone
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_local() -> Iterator[None]:
+    # address="local": a fresh instance even when another Ray runs on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="keisei-tests")
+    yield
+    ray.shutdown()
+
+
+def small_config(tmp_path: Path, *extra: str) -> Config:
+    return load_config(None, [
+        "model.size=tiny", "env.max_moves=32", "train.games_per_worker=4",
+        "train.rollout_steps=16", "train.num_workers=1", "train.learner_cpus=0",
+        "train.total_timesteps=400", "ppo.epochs=1", "ppo.minibatch_size=64",
+        f"train.runs_dir={tmp_path}", "evaluation.interval_timesteps=100",
+        "evaluation.games=2", "evaluation.records=1", "evaluation.opponents=[random]",
+        "evaluation.nice=0", *extra])
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.updates = 0
+        self.log: list[tuple[str, int, Any]] = []  # (kind, updates so far, event)
+
+    def on_update_done(self, event: UpdateDone) -> None:
+        self.updates += 1
+        self.log.append(("update", self.updates, event))
+
+    def on_evaluation_done(self, event: EvaluationDone) -> None:
+        self.log.append(("evaluation", self.updates, event))
+
+    @property
+    def evaluations(self) -> list[EvaluationDone]:
+        return [e for kind, _, e in self.log if kind == "evaluation"]
+
+
+def run(config: Config, run_dir: Path, *callbacks: Callback) -> None:
+    run_dir.mkdir()
+    result = Trainer(config, run_dir, callbacks=list(callbacks)).run()
+    assert result.reason == "completed"
+    assert result.callback_errors == 0
+
+
+def test_background_evaluation_rates_policies_and_writes_records(tmp_path: Path) -> None:
+    config = small_config(tmp_path)
+    run_dir = tmp_path / "run"
+    evaluation = BackgroundEvaluation(config, run_dir)
+    rec = Recorder()
+    run(config, run_dir, evaluation, rec)
+    events = rec.evaluations
+    assert events, "no evaluation finished"
+    for event in events:
+        assert event.games == 2 and event.wins + event.draws + event.losses == 2
+        assert event.timestep % 100 < 64  # launched at the update that crossed a multiple
+        assert event.elo is not None and event.elo_ci is not None
+        assert event.details["name"] == f"ts-{event.timestep}"
+    assert events[0].opponent == "random"
+    records = [Path(p) for e in events for p in e.details["records"]]
+    assert {p.suffix for p in records} == {".kif", ".svg"}
+    assert all(p.is_file() and p.stat().st_size > 100 for p in records)
+    assert records[0].read_text(encoding="utf-8").startswith("手合割：平手")
+    assert "<svg" in records[1].read_text(encoding="utf-8")
+    saved = json.loads((run_dir / "evaluation" / "elo.json").read_text(encoding="utf-8"))
+    assert [row["name"] for row in saved["history"]] == [r["name"] for r in evaluation.history]
+    players = evaluation.elo.players
+    assert players[0] == ANCHOR and all(f"ts-{e.timestep}" in players for e in events)
+    assert evaluation._actor is None  # closed at the end of training
+
+
+class GatedEvaluator(EvaluationActorImpl):
+    """An evaluation actor that holds every evaluation until the test opens the gate."""
+
+    def __init__(self, config: Config, gate: Any) -> None:
+        super().__init__(config)
+        self.gate = gate
+
+    def evaluate(self, policy: Contestant, opponents: list[Contestant], games: int,
+                 seed: int) -> list[MatchResult]:
+        while not ray.get(self.gate.is_open.remote()):
+            time.sleep(0.02)
+        return super().evaluate(policy, opponents, games, seed)
+
+
+@ray.remote(num_cpus=0)
+class Gate:
+    def __init__(self) -> None:
+        self.opened = False
+
+    def open(self) -> None:
+        self.opened = True
+
+    def is_open(self) -> bool:
+        return self.opened
+
+
+def test_training_goes_on_while_an_evaluation_runs(tmp_path: Path) -> None:
+    gate = Gate.remote()  # type: ignore[attr-defined]
+    config = small_config(tmp_path, "train.total_timesteps=640")
+
+    def factory(cfg: Config) -> Any:
+        return ray.remote(GatedEvaluator).options(num_cpus=0).remote(cfg, gate)
+
+    evaluation = BackgroundEvaluation(config, tmp_path / "gated", actor_factory=factory)
+    launched_at: list[int] = []
+
+    class OpenLater(Recorder):
+        def on_update_done(self, event: UpdateDone) -> None:
+            super().on_update_done(event)
+            if evaluation._running is not None and not launched_at:
+                launched_at.append(self.updates)
+            if launched_at and self.updates == launched_at[0] + 4:
+                ray.get(gate.open.remote())
+
+    rec = OpenLater()
+    run(config, tmp_path / "gated", evaluation, rec)
+    assert launched_at, "no evaluation was launched"
+    # Four updates completed while the evaluation was held: training did not wait for it.
+    first_result = next(n for kind, n, _ in rec.log if kind == "evaluation")
+    assert first_result >= launched_at[0] + 4
+    # While it was held, later evaluations came due: the newest waited, older ones were skipped.
+    assert evaluation.skipped >= 1
+    assert len({e.timestep for e in rec.evaluations}) >= 2
+
+
+@ray.remote(num_cpus=0)
+class ScriptedEvaluator:
+    """Answers every evaluation at once with the same score, and remembers who played."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def evaluate(self, policy: Contestant, opponents: list[Contestant], games: int,
+                 seed: int) -> list[MatchResult]:
+        self.calls.append((policy.name, [o.name for o in opponents]))
+        return [MatchResult(policy.name, o.name, wins=2, draws=1, losses=1) for o in opponents]
+
+    def seen(self) -> list[tuple[str, list[str]]]:
+        return self.calls
+
+
+def test_state_round_trip_and_resume_interval(tmp_path: Path) -> None:
+    config = small_config(tmp_path, "evaluation.interval_timesteps=1000")
+    actors: list[Any] = []
+
+    def factory(cfg: Config) -> Any:
+        actors.append(ScriptedEvaluator.remote())  # type: ignore[attr-defined]
+        return actors[-1]
+
+    def seen() -> list[tuple[str, list[str]]]:
+        return [call for actor in actors for call in ray.get(actor.seen.remote())]
+
+    weights = [ray.put({})]
+
+    def update(cb: BackgroundEvaluation, timestep: int) -> None:
+        cb.on_update_done(UpdateDone(timestep, 1, 1, {}, None, None, 0, 1, 0.0, 0,  # type: ignore[arg-type]
+                                     0.0, weights=weights))
+
+    source = BackgroundEvaluation(config, tmp_path / "a", actor_factory=factory)
+    source.on_train_start(TrainStart(tmp_path / "a", config, 0, 0, False))
+    update(source, 900)
+    assert source._running is None
+    update(source, 1100)  # crosses 1000
+    assert source.poll(timeout_s=60)
+    assert seen() == [("ts-1100", ["random"])]
+    assert source.elo.rating("ts-1100").games == 4
+    state = json.loads(json.dumps(source.state_dict()))
+
+    resumed = BackgroundEvaluation(config, tmp_path / "b", actor_factory=factory)
+    resumed.load_state_dict(state)
+    resumed.on_train_start(TrainStart(tmp_path / "b", config, 1100, 1, True))
+    assert resumed.elo.rating("ts-1100") == source.elo.rating("ts-1100")
+    update(resumed, 1900)  # same interval as the last evaluation: not due
+    assert resumed._running is None
+    update(resumed, 2050)
+    assert resumed.poll(timeout_s=60)
+    # The resumed run holds no earlier weights: it plays the fixed opponents only ...
+    assert seen()[-1] == ("ts-2050", ["random"])
+    # ... while the first one still holds ts-1100's weights and plays it too.
+    update(source, 2100)
+    assert source.poll(timeout_s=60)
+    assert ("ts-2100", ["random", "ts-1100"]) in seen()
+    assert source.elo.rating("ts-2100").games == 8
+    resumed.close()
+    source.close()
+    with pytest.raises(ValueError, match="last_bucket must be an integer"):
+        resumed.load_state_dict({**state, "last_bucket": "x"})
+
+
+def test_bad_opponent_file_fails_before_training(tmp_path: Path) -> None:
+    config = small_config(tmp_path, f"evaluation.opponents=[random, {tmp_path}/nope.pt]")
+    with pytest.raises(ValueError, match=r"nope.pt: not found"):
+        BackgroundEvaluation(config, tmp_path)
