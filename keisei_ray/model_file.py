@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
+from keisei_ray.checkpoint import CheckpointError, read_model_state
 from keisei_ray.config import ModelConfig
 from learner.model import PolicyValueNet, build_model, load_weights
 
@@ -58,8 +59,11 @@ def save_model(path: str | Path, weights: Mapping[str, np.ndarray], config: Mode
 
 
 def load_model(path: str | Path) -> LoadedModel:
-    """Load a file written by `save_model` into a fresh network in eval mode."""
+    """Load a file written by `save_model`, or a checkpoint directory (verified against its
+    manifest), into a fresh network in eval mode."""
     path = Path(path)
+    if path.is_dir():
+        return _load_checkpoint(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path}: not found")
     try:
@@ -84,3 +88,17 @@ def load_model(path: str | Path) -> LoadedModel:
         raise ModelFileError(f"model file {path}: {exc}") from None
     model.eval()
     return LoadedModel(model=model, config=config, meta=dict(payload.get("meta") or {}))
+
+
+def _load_checkpoint(path: Path) -> LoadedModel:
+    try:
+        config, state, meta = read_model_state(path)
+    except CheckpointError as exc:
+        raise ModelFileError(str(exc)) from None
+    model = build_model(config.model)
+    try:
+        load_weights(model, {name: t.numpy() for name, t in state.items()})
+    except ValueError as exc:
+        raise ModelFileError(f"checkpoint {path}: {exc}") from None
+    model.eval()
+    return LoadedModel(model=model, config=config.model, meta=meta)

@@ -1,0 +1,367 @@
+"""The checkpoint store without Ray: round trip, corruption cases, fallback, rotation, best."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import keisei_ray.checkpoint as ckpt
+from actors.self_play import SelfPlayWorker
+from keisei_ray.checkpoint import (
+    CheckpointCallback,
+    CheckpointError,
+    RunSnapshot,
+    check_compatible,
+    find_resume_point,
+    list_checkpoints,
+    read_checkpoint,
+    run_id_of,
+    verify_checkpoint,
+    write_checkpoint,
+)
+from keisei_ray.config import Config, load_config
+from keisei_ray.events import (
+    CheckpointSaved,
+    EvaluationDone,
+    EventBus,
+    GameStats,
+    TrainEnd,
+    TrainStart,
+    UpdateDone,
+)
+from keisei_ray.model_file import ModelFileError, load_model
+from learner import Learner
+from learner.model import export_weights
+
+
+def tiny_config(*extra: str) -> Config:
+    return load_config(None, ["model.size=tiny", "env.max_moves=40", "train.games_per_worker=2",
+                              "train.rollout_steps=5", *extra])
+
+
+@pytest.fixture(scope="module")
+def snapshot() -> RunSnapshot:
+    config = tiny_config()
+    learner = Learner(config, capacity=64, device="cpu")
+    worker = SelfPlayWorker(config, worker_id=0)
+    _, payload = worker.collect(export_weights(worker.model), 0)
+    return RunSnapshot(
+        config=config, timestep=96, version=3,
+        driver={"timestep": 96, "updates": 3, "version": 3, "games": {"games": 2},
+                "dropped_batches": 0, "lost_batches": 0},
+        learner=learner.state_dict(), workers={0: worker.get_state()}, pending=[payload],
+        pending_games={"games": 1, "black_wins": 1}, rng={"numpy": np.random.get_state()},
+        callbacks={"elo": {"ratings": {"random": 0.0}}})
+
+
+def make_run(tmp_path: Path, snapshot: RunSnapshot, *timesteps: int) -> tuple[Path, list[Path]]:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    run_id = run_id_of(run_dir, create=True)
+    paths = [write_checkpoint(run_dir / "checkpoints", _at(snapshot, t), run_id=run_id,
+                              reason="interval") for t in timesteps]
+    return run_dir, paths
+
+
+def _at(snapshot: RunSnapshot, timestep: int) -> RunSnapshot:
+    return RunSnapshot(**{**snapshot.__dict__, "timestep": timestep})
+
+
+# ----------------------------------------------------------------------------- store
+
+
+def test_round_trip_restores_everything(tmp_path: Path, snapshot: RunSnapshot) -> None:
+    run_dir, (path,) = make_run(tmp_path, snapshot, 96)
+    assert path.name == "ckpt-000000000096"
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        ["learner.pt", "workers.pt", "pending.pt", "driver.pt", "state.json", "callbacks.json",
+         "config.yaml", "manifest.json"])
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
+    back = read_checkpoint(path, run_id=run_id_of(run_dir))
+    assert back.config == snapshot.config
+    assert (back.timestep, back.version) == (96, 3)
+    assert back.driver == snapshot.driver and back.callbacks == snapshot.callbacks
+    assert back.pending == snapshot.pending and back.pending_games == snapshot.pending_games
+    for name, tensor in snapshot.learner["model"].items():
+        assert torch.equal(back.learner["model"][name], tensor)
+    assert back.learner["optimizer"]["param_groups"] == snapshot.learner["optimizer"][
+        "param_groups"]
+    assert torch.equal(back.learner["generator"], snapshot.learner["generator"])
+    # The worker state comes back as numpy and a fresh worker takes it.
+    state = back.workers[0]
+    assert isinstance(state["env"]["moves"], np.ndarray)
+    worker = SelfPlayWorker(snapshot.config, worker_id=0)
+    worker.set_state(state)
+    assert worker.env.get_state()["rng"] == snapshot.workers[0]["env"]["rng"]
+    assert np.array_equal(back.rng["numpy"][1], snapshot.rng["numpy"][1])
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda p: (p / "manifest.json").unlink(), "partial (no manifest.json"),
+    (lambda p: _truncate(p / "manifest.json"), "manifest.json is unreadable"),
+    (lambda p: _flip_byte(p / "learner.pt"), "learner.pt does not match its SHA-256"),
+    (lambda p: _truncate(p / "workers.pt"), "workers.pt is truncated or altered"),
+    (lambda p: (p / "pending.pt").unlink(), "pending.pt is missing"),
+    (lambda p: _flip_byte(p / "config.yaml"), "config.yaml does not match its SHA-256"),
+])
+def test_damaged_checkpoint_is_one_clear_line(tmp_path: Path, snapshot: RunSnapshot,
+                                              damage: Any, message: str) -> None:
+    _, (path,) = make_run(tmp_path, snapshot, 96)
+    damage(path)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    text = str(info.value)
+    assert message in text and str(path) in text and "\n" not in text
+
+
+def test_a_file_swapped_with_a_consistent_manifest_is_still_caught(
+        tmp_path: Path, snapshot: RunSnapshot) -> None:
+    # Tampering that also rewrites the manifest cannot smuggle in a pickle: weights_only.
+    _, (path,) = make_run(tmp_path, snapshot, 96)
+
+    class Evil:
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            return (os.system, ("echo pwned",))
+
+    torch.save({"model": Evil()}, path / "learner.pt")
+    manifest = json.loads((path / "manifest.json").read_text())
+    data = (path / "learner.pt").read_bytes()
+    manifest["files"]["learner.pt"] = {"sha256": ckpt.hashlib.sha256(data).hexdigest(),
+                                       "bytes": len(data)}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="learner.pt is unreadable"):
+        read_checkpoint(path)
+
+
+def test_failed_save_leaves_nothing_behind(tmp_path: Path, snapshot: RunSnapshot,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir, (good,) = make_run(tmp_path, snapshot, 96)
+    calls = []
+
+    def failing(path: Path, data: bytes) -> None:
+        calls.append(path.name)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        path.write_bytes(data)
+
+    monkeypatch.setattr(ckpt, "_write_synced", failing)
+    with pytest.raises(OSError, match="No space left"):
+        write_checkpoint(run_dir / "checkpoints", _at(snapshot, 192), run_id="x", reason="x")
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [good.name]
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_falls_back_to_the_previous_good_checkpoint(
+        tmp_path: Path, snapshot: RunSnapshot, caplog: pytest.LogCaptureFixture) -> None:
+    run_dir, (old, mid, new) = make_run(tmp_path, snapshot, 96, 192, 288)
+    _truncate(new / "learner.pt")
+    (mid / "manifest.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        point = find_resume_point(run_dir)
+    assert point.path == old and point.snapshot is not None and point.snapshot.timestep == 96
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("\n" not in w for w in warnings)
+    assert "truncated" in warnings[0] and "partial" in warnings[1]
+    # Naming a checkpoint resumes from it, or from an older one of the same run.
+    assert find_resume_point(mid).path == old
+    assert find_resume_point(old).path == old
+
+
+def test_no_good_checkpoint_refuses_unless_told_to_start_fresh(
+        tmp_path: Path, snapshot: RunSnapshot) -> None:
+    run_dir, (only,) = make_run(tmp_path, snapshot, 96)
+    _flip_byte(only / "workers.pt")
+    with pytest.raises(CheckpointError, match="no good checkpoint .* --allow-fresh"):
+        find_resume_point(run_dir)
+    point = find_resume_point(run_dir, allow_fresh=True)
+    assert point.snapshot is None and point.run_id == run_id_of(run_dir)
+
+
+def test_resume_never_uses_files_the_run_did_not_create(tmp_path: Path,
+                                                        snapshot: RunSnapshot) -> None:
+    run_dir, (ours,) = make_run(tmp_path, snapshot, 96)
+    foreign = write_checkpoint(run_dir / "checkpoints", _at(snapshot, 500), run_id="someone-else",
+                               reason="interval")
+    assert find_resume_point(run_dir).path == ours  # the foreign one is skipped
+    with pytest.raises(CheckpointError, match="belongs to run 'someone-else'"):
+        verify_checkpoint(foreign, run_id=run_id_of(run_dir))
+    # A checkpoint in the parent folder, or a loose one, is never picked up.
+    loose = write_checkpoint(tmp_path / "checkpoints", _at(snapshot, 900), run_id="x", reason="x")
+    with pytest.raises(CheckpointError, match="not inside its run folder"):
+        find_resume_point(loose)
+    with pytest.raises(CheckpointError, match="neither a run folder"):
+        find_resume_point(tmp_path)
+
+
+def test_incompatible_config_is_refused_naming_the_field() -> None:
+    saved = tiny_config()
+    with pytest.raises(CheckpointError, match="model.channels is None in the checkpoint, 64 now"):
+        check_compatible(saved, tiny_config("model.channels=64"), "x")
+    with pytest.raises(CheckpointError, match="model.size is 'tiny' in the checkpoint, 'small'"):
+        check_compatible(saved, tiny_config("model.size=small"), "x")
+    with pytest.raises(CheckpointError, match="ppo.optimizer"):
+        check_compatible(saved, tiny_config("ppo.optimizer=adamw"), "x")
+    with pytest.raises(CheckpointError, match="ppo.amp"):
+        check_compatible(saved, tiny_config("ppo.amp=fp16"), "x")
+    assert check_compatible(saved, tiny_config("ppo.learning_rate=0.1"), "x") == []
+    assert check_compatible(saved, tiny_config("train.games_per_worker=3", "env.max_moves=50"),
+                            "x") == ["env.max_moves", "train.games_per_worker"]
+
+
+def test_load_model_accepts_a_checkpoint_directory(tmp_path: Path,
+                                                   snapshot: RunSnapshot) -> None:
+    _, (path,) = make_run(tmp_path, snapshot, 96)
+    loaded = load_model(path)
+    assert loaded.config == snapshot.config.model
+    assert loaded.meta["timestep"] == 96 and not loaded.model.training
+    for name, value in loaded.model.state_dict().items():
+        assert torch.equal(value, snapshot.learner["model"][name])
+    _flip_byte(path / "learner.pt")
+    with pytest.raises(ModelFileError, match="SHA-256"):
+        load_model(path)
+
+
+# ----------------------------------------------------------------------------- the callback
+
+
+def drive(callback: CheckpointCallback, run_dir: Path, snapshot: RunSnapshot, step: int,
+          updates: int, *, start: int = 0, resumed: bool = False) -> list[CheckpointSaved]:
+    """Feed the callback UpdateDone events of `step` transitions each, then TrainEnd."""
+    bus = EventBus()
+    saved: list[CheckpointSaved] = []
+
+    class Listen(ckpt.Callback):
+        def on_checkpoint_saved(self, event: CheckpointSaved) -> None:
+            saved.append(event)
+
+    bus.register(callback)
+    bus.register(Listen())
+    bus.emit(TrainStart(run_dir, snapshot.config, start, 0, resumed, bus=bus))
+    timestep = start
+    for version in range(1, updates + 1):
+        timestep += step
+        at = timestep
+
+        def take(at: int = at, version: int = version) -> RunSnapshot:
+            return RunSnapshot(**{**snapshot.__dict__, "timestep": at, "version": version})
+
+        bus.emit(UpdateDone(timestep=at, version=version, accepted=step, metrics={},
+                            games=GameStats(), totals=GameStats(), policy_lag=1,
+                            workers_alive=1, steps_per_s=1.0, worker_restarts=0, wall_time=1.0,
+                            snapshot=take))
+        if callback._writer is not None:  # let the writer finish: the test checks the order
+            callback._writer.wait()
+    bus.emit(TrainEnd(timestep, updates, "completed",
+                      snapshot=lambda: RunSnapshot(**{**snapshot.__dict__, "timestep": timestep,
+                                                      "version": updates})))
+    assert bus.errors == 0
+    return saved
+
+
+def test_interval_checkpoints_fire_at_the_first_update_crossing_each_multiple(
+        tmp_path: Path, snapshot: RunSnapshot) -> None:
+    # 48 transitions per update, interval 100 (not a multiple): 144 crosses 100, 240 crosses
+    # 200, 336 crosses 300; 384 is the end.
+    config = tiny_config("checkpoint.interval_timesteps=100", "checkpoint.keep_last=10")
+    run_dir = tmp_path / "run"
+    callback = CheckpointCallback(config)
+    saved = drive(callback, run_dir, snapshot, 48, 8)
+    assert [(e.timestep, e.reason) for e in saved] == [
+        (144, "interval"), (240, "interval"), (336, "interval"), (384, "end")]
+    assert [p.name for p in list_checkpoints(run_dir)] == [
+        "ckpt-000000000384", "ckpt-000000000336", "ckpt-000000000240", "ckpt-000000000144"]
+    assert len(callback.stall_s) == 4 and len(callback.save_s) == 4
+
+
+def test_keeps_the_last_k_and_the_best(tmp_path: Path, snapshot: RunSnapshot) -> None:
+    config = tiny_config("checkpoint.interval_timesteps=50", "checkpoint.keep_last=2")
+    run_dir = tmp_path / "run"
+    callback = CheckpointCallback(config)
+    bus = EventBus()
+    saved: list[CheckpointSaved] = []
+
+    class Listen(ckpt.Callback):
+        def on_checkpoint_saved(self, event: CheckpointSaved) -> None:
+            saved.append(event)
+
+    bus.register(callback)
+    bus.register(Listen())
+    bus.emit(TrainStart(run_dir, config, 0, 0, False, bus=bus))
+
+    def update(version: int) -> None:
+        at = 50 * version
+        bus.emit(UpdateDone(
+            timestep=at, version=version, accepted=50, metrics={}, games=GameStats(),
+            totals=GameStats(), policy_lag=0, workers_alive=1, steps_per_s=1.0,
+            worker_restarts=0, wall_time=1.0,
+            snapshot=lambda: RunSnapshot(**{**snapshot.__dict__, "timestep": at,
+                                            "version": version})))
+        assert callback._writer is not None
+        callback._writer.wait()
+
+    def evaluated(version: int, wins: int, elo: float | None) -> None:
+        bus.emit(EvaluationDone(timestep=50 * version, version=version, opponent="random",
+                                games=10, wins=wins, losses=10 - wins, draws=0, elo=elo))
+
+    update(1)
+    update(2)
+    evaluated(2, 9, elo=350.0)
+    update(3)
+    evaluated(3, 7, elo=120.0)
+    update(4)
+    update(5)
+    bus.emit(TrainEnd(250, 5, "completed", snapshot=None))
+    names = sorted(p.name for p in list_checkpoints(run_dir))
+    # The last two plus version 2, the best rated one.
+    assert names == ["ckpt-000000000100", "ckpt-000000000200", "ckpt-000000000250"]
+    best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
+    assert best["checkpoint"] == "ckpt-000000000100" and best["rated"]
+    assert [e.reason for e in saved].count("best") == 1
+    assert callback.state_dict()["best"] == "ckpt-000000000100"
+
+
+def test_unrated_merit_is_the_score_against_the_hardest_opponent(
+        tmp_path: Path, snapshot: RunSnapshot) -> None:
+    callback = CheckpointCallback(tiny_config())
+    for opponent, wins in (("random", 10), ("heuristic", 4)):
+        callback.on_evaluation_done(EvaluationDone(timestep=1, version=7, opponent=opponent,
+                                                   games=10, wins=wins, losses=10 - wins,
+                                                   draws=0))
+    assert callback.merits[7] == (0, 0.4)
+    callback.on_evaluation_done(EvaluationDone(timestep=1, version=7, opponent="random",
+                                               games=10, wins=10, losses=0, draws=0, elo=80.0))
+    assert callback.merits[7] == (1, 80.0)
+    restored = CheckpointCallback(tiny_config())
+    restored.load_state_dict(json.loads(json.dumps(callback.state_dict())))
+    assert restored.merits == callback.merits
+
+
+def test_resumed_run_sets_aside_checkpoints_from_a_lost_future(
+        tmp_path: Path, snapshot: RunSnapshot) -> None:
+    run_dir, _ = make_run(tmp_path, snapshot, 96, 192)
+    callback = CheckpointCallback(tiny_config("checkpoint.interval_timesteps=1000"))
+    saved = drive(callback, run_dir, snapshot, 10, 2, start=96, resumed=True)
+    assert [e.timestep for e in saved] == [116]
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-000000000116",
+                                                           "ckpt-000000000096"]
+    assert [p.name.split(".")[0] for p in (run_dir / "checkpoints").glob("*.abandoned-*")] == [
+        "ckpt-000000000192"]
