@@ -30,6 +30,7 @@ import torch
 
 from keisei_ray.codec import ExperienceBatch, encode, summarize_games
 from keisei_ray.config import Config
+from keisei_ray.metrics import WorkerMetrics
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
 from learner.model import act, build_model, load_weights
@@ -309,6 +310,7 @@ class SelfPlayActorImpl:
         # A restarted actor must not replay its predecessor's games: new seed stream.
         incarnation = 1 + int.from_bytes(os.urandom(4), "little") if restarted else 0
         self.worker = SelfPlayWorker(config, worker_id, incarnation=incarnation)
+        self.metrics = WorkerMetrics(worker_id)
         if incarnation:
             log.warning("worker-%d restarted; reseeded its games", worker_id)
 
@@ -318,7 +320,9 @@ class SelfPlayActorImpl:
     def collect(self, weights_box: list[Any], version: int) -> tuple[BatchSummary, bytes]:
         # The weights ref travels boxed in a list so Ray does not fetch it unless needed.
         weights = ray.get(weights_box[0]) if version != self.worker.version else None
-        return self.worker.collect(weights, version)
+        summary, payload = self.worker.collect(weights, version)
+        self.metrics.record(summary.collect_s, summary.transitions, summary.games)
+        return summary, payload
 
     def get_state(self) -> dict[str, Any]:
         return self.worker.get_state()

@@ -16,6 +16,7 @@ import ray
 import torch
 
 from keisei_ray.config import Config
+from keisei_ray.metrics import LearnerMetrics
 from learner import Learner
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class LearnerActor:
         torch.set_num_threads(max(1, round(config.train.learner_cpus) or 1))
         self.config = config
         self.learner = Learner(config, capacity=capacity, device=device)
+        self.metrics = LearnerMetrics()
         log.info("learner ready on %s (capacity %d transitions)", self.learner.device, capacity)
 
     def publish(self) -> Published:
@@ -58,6 +60,8 @@ class LearnerActor:
         start = time.perf_counter()
         metrics = self.learner.update(list(payloads))
         busy = time.perf_counter() - start
+        self.metrics.record(busy, int(metrics["accepted"]), int(metrics["dropped_batches"]),
+                            float(metrics.get("samples_per_s", 0.0)))
         return UpdateResult(
             metrics=metrics,
             accepted=int(metrics["accepted"]),
