@@ -245,7 +245,231 @@ def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback]) -> list[Ca
     from keisei_ray.progress import ProgressView
 
     callbacks: list[Callback] = [ProgressView(cfg.train.total_timesteps)]
+    if cfg.evaluation.enabled:
+        # Before the checkpoint and metrics callbacks: evaluations that finish at the end of
+        # training reach them before their own TrainEnd.
+        from keisei_ray.evaluation import BackgroundEvaluation
+
+        callbacks.append(BackgroundEvaluation(cfg, run_dir))
     return callbacks + user
+
+
+# ----------------------------------------------------------------------------- playing the agent
+
+PlayerArg = Annotated[str, typer.Argument(
+    help="A model file or checkpoint directory, or 'random' / 'heuristic'.", show_default=False)]
+ThreadsOpt = Annotated[int, typer.Option(help="Torch threads (1 is fastest for small batches).")]
+
+
+def _contestant(spec: str) -> Any:
+    """Load a player by name or path; a bad one is a one-line usage error."""
+    from keisei_ray.evaluation import load_contestant
+
+    try:
+        return load_contestant(spec)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    player: PlayerArg,
+    opponent: PlayerArg,
+    games: Annotated[int | None, typer.Option("--games", "-n", help="Games to play "
+                                              "(default: evaluation.games).")] = None,
+    workers: Annotated[int, typer.Option(help="Evaluation workers; above 1 they are Ray actors "
+                                         "on this machine.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: evaluation.seed).")] = None,
+    records: Annotated[Path | None, typer.Option(
+        help="Folder for KIF + SVG of the first evaluation.records games.",
+        file_okay=False)] = None,
+    min_win_rate: Annotated[float | None, typer.Option(
+        help="Exit 1 unless the win rate (draws count as non-wins) is at least this.")] = None,
+    score_above: Annotated[float | None, typer.Option(
+        help="Exit 1 unless the score (wins + draws/2) is above this.")] = None,
+    threads: ThreadsOpt = 1,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    overrides: OverridesArg = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Play a match (colours alternated) and print the score with a 95% interval."""
+    import torch
+
+    from keisei_ray.evaluation import MatchSummary, run_match
+    from keisei_ray.records import write_record
+
+    cfg = load_config(config, overrides or [], preset=preset)
+    if games is not None and games < 1:
+        raise ConfigError(f"--games must be at least 1, got {games}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    torch.set_num_threads(threads)
+    a, b = _contestant(player), _contestant(opponent)
+    if a.name == b.name:
+        _fail(f"a match needs two different players, got {a.name!r} twice", EXIT_USAGE)
+    if workers > 1:
+        from keisei_ray.driver import connect_ray
+
+        connect_ray(None, num_cpus=workers, include_dashboard=False)
+    result = run_match(cfg, a, b, games or cfg.evaluation.games, workers=workers, seed=seed)
+    summary = MatchSummary.of(result)
+    if records is not None:
+        for k, record in enumerate(result.records):
+            write_record(record, records, f"{k + 1:03d}-{record.black}-vs-{record.white}",
+                         max_moves=cfg.env.max_moves, impasse=cfg.env.impasse == "27")
+    checks = []
+    if min_win_rate is not None:
+        checks.append((result.win_rate >= min_win_rate,
+                       f"win rate {100 * result.win_rate:.1f}% >= {100 * min_win_rate:.1f}%"))
+    if score_above is not None:
+        checks.append((result.score > score_above,
+                       f"score {100 * result.score:.1f}% > {100 * score_above:.1f}%"))
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "player": result.player, "opponent": result.opponent, "games": result.games,
+            "wins": result.wins, "draws": result.draws, "losses": result.losses,
+            "score": result.score, "score_ci95": list(summary.score_ci),
+            "win_rate": result.win_rate, "win_rate_ci95": list(summary.win_rate_ci),
+            "elo": summary.elo.elo, "elo_ci95": summary.elo.ci95, "reasons": result.reasons,
+            "as_black": result.as_black, "as_white": result.as_white,
+            "checks": {text: ok for ok, text in checks}}, indent=2) + "\n")
+    else:
+        for line in summary.lines():
+            out.print(line, markup=False)
+        for ok, text in checks:
+            out.print(f"{'PASS' if ok else 'FAIL'}: {text}", markup=False)
+    if not all(ok for ok, _ in checks):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command("ladder")
+def ladder_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (its checkpoints and model "
+                                            "files are rated).", show_default=False)],
+    games: Annotated[int | None, typer.Option("--games", "-n", help="Games per match "
+                                              "(default: evaluation.games).")] = None,
+    workers: Annotated[int, typer.Option(help="Evaluation workers (Ray actors above 1).")] = 1,
+    plot: Annotated[Path | None, typer.Option(help="PNG of Elo over timesteps "
+                                              "(default: RUN_DIR/ladder.png).")] = None,
+    previous: Annotated[bool, typer.Option(help="Also play each model against the one "
+                                           "before it.")] = True,
+    threads: ThreadsOpt = 1,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="YAML config (default: the run's config.yaml).",
+        dir_okay=False)] = None,
+    preset: PresetOpt = None,
+    overrides: OverridesArg = None,
+) -> None:
+    """Rate every checkpoint of a run: Elo table and a PNG plot of Elo over timesteps."""
+    import torch
+
+    from keisei_ray.elo import ANCHOR
+    from keisei_ray.evaluation import ladder, plot_ladder, run_models
+
+    if config is None and (run_dir / "config.yaml").is_file():
+        config = run_dir / "config.yaml"
+    cfg = load_config(config, overrides or [], preset=preset)
+    torch.set_num_threads(threads)
+    try:
+        models = run_models(run_dir)
+    except FileNotFoundError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if not models:
+        _fail(f"run folder {run_dir}: no checkpoints or model files to rate", EXIT_USAGE)
+    if workers > 1:
+        from keisei_ray.driver import connect_ray
+
+        connect_ray(None, num_cpus=workers, include_dashboard=False)
+    log.info("rating %d model(s) of %s", len(models), run_dir)
+    rows, store = ladder(cfg, models, games or cfg.evaluation.games, workers=workers,
+                         previous=previous, progress=lambda r: log.info(
+                             "%s vs %s: +%d =%d -%d", r.player, r.opponent, r.wins, r.draws,
+                             r.losses))
+    table = Table(title=f"Elo ladder of {run_dir} ({ANCHOR} = 0)", header_style="bold")
+    for column in ("model", "timestep", "Elo", "95%", "vs random", "vs heuristic",
+                   "vs previous"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for i, row in enumerate(rows):
+        before = rows[i - 1].name if i > 0 else ""
+        scores = [row.scores.get(k) for k in ("random", "heuristic", before)]
+        table.add_row(row.name, f"{row.timestep:,}", f"{row.rating.elo:+.0f}",
+                      f"± {row.rating.ci95:.0f}",
+                      *("-" if s is None else f"{100 * s:.0f}%" for s in scores))
+    out.print(table)
+    ratings = store.ratings()
+    if "heuristic" in ratings:
+        h = ratings["heuristic"]
+        out.print(f"heuristic: Elo {h.elo:+.0f} ± {h.ci95:.0f}", markup=False)
+    path = plot_ladder(rows, store, plot or run_dir / "ladder.png")
+    out.print(f"plot written to {path}", markup=False)
+
+
+@app.command("usi")
+def usi_cmd(
+    model: PlayerArg,
+    threads: ThreadsOpt = 1,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    overrides: OverridesArg = None,
+) -> None:
+    """Run the agent as a USI engine on stdin/stdout (for Shogi GUIs and match runners)."""
+    import torch
+
+    from keisei_ray.usi import serve
+
+    # stdout is the protocol; keep stderr quiet too (a GUI may never read it).
+    root = logging.getLogger()
+    root.setLevel(max(root.level, logging.WARNING))
+    cfg = load_config(config, overrides or [], preset=preset)
+    torch.set_num_threads(threads)
+    serve(_contestant(model), max_moves=cfg.env.max_moves, stdin=sys.stdin.buffer,
+          stdout=sys.stdout)
+
+
+@app.command("play")
+def play_cmd(
+    model: PlayerArg,
+    color: Annotated[str, typer.Option(help="Your colour: black, white or random.")] = "black",
+    greedy: Annotated[bool, typer.Option(help="The agent plays its most likely move; "
+                                         "--no-greedy samples.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the agent's sampling.")] = 0,
+    save: Annotated[Path | None, typer.Option(help="Write the game as KIF here at the end.",
+                                              dir_okay=False)] = None,
+    threads: ThreadsOpt = 1,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    overrides: OverridesArg = None,
+) -> None:
+    """Play against the agent in the terminal (moves typed in USI)."""
+    import random
+
+    import torch
+
+    from actors.evaluation import BaselinePlayer, Player, PolicyPlayer
+    from keisei_ray.play import TerminalGame
+    from shogi import Color
+
+    if color not in ("black", "white", "random"):
+        raise ConfigError(f"--color: expected black, white or random, got {color!r}")
+    cfg = load_config(config, overrides or [], preset=preset)
+    torch.set_num_threads(threads)
+    c = _contestant(model)
+    agent: Player
+    if c.model is None:
+        agent = BaselinePlayer(c.name, seed)
+    else:
+        agent = PolicyPlayer.from_weights(c.name, c.model, c.weights,
+                                          c.max_moves or cfg.env.max_moves, greedy=greedy,
+                                          seed=seed)
+    if color == "random":
+        color = random.Random(seed).choice(["black", "white"])
+    human = Color.BLACK if color == "black" else Color.WHITE
+    game = TerminalGame(agent, human, out)
+    result = game.run(out.input)
+    if save is not None:
+        out.print(f"game saved to {game.save_kif(save)}", markup=False)
+    log.debug("play finished: %s", result)
 
 
 @contextlib.contextmanager

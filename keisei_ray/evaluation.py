@@ -26,7 +26,8 @@ import ray
 from ray.exceptions import RayError
 
 from actors.evaluation import BASELINES, Contestant, EvaluationActor, Evaluator, MatchResult
-from keisei_ray.config import Config
+from keisei_ray.checkpoint import CHECKPOINTS, list_checkpoints
+from keisei_ray.config import Config, ConfigError
 from keisei_ray.elo import ANCHOR, Z95, EloStore, Rating
 from keisei_ray.events import (
     Callback,
@@ -36,7 +37,7 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
-from keisei_ray.model_file import load_model
+from keisei_ray.model_file import ModelFileError, load_model
 from keisei_ray.records import write_record, write_text_atomic
 from learner.model import export_weights
 
@@ -185,8 +186,11 @@ class BackgroundEvaluation(Callback):
         self.config = config
         self.settings = config.evaluation
         self.run_dir = run_dir
-        # Bad opponent files fail here, before the run starts.
-        self.opponents = [load_contestant(spec) for spec in self.settings.opponents]
+        # Bad opponent files fail here, before the run starts, as a config error.
+        try:
+            self.opponents = [load_contestant(spec) for spec in self.settings.opponents]
+        except ValueError as exc:
+            raise ConfigError(f"evaluation.opponents: {exc}") from None
         self.elo = EloStore()
         self.history: list[dict[str, Any]] = []
         self.bus: EventBus | None = None
@@ -387,22 +391,32 @@ class RunModel:
 
 
 def run_models(run_dir: Path) -> list[RunModel]:
-    """The run's models in timestep order: every exported model file (`*.pt`) under `run_dir`.
+    """The run's models in timestep order: its checkpoints (`RUN_DIR/checkpoints/ckpt-*`) and
+    every exported model file (`*.pt`) elsewhere under `run_dir`.
 
-    The timestep comes from the file's metadata, else from the last number in its name.
+    The timestep comes from the checkpoint or file metadata, else from the last number in the
+    file name. Damaged checkpoints are reported (one line each) and left out.
     """
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir}: not found")
+    checkpoints = run_dir / CHECKPOINTS
+    candidates = [*reversed(list_checkpoints(run_dir)),
+                  *(p for p in sorted(run_dir.rglob("*.pt"))
+                    if checkpoints not in p.parents)]
     found = []
-    for path in sorted(run_dir.rglob("*.pt")):
-        meta = load_model(path).meta
+    for path in candidates:
+        try:
+            meta = load_model(path).meta
+        except ModelFileError as exc:
+            log.warning("ladder: skipping %s", exc)
+            continue
         timestep = meta.get("timestep")
         if not isinstance(timestep, int):
             numbers = re.findall(r"\d+", path.stem)
             timestep = int(numbers[-1]) if numbers else 0
         found.append(RunModel(f"ts-{timestep}", timestep, path))
     names = [m.name for m in found]
-    # Two files of one timestep keep distinct names.
+    # Two models of one timestep keep distinct names.
     return sorted((RunModel(m.name if names.count(m.name) == 1 else f"{m.name}-{m.path.stem}",
                             m.timestep, m.path) for m in found),
                   key=lambda m: (m.timestep, m.name))

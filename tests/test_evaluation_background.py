@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from actors.evaluation import Contestant, EvaluationActorImpl, MatchResult
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config, ConfigError, load_config
 from keisei_ray.driver import Trainer
 from keisei_ray.elo import ANCHOR
 from keisei_ray.evaluation import BackgroundEvaluation
@@ -209,5 +209,5 @@ def test_state_round_trip_and_resume_interval(tmp_path: Path) -> None:
 
 def test_bad_opponent_file_fails_before_training(tmp_path: Path) -> None:
     config = small_config(tmp_path, f"evaluation.opponents=[random, {tmp_path}/nope.pt]")
-    with pytest.raises(ValueError, match=r"nope.pt: not found"):
+    with pytest.raises(ConfigError, match=r"evaluation.opponents: model file .*nope.pt: not found"):
         BackgroundEvaluation(config, tmp_path)

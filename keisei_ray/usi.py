@@ -1,0 +1,382 @@
+"""`keisei-ray usi MODEL`: the agent as a USI engine for Shogi GUIs (ShogiGUI, Shogidokoro,
+ShogiHome) and USI match runners.
+
+The engine plays its policy directly (one forward per `go`, argmax or sampled): it answers in
+milliseconds, well within any time control. It never crashes on input and never sends an
+illegal move: malformed or illegal commands get an `info string error: ...` line; a `go` without
+a valid position, or in a lost position, answers `bestmove resign`; a valid 27-point impasse
+declaration (option `Impasse`) answers `bestmove win`. `go infinite` and `go ponder` hold their
+move until `stop` (or `ponderhit`), as the protocol requires.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import BinaryIO, TextIO
+
+import torch
+
+from actors.evaluation import BaselinePlayer, Contestant, Player, PolicyPlayer
+from keisei_ray import __version__
+from learner.model import build_model, load_weights
+from shogi import STARTING_SFEN, Position, RandomPlayer, ShogiError, Termination
+
+log = logging.getLogger(__name__)
+
+CP_PER_NAT = 600.0
+"""Centipawns per unit of log-odds when turning the value head into a `score cp`."""
+
+
+@dataclass
+class Options:
+    """The engine's USI options (names as the GUI shows them)."""
+
+    greedy: bool = True
+    temperature: float = 1.0
+    seed: int = 0
+    impasse: bool = False
+    threads: int = 1
+
+
+_OPTION_LINES = (
+    "option name USI_Ponder type check default false",
+    "option name USI_Hash type spin default 16 min 1 max 1024",
+    "option name Greedy type check default true",
+    "option name Temperature type string default 1.0",
+    "option name Seed type spin default 0 min 0 max 2147483647",
+    "option name Impasse type check default false",
+    "option name Threads type spin default 1 min 1 max 256",
+)
+
+
+class UsiError(ValueError):
+    """A USI command the engine cannot accept (the message says why, quoting it)."""
+
+
+def value_to_cp(value: float) -> int:
+    """The value head's [-1, 1] estimate as centipawns on a logistic scale.
+
+    The expected score (value + 1) / 2 is kept within [1e-9, 1 - 1e-9], so a certain win
+    reads as +12434 rather than infinity.
+    """
+    win = min(max((value + 1.0) / 2.0, 1e-9), 1.0 - 1e-9)
+    return round(CP_PER_NAT * math.log(win / (1.0 - win)))
+
+
+class UsiEngine:
+    """The protocol state machine: feed it lines, it writes answers through `write`."""
+
+    def __init__(self, contestant: Contestant, write: Callable[[str], None], *,
+                 max_moves: int) -> None:
+        self.contestant = contestant
+        self.write = write
+        self.max_moves = contestant.max_moves or max_moves  # scales the ply plane
+        self.options = Options()
+        self.position: Position | None = Position()
+        self.player: Player | None = None
+        self.held: list[str] | None = None  # bestmove output of `go infinite`/`go ponder`
+        self.quit = False
+        self._model: torch.nn.Module | None = None
+        self._fallback = RandomPlayer(0)
+
+    # ---------------------------------------------------------------- loop
+    def run(self, lines: Iterable[str]) -> None:
+        """Answer every line until `quit` or the end of input."""
+        for line in lines:
+            self.handle(line)
+            if self.quit:
+                break
+
+    def handle(self, line: str) -> None:
+        """One command line; errors become `info string error: ...`, never an exception."""
+        words = line.strip().split()
+        if not words:
+            return
+        command, args = words[0], words[1:]
+        handler = _COMMANDS.get(command)
+        if handler is None:
+            self.info_error(f"unknown command {_clip(line.strip())!r}")
+            return
+        try:
+            handler(self, args)
+        except UsiError as exc:
+            self.info_error(str(exc))
+        except Exception as exc:
+            # Contained: a GUI must never see the engine die; the traceback goes to the log.
+            log.exception("USI command %r failed", _clip(line.strip()))
+            self.info_error(f"internal error in {command!r}: {type(exc).__name__}: {exc}")
+            if command == "go" and args[:1] != ["mate"]:
+                self.held = None
+                self.write(f"bestmove {self._safe_move()}")
+
+    def info_error(self, message: str) -> None:
+        self.write(f"info string error: {_one_line(message)}")
+
+    # ---------------------------------------------------------------- commands
+    def cmd_usi(self, args: list[str]) -> None:
+        self.write(f"id name keisei-ray {__version__} ({self.contestant.name})")
+        self.write("id author keisei-ray developers")
+        for line in _OPTION_LINES:
+            self.write(line)
+        self.write("usiok")
+
+    def cmd_isready(self, args: list[str]) -> None:
+        self._ensure_player()
+        self.write("readyok")
+
+    def cmd_setoption(self, args: list[str]) -> None:
+        if len(args) < 2 or args[0] != "name":
+            raise UsiError(f"malformed setoption {' '.join(args)!r} (expected 'setoption name "
+                           "<id> [value <x>]')")
+        if "value" in args[1:]:
+            split = args.index("value", 1)
+            name, value = " ".join(args[1:split]), " ".join(args[split + 1:])
+        else:
+            name, value = " ".join(args[1:]), ""
+        key = name.lower()
+        o = self.options
+        if key in ("usi_ponder", "usi_hash"):
+            return  # accepted; nothing to do for a policy that does not search
+        if key == "greedy":
+            o.greedy = _parse_bool(name, value)
+        elif key == "temperature":
+            t = _parse_float(name, value)
+            if not 0.0 < t <= 100.0:
+                raise UsiError(f"option Temperature must be in (0, 100], got {value!r}")
+            o.temperature = t
+        elif key == "seed":
+            o.seed = _parse_int(name, value, 0, 2**31 - 1)
+        elif key == "impasse":
+            o.impasse = _parse_bool(name, value)
+            self.position = None  # the rules changed: the GUI sends the position again
+        elif key == "threads":
+            o.threads = _parse_int(name, value, 1, 256)
+            torch.set_num_threads(o.threads)
+        else:
+            self.write(f"info string warning: unknown option {_clip(name)!r} ignored")
+            return
+        self.player = None  # rebuilt with the new options at the next isready/go
+
+    def cmd_usinewgame(self, args: list[str]) -> None:
+        self.held = None
+        self.player = None  # fresh sampling seed per game
+        self._ensure_player()
+
+    def cmd_position(self, args: list[str]) -> None:
+        self.position = None  # stays None if anything below is wrong
+        if not args:
+            raise UsiError("malformed position: expected 'position startpos|sfen ... "
+                           "[moves ...]'")
+        if args[0] == "startpos":
+            sfen, rest = STARTING_SFEN, args[1:]
+        elif args[0] == "sfen":
+            if len(args) < 4:
+                raise UsiError(f"malformed position {' '.join(args)!r}: 'sfen' needs board, "
+                               "side, hands and a move number")
+            count = 4 if len(args) > 4 and args[4] != "moves" else 3
+            sfen, rest = " ".join(args[1:1 + count]), args[1 + count:]
+        else:
+            raise UsiError(f"malformed position: expected 'startpos' or 'sfen', got "
+                           f"{_clip(args[0])!r}")
+        if rest and rest[0] != "moves":
+            raise UsiError(f"malformed position: expected 'moves' after the start, got "
+                           f"{_clip(rest[0])!r}")
+        try:
+            position = Position(sfen, impasse=self.options.impasse)
+            for number, usi in enumerate(rest[1:], start=1):
+                try:
+                    position.push_usi(usi)
+                except ShogiError as exc:
+                    raise UsiError(f"position rejected at move {number}: {exc}") from None
+        except ShogiError as exc:
+            raise UsiError(f"position rejected: {exc}") from None
+        self.position = position
+
+    def cmd_go(self, args: list[str]) -> None:
+        started = time.perf_counter()
+        self.held = None
+        if args and args[0] == "mate":
+            self._go_mate()
+            return
+        waits = "infinite" in args or "ponder" in args
+        try:
+            _parse_go(args)  # a policy needs no clock, but bad input is still reported
+        except UsiError as exc:
+            self.info_error(f"{exc}; answering anyway")
+        lines = self._answer(started)
+        if waits:
+            self.held = lines  # sent on stop / ponderhit
+        else:
+            for line in lines:
+                self.write(line)
+
+    def cmd_stop(self, args: list[str]) -> None:
+        if self.held is not None:
+            for line in self.held:
+                self.write(line)
+            self.held = None
+
+    def cmd_ponderhit(self, args: list[str]) -> None:
+        self.cmd_stop(args)
+
+    def cmd_gameover(self, args: list[str]) -> None:
+        self.held = None
+
+    def cmd_quit(self, args: list[str]) -> None:
+        self.quit = True
+
+    # ---------------------------------------------------------------- thinking
+    def _ensure_player(self) -> Player:
+        if self.player is None:
+            o = self.options
+            c = self.contestant
+            if c.model is None:
+                self.player = BaselinePlayer(c.name, o.seed)
+            else:
+                if self._model is None:
+                    self._model = build_model(c.model)
+                    load_weights(self._model, c.weights)
+                    self._model.eval()
+                player = PolicyPlayer(c.name, self._model, self.max_moves, greedy=o.greedy,
+                                      temperature=o.temperature, seed=o.seed)
+                player.decide([Position()])  # warm-up: the first real `go` is then fast
+                self.player = player
+        return self.player
+
+    def _answer(self, started: float) -> list[str]:
+        position = self.position
+        if position is None:
+            self.info_error("no valid position: send 'position' first")
+            return ["bestmove resign"]
+        outcome = position.outcome()
+        if outcome is not None:
+            if outcome.reason is Termination.IMPASSE and outcome.winner == position.turn:
+                return ["bestmove win"]
+            if outcome.winner is not None and outcome.winner != position.turn:
+                return ["bestmove resign"]
+            # A drawn (or won) end by our rules while the GUI plays on: keep playing legally.
+            self.write(f"info string the game is over by our rules ({outcome.reason.value}); "
+                       "playing on")
+            position = Position(position.sfen(), impasse=self.options.impasse)
+            if position.is_game_over():
+                return ["bestmove resign"]
+        player = self._ensure_player()
+        elapsed = 0
+        if isinstance(player, PolicyPlayer):
+            decision = player.decide([position])
+            move = decision.moves[0]
+            elapsed = int(1000 * (time.perf_counter() - started))
+            cp = value_to_cp(float(decision.values[0]))
+            return [f"info depth 1 seldepth 1 time {elapsed} nodes 1 score cp {cp} "
+                    f"pv {move.usi()}", f"bestmove {move.usi()}"]
+        move = player.choose([position])[0]
+        return [f"bestmove {move.usi()}"]
+
+    def _go_mate(self) -> None:
+        position = self.position
+        if position is None:
+            self.info_error("no valid position: send 'position' first")
+            self.write("checkmate notimplemented")
+            return
+        mate = position.mate_in_one()
+        self.write(f"checkmate {mate.usi()}" if mate is not None else "checkmate notimplemented")
+
+    def _safe_move(self) -> str:
+        """A legal move of the current position, or resign: the answer after an internal error."""
+        position = self.position
+        try:
+            if position is not None and not position.is_game_over():
+                return self._fallback.choose(position).usi()
+        except ShogiError as exc:
+            log.warning("no fallback move: %s", exc)
+        return "resign"
+
+
+_COMMANDS: dict[str, Callable[[UsiEngine, list[str]], None]] = {
+    "usi": UsiEngine.cmd_usi,
+    "isready": UsiEngine.cmd_isready,
+    "setoption": UsiEngine.cmd_setoption,
+    "usinewgame": UsiEngine.cmd_usinewgame,
+    "position": UsiEngine.cmd_position,
+    "go": UsiEngine.cmd_go,
+    "stop": UsiEngine.cmd_stop,
+    "ponderhit": UsiEngine.cmd_ponderhit,
+    "gameover": UsiEngine.cmd_gameover,
+    "quit": UsiEngine.cmd_quit,
+}
+
+_GO_NUMBERS = ("btime", "wtime", "byoyomi", "binc", "winc", "movetime", "nodes", "depth")
+_GO_FLAGS = ("infinite", "ponder")
+
+
+def _parse_go(args: list[str]) -> dict[str, int]:
+    """The numeric `go` arguments (milliseconds, counts); flags are accepted as they are."""
+    values: dict[str, int] = {}
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word in _GO_FLAGS:
+            i += 1
+            continue
+        if word not in _GO_NUMBERS:
+            raise UsiError(f"go: unknown argument {_clip(word)!r}")
+        if i + 1 >= len(args):
+            raise UsiError(f"go: {word} needs a number")
+        values[word] = _parse_int(word, args[i + 1], -(2**62), 2**62)
+        i += 2
+    return values
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    if value.lower() in ("true", "1", "on", "yes"):
+        return True
+    if value.lower() in ("false", "0", "off", "no"):
+        return False
+    raise UsiError(f"option {name} expects true or false, got {_clip(value)!r}")
+
+
+def _parse_int(name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise UsiError(f"{name} expects an integer, got {_clip(value)!r}") from None
+    if not low <= number <= high:
+        raise UsiError(f"{name} must be in {low}..{high}, got {number}")
+    return number
+
+
+def _parse_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsiError(f"option {name} expects a number, got {_clip(value)!r}") from None
+    if not math.isfinite(number):
+        raise UsiError(f"option {name} expects a finite number, got {_clip(value)!r}")
+    return number
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def serve(contestant: Contestant, *, max_moves: int, stdin: BinaryIO, stdout: TextIO) -> None:
+    """Run the engine on byte lines from `stdin` (bad bytes replaced), answering on `stdout`."""
+
+    def write(line: str) -> None:
+        stdout.write(line + "\n")
+        stdout.flush()
+
+    engine = UsiEngine(contestant, write, max_moves=max_moves)
+    lines = (raw.decode("utf-8", errors="replace") for raw in iter(stdin.readline, b""))
+    try:
+        engine.run(lines)
+    except BrokenPipeError:
+        log.debug("the GUI closed the pipe; engine stops")
