@@ -111,15 +111,23 @@ class CheckpointInfo:
 # ----------------------------------------------------------------------------- run identity
 
 
+def create_run_id(run_dir: Path, run_id: str | None = None) -> str:
+    """Give a new run folder its identity (RUN_DIR/run.json): `run_id` or a fresh random one."""
+    path = Path(run_dir) / RUN_FILE
+    if path.exists():
+        raise CheckpointError(f"{run_dir} already has a run id ({RUN_FILE} exists)")
+    run_id = run_id or secrets.token_hex(6)
+    _write_atomic(path, json.dumps({"run_id": run_id, "created": _now()}).encode())
+    return run_id
+
+
 def run_id_of(run_dir: Path, *, create: bool = False) -> str:
-    """The run id recorded in RUN_DIR/run.json (created with a new id when asked)."""
+    """The run id recorded in RUN_DIR/run.json (a new one is created when asked)."""
     path = Path(run_dir) / RUN_FILE
     if not path.exists():
         if not create:
             raise CheckpointError(f"{run_dir} is not a run folder (no {RUN_FILE})")
-        run_id = secrets.token_hex(6)
-        _write_atomic(path, json.dumps({"run_id": run_id, "created": _now()}).encode())
-        return run_id
+        return create_run_id(run_dir)
     try:
         run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
     except (OSError, ValueError, KeyError, TypeError) as exc:

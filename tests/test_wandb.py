@@ -1,0 +1,367 @@
+"""W&B: the retrying background queue, a failing uploader, real offline runs read back, sweeps.
+
+No test reaches wandb.ai: real wandb runs in offline mode only; the server is the one thing
+faked (an injected failing client).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from keisei_ray.checkpoint import RunSnapshot, create_run_id, run_id_of, write_checkpoint
+from keisei_ray.config import Config, ConfigError, load_config
+from keisei_ray.events import (
+    CheckpointSaved,
+    EvaluationDone,
+    EventBus,
+    GameStats,
+    TrainEnd,
+    TrainStart,
+    UpdateDone,
+)
+from keisei_ray.tracking import RetryQueue, WandbCallback, apply_sweep, sweep_trial
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(autouse=True)
+def wandb_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Keep wandb's caches in the test's folder and make sure nothing goes online.
+    for var in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home" / var.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+# ----------------------------------------------------------------------------- retry queue
+
+
+def test_retry_queue_retries_with_backoff_in_order() -> None:
+    q = RetryQueue(initial_s=0.01, max_s=0.04, max_attempts=4)
+    seen: list[str] = []
+    failures = {"b": 2}
+
+    def call(name: str) -> None:
+        if failures.get(name, 0):
+            failures[name] -= 1
+            raise ConnectionError("network down")
+        seen.append(name)
+
+    for name in "abc":
+        q.submit(name, lambda name=name: call(name))  # type: ignore[misc]
+    assert q.close(5.0)
+    assert seen == ["a", "b", "c"]
+    assert (q.done, q.retries, q.dropped) == (3, 2, 0)
+
+
+def test_retry_queue_drops_a_call_that_keeps_failing(caplog: pytest.LogCaptureFixture) -> None:
+    q = RetryQueue(initial_s=0.001, max_s=0.001, max_attempts=3)
+    attempts: list[float] = []
+
+    def broken() -> None:
+        attempts.append(time.monotonic())
+        raise TimeoutError("server unreachable")
+
+    q.submit("log", broken)
+    q.submit("log", lambda: None)
+    assert not q.close(5.0)
+    assert len(attempts) == 3 and (q.done, q.dropped) == (1, 1)
+    assert any("W&B log failed 3 times; dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_retry_queue_close_is_bounded_even_when_a_call_hangs() -> None:
+    q = RetryQueue(initial_s=10.0, max_s=10.0, max_attempts=5)
+    release = threading.Event()
+    q.submit("finish", lambda: release.wait(30) and None)
+    q.submit("log", lambda: None)
+    started = time.monotonic()
+    assert not q.close(0.3)
+    assert time.monotonic() - started < 2.0
+    release.set()
+
+
+# ----------------------------------------------------------------------------- fake server
+
+
+class FlakyClient:
+    """A W&B server that fails the first `failures` calls of each kind and is slow to answer."""
+
+    def __init__(self, failures: int = 2, delay_s: float = 0.0) -> None:
+        self.ready = False
+        self.failures = {"init": failures, "log": failures, "artifact": failures}
+        self.delay_s = delay_s
+        self.inits: list[dict[str, Any]] = []
+        self.logs: list[dict[str, Any]] = []
+        self.artifacts: list[tuple[str, list[str], dict[str, Any], list[str]]] = []
+        self.finished = False
+
+    def _maybe_fail(self, kind: str) -> None:
+        time.sleep(self.delay_s)
+        if self.failures[kind] > 0:
+            self.failures[kind] -= 1
+            raise ConnectionError(f"{kind}: 503 Service Unavailable")
+
+    def init(self, **kwargs: Any) -> None:
+        self._maybe_fail("init")
+        self.inits.append(kwargs)
+        self.ready = True
+
+    def log(self, data: dict[str, Any]) -> None:
+        self._maybe_fail("log")
+        self.logs.append(data)
+
+    def log_artifact(self, folder: Path, name: str, aliases: list[str],
+                     metadata: dict[str, Any]) -> None:
+        self._maybe_fail("artifact")
+        files = sorted(p.name for p in folder.iterdir())
+        self.artifacts.append((name, aliases, metadata, files))
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+def wandb_config(tmp_path: Path, *extra: str) -> Config:
+    return load_config(None, ["model.size=tiny", "wandb.mode=offline", "wandb.project=tests",
+                              "wandb.tags=[unit]", "wandb.retry_initial_s=0.01",
+                              "wandb.retry_max_s=0.02", f"train.runs_dir={tmp_path}", *extra])
+
+
+def update(timestep: int, version: int) -> UpdateDone:
+    return UpdateDone(timestep=timestep, version=version, accepted=64,
+                      metrics={"policy_loss": 0.1 * version, "entropy": 3.0},
+                      games=GameStats(games=2, black_wins=1, draws=1, total_plies=80),
+                      totals=GameStats(games=2 * version), policy_lag=1, workers_alive=1,
+                      steps_per_s=321.0, worker_restarts=0, wall_time=float(version),
+                      learner_busy=0.4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from learner import Learner  # a real learner state in a real checkpoint
+
+    config = load_config(None, ["model.size=tiny"])
+    snapshot = RunSnapshot(config=config, timestep=128, version=2, driver={},
+                           learner=Learner(config, capacity=8, device="cpu").state_dict(),
+                           workers={})
+    folder = tmp_path_factory.mktemp("ckpt") / "checkpoints"
+    return write_checkpoint(folder, snapshot, run_id="r", reason="interval")
+
+
+def session(callback: WandbCallback, run_dir: Path, checkpoint: Path, *, start: int = 0,
+            resumed: bool = False) -> EventBus:
+    bus = EventBus()
+    bus.register(callback)
+    bus.emit(TrainStart(run_dir, callback.config, start, start // 64, resumed, bus=bus))
+    for k in (1, 2):
+        bus.emit(update(start + 64 * k, start // 64 + k))
+    bus.emit(EvaluationDone(timestep=start + 128, version=start // 64 + 2, opponent="random",
+                            games=10, wins=8, losses=1, draws=1, elo=150.0, elo_ci=60.0))
+    bus.emit(CheckpointSaved(start + 128, start // 64 + 2, checkpoint, "interval"))
+    bus.emit(CheckpointSaved(start + 128, start // 64 + 2, checkpoint, "best"))
+    bus.emit(TrainEnd(start + 128, start // 64 + 2, "completed"))
+    assert bus.errors == 0
+    return bus
+
+
+def test_failing_uploader_is_retried_and_never_stalls_training(
+        tmp_path: Path, checkpoint_files: Path) -> None:
+    client = FlakyClient(failures=2, delay_s=0.05)
+    callback = WandbCallback(wandb_config(tmp_path), client=client)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bus = EventBus()
+    bus.register(callback)
+    bus.emit(TrainStart(run_dir, callback.config, 0, 0, False, bus=bus))
+    started = time.monotonic()
+    for k in range(1, 21):  # each call to the server takes 50 ms and the first ones fail
+        bus.emit(update(64 * k, k))
+    assert time.monotonic() - started < 0.5  # the driver only enqueued
+    bus.emit(CheckpointSaved(1280, 20, checkpoint_files, "interval"))
+    bus.emit(TrainEnd(1280, 20, "completed"))
+    assert client.finished and callback.queue.dropped == 0
+    assert callback.queue.retries == 6  # two failures each of init, log and artifact
+    assert [d["timestep"] for d in client.logs[:20]] == [64 * k for k in range(1, 21)]
+    assert client.logs[-1] == {"timestep": 1280, "end_reason": "completed"}
+    (name, aliases, metadata, files) = client.artifacts[0]
+    assert name == f"checkpoint-{run_id_of(run_dir)}" and aliases == ["latest", "ts-1280"]
+    assert metadata["timestep"] == 1280 and "manifest.json" in files
+    assert not any((run_dir / ".wandb-staging").iterdir())  # staged links cleaned up
+    init = client.inits[0]
+    assert init["id"] == run_id_of(run_dir) and init["resume"] == "allow"
+    assert init["config"]["wandb"]["mode"] == "offline" and init["tags"] == ["unit"]
+
+
+def test_finish_is_bounded_when_the_server_hangs(tmp_path: Path) -> None:
+    class Hanging(FlakyClient):
+        def finish(self) -> None:
+            time.sleep(5)
+
+    callback = WandbCallback(wandb_config(tmp_path, "wandb.finish_timeout_s=0.3"),
+                             client=Hanging(failures=0))
+    bus = EventBus()
+    bus.register(callback)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bus.emit(TrainStart(run_dir, callback.config, 0, 0, False, bus=bus))
+    started = time.monotonic()
+    bus.emit(TrainEnd(0, 0, "completed"))
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_run_whose_init_never_succeeds_skips_its_calls(tmp_path: Path) -> None:
+    client = FlakyClient(failures=100)
+    callback = WandbCallback(wandb_config(tmp_path, "wandb.max_attempts=2"), client=client)
+    bus = EventBus()
+    bus.register(callback)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bus.emit(TrainStart(run_dir, callback.config, 0, 0, False, bus=bus))
+    bus.emit(update(64, 1))
+    bus.emit(TrainEnd(64, 1, "completed"))
+    assert not client.logs and not client.finished and bus.errors == 0
+
+
+# ----------------------------------------------------------------------------- real offline W&B
+
+
+def wandb_records(path: Path) -> Iterator[Any]:
+    """The records of an offline run's .wandb file (a LevelDB-style log of protobufs)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, pending = 32768, 7, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # the rest of a block too small for a chunk header is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0:
+            break
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def read_offline_run(run_dir: Path) -> list[dict[str, Any]]:
+    runs = []
+    for file in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")):
+        out: dict[str, Any] = {"history": [], "artifacts": [], "config": {}}
+        for record in wandb_records(file):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                out["id"], out["project"] = record.run.run_id, record.run.project
+                out["tags"] = list(record.run.tags)
+                out["config"].update({u.key: json.loads(u.value_json)
+                                      for u in record.run.config.update})
+            elif kind == "config":
+                out["config"].update({u.key: json.loads(u.value_json)
+                                      for u in record.config.update})
+            elif kind == "history":
+                out["history"].append({item.key or "/".join(item.nested_key):
+                                       json.loads(item.value_json)
+                                       for item in record.history.item})
+            elif kind == "artifact":
+                out["artifacts"].append((record.artifact.name, list(record.artifact.aliases),
+                                         json.loads(record.artifact.metadata),
+                                         sorted(m.path for m in record.artifact.manifest.contents)))
+        runs.append(out)
+    return runs
+
+
+@pytest.mark.slow
+def test_offline_run_logs_are_readable_and_resume_keeps_the_run_id(
+        tmp_path: Path, checkpoint_files: Path) -> None:
+    config = wandb_config(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_id = create_run_id(run_dir)
+    session(WandbCallback(config), run_dir, checkpoint_files)
+    session(WandbCallback(config), run_dir, checkpoint_files, start=128, resumed=True)
+
+    first, second = read_offline_run(run_dir)
+    assert first["id"] == second["id"] == run_id
+    assert first["project"] == "tests" and first["tags"] == ["unit"]
+    assert first["config"]["ppo"]["learning_rate"] == config.ppo.learning_rate
+    assert first["config"]["model"]["size"] == "tiny"
+    updates = [h for h in first["history"] if "train/policy_loss" in h]
+    assert [h["timestep"] for h in updates] == [64, 128]
+    assert updates[0]["games/finished"] == 2 and updates[0]["perf/steps_per_s"] == 321.0
+    assert updates[0]["games/draw_share"] == 0.5
+    evaluation = next(h for h in first["history"] if "eval/random/score" in h)
+    assert evaluation["eval/random/score"] == 0.85 and evaluation["eval/elo"] == 150.0
+    name, aliases, metadata, files = first["artifacts"][0]
+    assert name == f"checkpoint-{run_id}" and aliases == ["latest", "ts-128"]
+    assert metadata["timestep"] == 128 and metadata["reason"] == "interval"
+    assert "learner.pt" in files and "manifest.json" in files
+    assert "best" in first["artifacts"][1][1]  # W&B adds "latest" to every new log
+    assert [h["timestep"] for h in second["history"] if "train/policy_loss" in h] == [192, 256]
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def test_apply_sweep_validates_with_the_schema() -> None:
+    base = load_config(None, ["model.size=tiny"])
+    config = apply_sweep(base, {"ppo.learning_rate": 0.002, "train": {"rollout_steps": 16},
+                                "_wandb": {"x": 1}})
+    assert config.ppo.learning_rate == 0.002 and config.train.rollout_steps == 16
+    assert config.model.size == "tiny"  # untouched fields keep the base's values
+    with pytest.raises(ConfigError, match=r"sweep parameters: ppo.learning_rate: .*-1"):
+        apply_sweep(base, {"ppo.learning_rate": -1})
+    with pytest.raises(ConfigError, match="ppo.learnig_rate: unknown field"):
+        apply_sweep(base, {"ppo.learnig_rate": 0.1})
+    with pytest.raises(ConfigError, match="'ppo.epochs.x': ppo.epochs is a value"):
+        apply_sweep(base, {"ppo.epochs.x": 1})
+
+
+def test_example_sweep_parameters_are_config_fields() -> None:
+    sweep = yaml.safe_load((EXAMPLES / "sweep.yaml").read_text())
+    base = load_config(None, [])
+    for name, spec in sweep["parameters"].items():
+        for value in spec.get("values", [spec.get("min"), spec.get("max")]):
+            apply_sweep(base, {name: value})
+
+
+@pytest.mark.slow
+def test_sweep_trial_applies_wandb_config_after_init(tmp_path: Path) -> None:
+    import wandb
+
+    calls: list[tuple[Config, str]] = []
+
+    def init(**kwargs: Any) -> Any:
+        # What the sweep controller does: the trial's parameters arrive with the run.
+        assert kwargs["mode"] == "offline"
+        return wandb.init(**kwargs, dir=str(tmp_path),
+                          config={"ppo.entropy_coef": 0.03, "train.rollout_steps": 64})
+
+    base = load_config(None, ["model.size=tiny", "wandb.mode=offline"])
+    try:
+        sweep_trial(base, lambda config, run_id: calls.append((config, run_id)), init=init)
+    finally:
+        wandb.finish()
+    (config, run_id), = calls
+    assert config.ppo.entropy_coef == 0.03 and config.train.rollout_steps == 64
+    assert config.model.size == "tiny" and config.wandb.mode == "offline" and run_id
+
+    def bad_init(**kwargs: Any) -> Any:
+        return wandb.init(**kwargs, dir=str(tmp_path), config={"ppo.epochs": 0})
+
+    with pytest.raises(ConfigError, match="ppo.epochs"):
+        sweep_trial(base, lambda config, run_id: None, init=bad_init)
+    assert wandb.run is None  # the rejected trial's run was finished
