@@ -34,7 +34,15 @@ from keisei_ray.metrics import WorkerMetrics
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
 from learner.model import act, build_model, load_weights
-from shogi import Color, CompactState, FinishedGame, Observation, Termination, VecEnv
+from shogi import (
+    Color,
+    CompactState,
+    FinishedGame,
+    Observation,
+    Termination,
+    VecEnv,
+    material_balance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +159,7 @@ class SelfPlayWorker:
         actions[0] = self._carry_action
         terminated[0] = game_over[0] = ~self._has_carry
         truncated_rows: list[tuple[int, int, CompactState]] = []
+        final_rows: list[tuple[int, int, CompactState]] = []
         finished: list[FinishedGame] = []
         for r in range(1, rows):
             obs = self.obs
@@ -170,6 +179,7 @@ class SelfPlayWorker:
                 if step.terminated[s] and not game_over[r - 1, s]:
                     terminated[r - 1, s] = True
                     rewards[r - 1, s] = -step.rewards[s]
+                final_rows.append((r, s, game.final_state))
                 if step.truncated[s]:
                     truncated_rows.append((r, s, game.final_state))
             self.obs = self.env.observe()
@@ -182,6 +192,9 @@ class SelfPlayWorker:
             finals = self._values(CompactState.concat([f for _, _, f in truncated_rows]))
             for (r, s, _), value in zip(truncated_rows, finals, strict=True):
                 next_values[r, s] = value
+        all_state = CompactState.concat(states)  # row index r*E + slot
+        if self.config.reward.material > 0:
+            rewards += self._material_shaping(all_state, final_rows, ~self._has_carry)
         advantages, returns = compute_gae(values, rewards, next_values, terminated, game_over,
                                           gamma=self.config.ppo.gamma,
                                           lam=self.config.ppo.gae_lambda)
@@ -191,7 +204,6 @@ class SelfPlayWorker:
         ship[0] = self._has_carry
         running = ~game_over[-1]
         ship[-1] = ~running
-        all_state = CompactState.concat(states)  # row index r*E + slot
         offsets, legal = _concat_csr(csr)
         order = np.flatnonzero(ship.T.reshape(-1))  # slot-major: one game's plies together
         r_idx, s_idx = order % rows, order // rows
@@ -254,6 +266,25 @@ class SelfPlayWorker:
         self._carry_offsets, self._carry_legal = carry["offsets"], carry["legal"]
         self._carry_action, self._carry_logp = carry["action"], carry["log_prob"]
         self._carry_value, self._has_carry = carry["value"], carry["has"].astype(bool)
+
+    def _material_shaping(self, all_state: CompactState,
+                          final_rows: list[tuple[int, int, CompactState]],
+                          inert_first_row: np.ndarray) -> np.ndarray:
+        """Potential-based shaping c * (-gamma * M(next) - M(before)) per row, [T+1, E].
+
+        M is the material balance from the side to move's view, so the state after a move is
+        worth -M(next) to its mover. A finished game's next state is its final position.
+        """
+        e = self.num_games
+        before = material_balance(all_state).reshape(-1, e)
+        after = np.empty_like(before)
+        after[:-1] = before[1:]
+        after[-1] = material_balance(self.obs.state)
+        for r, s, final in final_rows:
+            after[r, s] = material_balance(final)[0]
+        shaping = self.config.reward.material * (-self.config.ppo.gamma * after - before)
+        shaping[0, inert_first_row] = 0.0  # no held-back transition there
+        return shaping.astype(np.float32)
 
     def _hold_back(self, running: np.ndarray, all_state: CompactState, offsets: np.ndarray,
                    legal: np.ndarray, action: np.ndarray, log_prob: np.ndarray,

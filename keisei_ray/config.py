@@ -96,6 +96,15 @@ class PPOConfig(Section):
         "many updates old (0: strictly synchronous)")
 
 
+class RewardConfig(Section):
+    """The reward the workers give each move. The game result is always +1 / -1 / 0."""
+
+    material: float = Field(
+        0.0, ge=0.0, le=1.0, description="optional shaping (0 = off): this much per pawn unit of "
+        "material the move gains, potential-based: c * (-gamma * M(next) - M(before)), M = the "
+        "mover's material minus the opponent's (board and hands)")
+
+
 class TrainConfig(Section):
     """The actor-learner loop: how much to train, with how many workers, where."""
 
@@ -205,6 +214,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)

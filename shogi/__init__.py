@@ -11,7 +11,7 @@ from shogi.actions import (
     move_to_action,
     moves_to_actions,
 )
-from shogi.compact import HAND_MAX, CompactState
+from shogi.compact import HAND_MAX, CompactState, material_balance
 from shogi.errors import GameOverError, IllegalMoveError, InvalidSfenError, ShogiError
 from shogi.moves import HAND_PIECE_SYMBOLS, Color, Move, square, square_name
 from shogi.players import HeuristicPlayer, RandomPlayer
@@ -44,6 +44,7 @@ __all__ = [
     "VecEnv",
     "action_to_move",
     "actions_to_moves",
+    "material_balance",
     "move_to_action",
     "moves_to_actions",
     "square",

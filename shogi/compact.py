@@ -51,6 +51,22 @@ UNPROMOTE_CODE = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 6, 7], dtype=n
 """[15]: unsigned board code -> the base piece (a captured piece goes to hand as its base)."""
 
 
+# Material in pawn units, a common rough scale: P 1, L 3, N 4, S 5, G 6, B 8, R 10, and promoted
+# pieces a little more than what they promote from. Kings count 0 (they are never captured).
+PIECE_VALUE = np.array([0, 1, 3, 4, 5, 6, 8, 10, 0, 7, 6, 6, 6, 10, 12], dtype=np.float32)
+"""[15]: unsigned board code -> material value (pawn units)."""
+HAND_VALUE = PIECE_VALUE[1:8].copy()
+"""[7]: hand piece P L N S G B R -> material value (pawn units)."""
+_SIGNED_VALUE = np.concatenate([-PIECE_VALUE[:0:-1], PIECE_VALUE])  # code -14..14 -> value
+
+
+def material_balance(state: CompactState) -> np.ndarray:
+    """float32 [N]: the mover's material minus the opponent's, board and hands, pawn units."""
+    board = _SIGNED_VALUE[state.board.astype(np.intp) + 14].sum(axis=1)
+    hands = state.hands.astype(np.float32) @ HAND_VALUE
+    return (board + hands[:, 0] - hands[:, 1]).astype(np.float32)
+
+
 @dataclass(eq=False)
 class CompactState:
     """A batch of N positions as numpy arrays (leading dimension N), mover's perspective."""

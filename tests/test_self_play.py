@@ -149,3 +149,24 @@ def test_missing_weights_for_a_new_version_is_an_error() -> None:
     worker = SelfPlayWorker(cfg, 0)
     with pytest.raises(ValueError, match="was given no weights"):
         worker.collect(None, 5)
+
+
+def test_material_shaping_is_potential_based() -> None:
+    # White's pawn takes a silver: M(before, White) = 1 - 5 = -4; after it, Black to move sees
+    # 0 - (1 + 5) = -6, worth +6 to White. Shaping = c * (-gamma * M(next) - M(before)).
+    c = 0.01
+    cfg = load_config(None, ["model.size=tiny", "train.rollout_steps=2",
+                             "train.games_per_worker=1", f"ppo.gamma={GAMMA}",
+                             "ppo.gae_lambda=0", f"reward.material={c}"])
+    SCRIPT.add("5d5e")
+    try:
+        worker = ScriptedWorker(cfg, worker_id=0)
+        worker.env = VecEnv(1, 512, seed=0, start_sfen="4k4/9/9/4p4/4S4/9/9/9/4K4 w - 1")
+        worker.obs = worker.env.observe()
+        _, batch = collect(worker)
+    finally:
+        SCRIPT.discard("5d5e")
+    assert len(batch) == 1  # Black's reply is held back
+    shaping = c * (-GAMMA * -6.0 - (-4.0))
+    # lambda = 0: A = r - gamma * V(next) - V, V(next) being Black's value of the next state.
+    np.testing.assert_allclose(batch.advantage, [shaping - GAMMA * V_STATE - V_STATE], rtol=1e-5)
