@@ -16,7 +16,7 @@ from actors.evaluation import Contestant, EvaluationActorImpl, MatchResult
 from keisei_ray.config import Config, ConfigError, load_config
 from keisei_ray.driver import Trainer
 from keisei_ray.elo import ANCHOR
-from keisei_ray.evaluation import BackgroundEvaluation
+from keisei_ray.evaluation import BackgroundEvaluation, run_match
 from keisei_ray.events import Callback, EvaluationDone, TrainStart, UpdateDone
 
 
@@ -211,3 +211,16 @@ def test_bad_opponent_file_fails_before_training(tmp_path: Path) -> None:
     config = small_config(tmp_path, f"evaluation.opponents=[random, {tmp_path}/nope.pt]")
     with pytest.raises(ConfigError, match=r"evaluation.opponents: model file .*nope.pt: not found"):
         BackgroundEvaluation(config, tmp_path)
+
+
+def test_a_match_split_over_evaluation_actors(tmp_path: Path) -> None:
+    config = small_config(tmp_path, "env.max_moves=200")
+    heuristic, random_ = Contestant.baseline("heuristic"), Contestant.baseline("random")
+    split = run_match(config, heuristic, random_, 7, workers=2, seed=3, records=2)
+    assert split.games == 7
+    assert sum(split.as_black) == 4 and sum(split.as_white) == 3  # games 0, 2, 4, 6 as Black
+    assert len(split.records) == 2 and split.records[0].black == "heuristic"
+    assert split.wins >= 6
+    # The same games as one process playing them in the same two blocks.
+    first = run_match(config, heuristic, random_, 4, seed=3, records=2)
+    assert first.records == split.records
