@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -198,6 +198,55 @@ def bench_train_cmd(
                                                          tuple(overrides or [])), as_json)
 
 
+@bench_app.command("eval")
+def bench_eval_cmd(
+    size: str = "small",
+    games: Annotated[int, typer.Option(help="Games per match (evaluation speed).")] = 64,
+    training: Annotated[bool, typer.Option(help="Also measure training with background "
+                                           "evaluation on vs off.")] = True,
+    preset: Annotated[str, typer.Option(help="Preset of the training measurement.")] = "local",
+    timesteps: Annotated[int, typer.Option(help="Timesteps of each training run.")] = 20_000,
+    interval: Annotated[int, typer.Option(help="evaluation.interval_timesteps while "
+                                          "training.")] = 5_000,
+    eval_games: Annotated[int, typer.Option(help="evaluation.games while training.")] = 32,
+    go_repeats: Annotated[int, typer.Option(help="USI go calls timed.")] = 200,
+    overrides: OverridesArg = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluation games/s per worker, training with background evaluation on vs off, USI go
+    latency."""
+    from keisei_ray.bench_eval import (
+        bench_games,
+        bench_training_with_evaluation,
+        bench_usi_latency,
+    )
+
+    figures = {f"games: {k}": v for k, v in bench_games(size, games).items()}
+    figures |= {f"usi: {k}": v for k, v in bench_usi_latency(size, go_repeats).items()}
+    if training:
+        figures |= {f"training: {k}": v for k, v in bench_training_with_evaluation(
+            preset, timesteps, interval, eval_games, tuple(overrides or [])).items()}
+    _print_figures("Evaluation", figures, as_json)
+
+
+@bench_app.command("checkpoint")
+def bench_checkpoint_cmd(
+    sizes: Annotated[str, typer.Option(help="Comma-separated model sizes to save and load.")] = (
+        "small,large"),
+    repeats: Annotated[int, typer.Option(help="Saves and loads per size (median).")] = 3,
+    stall: Annotated[bool, typer.Option(help="Also measure the training stall on Ray.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Checkpoint save/load seconds by model size, and the stall a checkpoint causes."""
+    from keisei_ray.bench_checkpoint import bench_checkpoint
+
+    names = tuple(s.strip() for s in sizes.split(",") if s.strip())
+    bad = [n for n in names if n not in ("tiny", "small", "large")]
+    if bad or not names:
+        raise ConfigError(f"--sizes: expected tiny, small or large, got {sizes!r}")
+    _print_figures("Checkpoints", bench_checkpoint(names, repeats, stall), as_json)
+
+
 @app.command("train")
 def train_cmd(
     config: ConfigOpt = None,
@@ -206,27 +255,77 @@ def train_cmd(
     address: Annotated[
         str | None, typer.Option("--address", "-a", help="Ray address: 'auto', 'ray://host:port'; "
                                  "absent: an embedded local Ray.")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="Continue a run exactly: its folder (newest good checkpoint) or one of "
+        "its checkpoints. Its config is used; overrides apply on top.",
+        show_default=False)] = None,
+    allow_fresh: Annotated[bool, typer.Option(
+        "--allow-fresh", help="With --resume: start the run over when it has no good "
+        "checkpoint (otherwise that is refused).")] = False,
 ) -> None:
     """Train by PPO self-play: the actor-learner loop on Ray (local or a cluster)."""
-    from keisei_ray.driver import Trainer, TrainingError, connect_ray, new_run_dir, write_run_files
+    from keisei_ray.driver import new_run_dir
 
     extra = [f"train.address={address}"] if address is not None else []
-    cfg = load_config(config, [*(overrides or []), *extra], preset=preset)
-    user_callbacks = [load_callback(spec) for spec in cfg.train.callbacks]  # fail before any I/O
-    run_dir = new_run_dir(cfg)
+    snapshot = None
+    if resume is None:
+        if allow_fresh:
+            raise ConfigError("--allow-fresh only goes with --resume")
+        cfg = load_config(config, [*(overrides or []), *extra], preset=preset)
+        user_callbacks = [load_callback(spec) for spec in cfg.train.callbacks]  # before any I/O
+        run_dir = new_run_dir(cfg)
+    else:
+        if config is not None or preset is not None:
+            raise ConfigError("--resume continues a run with its own config: give changes as "
+                              "dotted overrides, not --config/--preset")
+        cfg, run_dir, snapshot = _resume_point(resume, [*(overrides or []), *extra], allow_fresh)
+        user_callbacks = [load_callback(spec) for spec in cfg.train.callbacks]
+    _train(cfg, run_dir, snapshot, user_callbacks)
+
+
+def _resume_point(path: Path, overrides: list[str], allow_fresh: bool) -> tuple[Config, Path, Any]:
+    """(effective config, run folder, RunSnapshot or None) of `--resume PATH`."""
+    from keisei_ray.checkpoint import CheckpointError, check_compatible, find_resume_point
+
+    try:
+        point = find_resume_point(path, allow_fresh=allow_fresh)
+        snapshot = point.snapshot
+        if snapshot is None:
+            return load_config(point.run_dir / "config.yaml", overrides), point.run_dir, None
+        cfg = load_config(None, overrides, base=snapshot.config.model_dump(mode="json"))
+        stale = check_compatible(snapshot.config, cfg, point.path or path)
+    except CheckpointError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if stale:
+        log.warning("%s changed: the saved games are dropped and the workers start new ones",
+                    ", ".join(stale))
+        snapshot.workers = {}
+    return cfg, point.run_dir, snapshot
+
+
+def _train(cfg: Config, run_dir: Path, snapshot: Any, user_callbacks: list[Callback], *,
+           run_id: str | None = None) -> None:
+    """Run training in `run_dir` (new, or resumed from `snapshot`) and report how it ended."""
+    from keisei_ray.checkpoint import RUN_FILE, create_run_id
+    from keisei_ray.driver import Trainer, TrainingError, connect_ray, write_run_files
+
     write_run_files(cfg, run_dir)
+    if not (run_dir / RUN_FILE).exists():
+        create_run_id(run_dir, run_id)
     setup_logging(logging.getLogger().level, log_file=run_dir / "train.log")
-    log.info("run folder %s", run_dir)
+    log.info("run folder %s%s", run_dir, "" if snapshot is None else
+             f" (resumed at timestep {snapshot.timestep})")
     stop = threading.Event()
     with _graceful_interrupt(stop):
         session = connect_ray(cfg.train.address)
         try:
             callbacks = train_callbacks(cfg, run_dir, user_callbacks)
-            trainer = Trainer(cfg, run_dir, callbacks=callbacks, stop=stop)
+            trainer = Trainer(cfg, run_dir, callbacks=callbacks, stop=stop, resume=snapshot)
             result = trainer.run()
         except TrainingError as exc:
-            log.error("training failed: %s", exc)
-            _fail(f"training failed: {exc}", EXIT_FAILURE)
+            hint = _resume_hint(run_dir)
+            log.error("training failed: %s; %s", exc, hint)
+            _fail(f"training failed: {exc}; {hint}", EXIT_FAILURE)
         finally:
             if session.started_here:
                 import ray
@@ -240,6 +339,80 @@ def train_cmd(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(
+        help="A checkpoint directory (or a run folder: its best, else newest good, checkpoint).",
+        show_default=False)],
+    output: Annotated[Path, typer.Argument(help="The model file to write.", dir_okay=False,
+                                           show_default=False)],
+) -> None:
+    """Write a small inference-only model file (weights + model config) from a checkpoint."""
+    from keisei_ray.checkpoint import CheckpointError, model_checkpoint
+    from keisei_ray.model_file import ModelFileError, load_model, save_model
+    from learner.model import export_weights
+
+    try:
+        loaded = load_model(model_checkpoint(checkpoint))
+    except (CheckpointError, ModelFileError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    path = save_model(output, export_weights(loaded.model), loaded.config, meta=loaded.meta)
+    out.print(f"model written to {path} ({path.stat().st_size / 1e6:.2f} MB, timestep "
+              f"{loaded.meta.get('timestep', '?')}, from {loaded.meta.get('checkpoint')})",
+              markup=False)
+
+
+@app.command("sweep-agent")
+def sweep_agent_cmd(
+    sweep_id: Annotated[str | None, typer.Argument(
+        help="The sweep (entity/project/id, as `wandb sweep` prints it).",
+        show_default=False)] = None,
+    count: Annotated[int | None, typer.Option(help="Trials to run (default: until the sweep "
+                                              "ends).")] = None,
+    trial: Annotated[bool, typer.Option("--trial", help="Run one trial in this process (what "
+                                        "`wandb agent` starts through the sweep's command).")] = (
+        False),
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    overrides: OverridesArg = None,
+) -> None:
+    """W&B sweep trials: each applies wandb.config (after wandb.init, validated) and trains."""
+    from keisei_ray.driver import new_run_dir
+    from keisei_ray.tracking import sweep_trial
+
+    cfg = load_config(config, overrides or [], preset=preset)
+    user_callbacks = [load_callback(spec) for spec in cfg.train.callbacks]
+
+    def train(trial_cfg: Config, run_id: str) -> None:
+        _train(trial_cfg, new_run_dir(trial_cfg), None, user_callbacks, run_id=run_id)
+
+    if trial:
+        sweep_trial(cfg, train)
+        return
+    if sweep_id is None:
+        raise ConfigError("sweep-agent: give the SWEEP_ID that `wandb sweep` printed (or "
+                          "--trial when started by `wandb agent`)")
+    import wandb
+
+    wandb.agent(sweep_id, function=lambda: sweep_trial(cfg, train), count=count,
+                project=cfg.wandb.project, entity=cfg.wandb.entity)
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """Where a failed run can go on from, as the exact command."""
+    from keisei_ray.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
+
+    for path in list_checkpoints(run_dir):
+        try:
+            info = verify_checkpoint(path)
+        except CheckpointError:
+            continue
+        return (f"the last good checkpoint is {path} (timestep {info.timestep:,}); continue "
+                f"with: keisei-ray train --resume {run_dir}")
+    return (f"no checkpoint was saved; start the run over with: keisei-ray train --resume "
+            f"{run_dir} --allow-fresh")
+
+
 def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback]) -> list[Callback]:
     """The callbacks of a `keisei-ray train` run, in the order they see each event."""
     from keisei_ray.progress import ProgressView
@@ -251,6 +424,15 @@ def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback]) -> list[Ca
         from keisei_ray.evaluation import BackgroundEvaluation
 
         callbacks.append(BackgroundEvaluation(cfg, run_dir))
+    from keisei_ray.checkpoint import CheckpointCallback
+    from keisei_ray.metrics import MetricsLog, RayMetrics
+
+    # The checkpoint callback before the loggers: its final save reaches them before TrainEnd.
+    callbacks += [CheckpointCallback(cfg), MetricsLog(), RayMetrics()]
+    if cfg.wandb.mode != "disabled":
+        from keisei_ray.tracking import WandbCallback
+
+        callbacks.append(WandbCallback(cfg))
     return callbacks + user
 
 
@@ -483,6 +665,9 @@ def _graceful_interrupt(stop: threading.Event) -> Iterator[None]:
                     "(Ctrl-C again to abort)")
         stop.set()
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # e.g. a W&B sweep agent's trial thread: signals only reach the main thread
+        return
     previous = signal.signal(signal.SIGINT, handler)
     try:
         yield
@@ -502,7 +687,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", 130)
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     # One line, no traceback: the message names what is wrong.
     sys.stderr.write(f"keisei-ray: {message}\n")
     sys.exit(code)
