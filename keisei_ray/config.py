@@ -207,6 +207,27 @@ class WandbConfig(Section):
                                     "for queued W&B calls and the run's finish")
 
 
+class ClusterConfig(Section):
+    """Placement on a multi-node Ray cluster (see cluster.yaml) and elastic self-play workers."""
+
+    worker_resource: str = Field(
+        "selfplay", min_length=1, description="custom resource of the self-play nodes: when the "
+        "cluster advertises it (or request_workers asks the autoscaler for such nodes), each "
+        "worker takes one unit of it and so runs only on those nodes")
+    learner_resource: str = Field(
+        "learner", min_length=1, description="custom resource of the learner node: when the "
+        "cluster advertises it, the learner takes one unit of it (and so lands only there)")
+    request_workers: int = Field(
+        0, ge=0, le=100_000, description="ask the autoscaler for room for this many self-play "
+        "workers when training starts (withdrawn when it ends); 0: use the nodes that are there")
+    start_timeout_s: float = Field(
+        600.0, gt=0.0, description="wait at most this long for the first self-play worker to be "
+        "placed (an autoscaler takes minutes to start a node)")
+    join_wait_s: float = Field(
+        10.0, ge=0.0, description="at start, once one worker is up, wait at most this long for "
+        "the others; a worker that comes up later joins the next round")
+
+
 class Config(Section):
     """The root of the configuration. Later sections hang here."""
 
@@ -218,6 +239,7 @@ class Config(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
 
 # ----------------------------------------------------------------------------- presets
