@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import cshogi
 
@@ -57,3 +59,20 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def wandb_media(paths: list[str] | list[Path], prefix: str = "eval/records") -> dict[str, Any]:
+    """W&B media of written records, keyed `<prefix>/<file stem>`: each SVG as a picture, each
+    KIF as preformatted text (both `wandb.Html`). For a W&B logger's `on_evaluation_done`:
+    `run.log({"timestep": ..., **wandb_media(event.details["records"])})`."""
+    import wandb  # noqa: PLC0415 - heavy; only runs that log to W&B import it
+
+    media: dict[str, Any] = {}
+    for name in paths:
+        path = Path(name)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".svg":
+            media[f"{prefix}/{path.stem}/board"] = wandb.Html(text)
+        elif path.suffix == ".kif":
+            media[f"{prefix}/{path.stem}/kif"] = wandb.Html(f"<pre>{html.escape(text)}</pre>")
+    return media

@@ -10,7 +10,7 @@ import cshogi.KIF
 import pytest
 
 from actors.evaluation import BaselinePlayer, GameRecord, play_match
-from keisei_ray.records import record_kif, record_svg, write_record
+from keisei_ray.records import record_kif, record_svg, wandb_media, write_record
 
 
 def test_records_of_a_match_are_written_and_reread(tmp_path: Path) -> None:
@@ -46,3 +46,16 @@ def test_svg_marks_the_last_move_and_rejects_a_bad_record() -> None:
     bad = GameRecord("a", "b", cshogi.Board().sfen(), ["7g7f", "7g7f"], None, "max_moves")
     with pytest.raises(ValueError, match="illegal move '7g7f'"):
         record_svg(bad)
+
+
+def test_records_as_wandb_media(tmp_path: Path) -> None:
+    import wandb
+
+    record = GameRecord("ts-10", "random", cshogi.Board().sfen(), ["7g7f", "3c3d"], None,
+                        "max_moves")
+    paths = write_record(record, tmp_path, "ts-10-vs-random-1", max_moves=2)
+    media = wandb_media([str(p) for p in paths])
+    assert set(media) == {"eval/records/ts-10-vs-random-1/kif",
+                          "eval/records/ts-10-vs-random-1/board"}
+    assert all(isinstance(v, wandb.Html) for v in media.values())
+    assert "持将棋" in media["eval/records/ts-10-vs-random-1/kif"].html
