@@ -372,6 +372,29 @@ def read_model_state(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict[
     return config, model, meta
 
 
+def model_checkpoint(path: Path) -> Path:
+    """`path` itself, or for a run folder its best checkpoint (best.json) when that one is good,
+    else its newest good one."""
+    path = Path(path)
+    if not (path / RUN_FILE).is_file():
+        return path
+    best = path / CHECKPOINTS / BEST_FILE
+    candidates = list_checkpoints(path)
+    if best.is_file():
+        try:
+            candidates.insert(0, path / CHECKPOINTS / json.loads(best.read_text())["checkpoint"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s is unreadable (%s): using the newest good checkpoint", best, exc)
+    for candidate in candidates:
+        try:
+            verify_checkpoint(candidate)
+        except CheckpointError as exc:
+            log.warning("%s; trying the previous one", exc)
+            continue
+        return candidate
+    raise CheckpointError(f"run folder {path}: no good checkpoint in {path / CHECKPOINTS}")
+
+
 # ----------------------------------------------------------------------------- resume
 
 
