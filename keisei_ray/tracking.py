@@ -35,6 +35,7 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
+from keisei_ray.records import wandb_media
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,10 @@ class WandbCallback(Callback):
             if event.elo_ci is not None:
                 data["eval/elo_ci"] = event.elo_ci
         self._submit("log", lambda: self.client.log(data))
+        records = list(event.details.get("records") or [])
+        if records:  # game records (SVG board, KIF text), read in the background
+            self._submit("records", lambda: self.client.log(
+                {"timestep": event.timestep, **wandb_media(records)}))
 
     def on_checkpoint_saved(self, event: CheckpointSaved) -> None:
         if not self.settings.log_checkpoints or self.run_dir is None:

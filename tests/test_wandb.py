@@ -164,8 +164,12 @@ def session(callback: WandbCallback, run_dir: Path, checkpoint: Path, *, start: 
     bus.emit(TrainStart(run_dir, callback.config, start, start // 64, resumed, bus=bus))
     for k in (1, 2):
         bus.emit(update(start + 64 * k, start // 64 + k))
+    records = [run_dir / "game-1.svg", run_dir / "game-1.kif"]
+    records[0].write_text('<svg xmlns="http://www.w3.org/2000/svg"></svg>')
+    records[1].write_text("先手：agent\n後手：random\n")
     bus.emit(EvaluationDone(timestep=start + 128, version=start // 64 + 2, opponent="random",
-                            games=10, wins=8, losses=1, draws=1, elo=150.0, elo_ci=60.0))
+                            games=10, wins=8, losses=1, draws=1, elo=150.0, elo_ci=60.0,
+                            details={"records": [str(p) for p in records]}))
     bus.emit(CheckpointSaved(start + 128, start // 64 + 2, checkpoint, "interval"))
     bus.emit(CheckpointSaved(start + 128, start // 64 + 2, checkpoint, "best"))
     bus.emit(TrainEnd(start + 128, start // 64 + 2, "completed"))
@@ -305,6 +309,8 @@ def test_offline_run_logs_are_readable_and_resume_keeps_the_run_id(
     assert updates[0]["games/draw_share"] == 0.5
     evaluation = next(h for h in first["history"] if "eval/random/score" in h)
     assert evaluation["eval/random/score"] == 0.85 and evaluation["eval/elo"] == 150.0
+    media = next(h for h in first["history"] if "eval/records/game-1/board/_type" in h)
+    assert media["timestep"] == 128 and media["eval/records/game-1/kif/_type"] == "html-file"
     name, aliases, metadata, files = first["artifacts"][0]
     assert name == f"checkpoint-{run_id}" and aliases == ["latest", "ts-128"]
     assert metadata["timestep"] == 128 and metadata["reason"] == "interval"
