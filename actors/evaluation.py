@@ -370,14 +370,32 @@ def resolve(contestant: Contestant) -> Contestant:
     return contestant
 
 
+def lower_priority(priority: str) -> None:
+    """Lower this process's CPU priority: "idle" (Linux SCHED_IDLE: runs only on CPU time
+    nothing else wants; nice 19 where unsupported), "low" (nice 10) or "normal" (unchanged)."""
+    if priority == "normal":
+        return
+    if priority == "idle":
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except (AttributeError, OSError) as exc:  # not Linux, or not permitted
+            log.debug("SCHED_IDLE unavailable (%s); using nice 19", exc)
+        os.nice(19 - os.nice(0))
+        return
+    if priority == "low":
+        os.nice(max(0, 10 - os.nice(0)))
+        return
+    raise ValueError(f"unknown priority {priority!r} (expected idle, low or normal)")
+
+
 class EvaluationActorImpl:
     """Ray actor around `Evaluator`: one torch thread, lowered CPU priority."""
 
-    def __init__(self, config: Config, nice: int = 0) -> None:
+    def __init__(self, config: Config, priority: str = "normal") -> None:
         torch.set_num_threads(1)
-        if nice > 0:
-            # Evaluation shares the machine with training: let the scheduler favour training.
-            os.nice(nice)
+        # Evaluation shares the machine with training: let the scheduler favour training.
+        lower_priority(priority)
         self.evaluator = Evaluator(config)
 
     def ready(self) -> str:

@@ -162,8 +162,9 @@ class EvaluationConfig(Section):
     records: int = Field(2, ge=0, le=1000, description="games per match saved as KIF + SVG")
     num_cpus: float = Field(0.0, ge=0.0, le=64.0, description="CPUs the background evaluation "
                             "actor reserves (0: it shares the training CPUs at low priority)")
-    nice: int = Field(10, ge=0, le=19, description="process niceness of the background "
-                      "evaluation actor (higher: yields more to training)")
+    priority: Literal["idle", "low", "normal"] = Field(
+        "idle", description="CPU priority of the background evaluation actor; idle: only the "
+        "CPU time training leaves unused (Linux SCHED_IDLE, elsewhere nice 19); low: nice 10")
     final_wait_s: float = Field(120.0, ge=0.0, description="at the end of training, wait at "
                                 "most this long for a running evaluation")
     seed: int = Field(0, ge=0, description="seed of the evaluation games")

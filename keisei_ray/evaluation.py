@@ -7,6 +7,11 @@ and returns at once; finished evaluations are picked up on later events, rated i
 Elo store, written as game records, logged, and emitted as `EvaluationDone` on the bus. At most
 one evaluation runs at a time; if the next one comes due meanwhile it waits, and a newer one
 replaces it (training never waits for evaluation, except for a bounded final wait).
+
+Each match of an evaluation is one `EvaluationDone`: `opponent` is `random`, `heuristic`, a
+model file's name, or `previous` for the earlier policy of the run (a stable metric name; its
+real name is `details["opponent_name"]`); `elo`/`elo_ci` are the policy's rating once all of
+the evaluation's games are in the store, so they are the same for each match of it.
 """
 
 from __future__ import annotations
@@ -168,6 +173,7 @@ class _Running:
     request: _Request
     ref: Any
     opponents: list[str]
+    previous: str | None  # the earlier policy among the opponents, if any
     started: float = field(default_factory=time.monotonic)
 
 
@@ -282,7 +288,7 @@ class BackgroundEvaluation(Callback):
 
     def _default_actor(self, config: Config) -> Any:
         return EvaluationActor.options(num_cpus=self.settings.num_cpus, max_restarts=0,
-                                       max_task_retries=0).remote(config, self.settings.nice)
+                                       max_task_retries=0).remote(config, self.settings.priority)
 
     def _drop_actor(self) -> None:
         if self._actor is not None:
@@ -294,12 +300,14 @@ class BackgroundEvaluation(Callback):
             self._actor = self._actor_factory(self.config)
         policy = Contestant(request.name, self.config.model, request.weights)
         opponents = list(self.opponents)
-        if self.settings.previous and self._previous is not None:
-            opponents.append(self._previous)
+        previous = self._previous if self.settings.previous else None
+        if previous is not None:
+            opponents.append(previous)
         seed = int(np.random.SeedSequence([self.settings.seed, request.timestep])
                    .generate_state(1)[0])
         ref = self._actor.evaluate.remote(policy, opponents, self.settings.games, seed)
-        self._running = _Running(request, ref, [o.name for o in opponents])
+        self._running = _Running(request, ref, [o.name for o in opponents],
+                                 previous.name if previous is not None else None)
         log.debug("evaluation of %s launched against %s", request.name,
                   ", ".join(self._running.opponents))
 
@@ -324,8 +332,12 @@ class BackgroundEvaluation(Callback):
                         record, folder / request.name, stem, max_moves=env.max_moves,
                         impasse=env.impasse == "27")]
             opponent_rating = ratings.get(r.opponent)
+            # The earlier policy is reported as "previous" (a stable metric name), its real
+            # name in the details.
+            role = "previous" if r.opponent == running.previous else r.opponent
             details = {
-                "name": request.name, "score": r.score, "win_rate": r.win_rate,
+                "name": request.name, "opponent_name": r.opponent, "score": r.score,
+                "win_rate": r.win_rate,
                 "reasons": dict(r.reasons), "as_black": list(r.as_black),
                 "as_white": list(r.as_white), "plies": r.plies, "seconds": r.seconds,
                 "opponent_elo": opponent_rating.elo if opponent_rating else None,
@@ -335,7 +347,7 @@ class BackgroundEvaluation(Callback):
                                           "score": r.score}
             if self.bus is not None:
                 self.bus.emit(EvaluationDone(
-                    timestep=request.timestep, version=request.version, opponent=r.opponent,
+                    timestep=request.timestep, version=request.version, opponent=role,
                     games=r.games, wins=r.wins, losses=r.losses, draws=r.draws,
                     elo=own.elo if own else None, elo_ci=own.ci95 if own else None,
                     details=details))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,6 +16,7 @@ from actors.evaluation import (
     Evaluator,
     MatchResult,
     PolicyPlayer,
+    lower_priority,
     play_match,
 )
 from keisei_ray.config import Config, load_config
@@ -162,3 +165,22 @@ def test_evaluator_errors_name_the_problem() -> None:
         BaselinePlayer("x")
     with pytest.raises(ValueError, match="temperature must be > 0"):
         tiny_network("n", temperature=0.0)
+
+
+@pytest.mark.parametrize(("priority", "check"), [
+    ("idle", "os.sched_getscheduler(0) == os.SCHED_IDLE"),
+    ("low", "os.nice(0) >= 10"),
+    ("normal", "os.sched_getscheduler(0) == os.SCHED_OTHER"),
+])
+def test_lower_priority_in_a_child_process(priority: str, check: str) -> None:
+    code = (f"import os; from actors.evaluation import lower_priority; "
+            f"lower_priority({priority!r}); print({check})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"
+
+
+def test_unknown_priority_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown priority 'urgent'"):
+        lower_priority("urgent")

@@ -17,7 +17,7 @@ from keisei_ray.config import Config, ConfigError, load_config
 from keisei_ray.driver import Trainer
 from keisei_ray.elo import ANCHOR
 from keisei_ray.evaluation import BackgroundEvaluation, run_match
-from keisei_ray.events import Callback, EvaluationDone, TrainStart, UpdateDone
+from keisei_ray.events import Callback, EvaluationDone, EventBus, TrainStart, UpdateDone
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,7 +35,8 @@ def small_config(tmp_path: Path, *extra: str) -> Config:
         "train.total_timesteps=400", "ppo.epochs=1", "ppo.minibatch_size=64",
         f"train.runs_dir={tmp_path}", "evaluation.interval_timesteps=100",
         "evaluation.games=2", "evaluation.records=1", "evaluation.opponents=[random]",
-        "evaluation.nice=0", *extra])
+        # The machine running the tests may be busy: an idle-class actor could starve.
+        "evaluation.priority=normal", *extra])
 
 
 class Recorder(Callback):
@@ -176,8 +177,11 @@ def test_state_round_trip_and_resume_interval(tmp_path: Path) -> None:
         cb.on_update_done(UpdateDone(timestep, 1, 1, {}, None, None, 0, 1, 0.0, 0,  # type: ignore[arg-type]
                                      0.0, weights=weights))
 
+    bus = EventBus()
+    rec = Recorder()
+    bus.register(rec)
     source = BackgroundEvaluation(config, tmp_path / "a", actor_factory=factory)
-    source.on_train_start(TrainStart(tmp_path / "a", config, 0, 0, False))
+    source.on_train_start(TrainStart(tmp_path / "a", config, 0, 0, False, bus=bus))
     update(source, 900)
     assert source._running is None
     update(source, 1100)  # crosses 1000
@@ -201,6 +205,11 @@ def test_state_round_trip_and_resume_interval(tmp_path: Path) -> None:
     assert source.poll(timeout_s=60)
     assert ("ts-2100", ["random", "ts-1100"]) in seen()
     assert source.elo.rating("ts-2100").games == 8
+    # One event per match; the earlier policy is reported as "previous".
+    events = [(e.timestep, e.opponent, e.details["opponent_name"]) for e in rec.evaluations]
+    assert events == [(1100, "random", "random"), (2100, "random", "random"),
+                      (2100, "previous", "ts-1100")]
+    assert rec.evaluations[1].elo == rec.evaluations[2].elo == source.elo.rating("ts-2100").elo
     resumed.close()
     source.close()
     with pytest.raises(ValueError, match="last_bucket must be an integer"):

@@ -3,37 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from actors.evaluation import MatchResult
-from keisei_ray.cli import main
 from keisei_ray.config import ModelConfig
 from keisei_ray.elo import elo_difference
 from keisei_ray.evaluation import MatchSummary, run_models, wilson_interval
 from keisei_ray.model_file import save_model
 from learner.model import build_model, export_weights
+from tests.test_cli import run_cli
+from tests.test_evaluation import one_thread  # noqa: F401 - autouse: one torch thread
 
 FAST = ["env.max_moves=40"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    code = info.value.code if isinstance(info.value.code, int) else 1
-    return code, captured.out, captured.err
 
 
 def tiny_model(path: Path, seed: int, timestep: int | None) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import stat
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import cshogi
@@ -22,18 +21,11 @@ from keisei_ray.model_file import save_model
 from keisei_ray.usi import UsiEngine, value_to_cp
 from learner.model import build_model, export_weights
 from shogi import Position
+from tests.test_evaluation import one_thread  # noqa: F401 - autouse: one torch thread
 
 MATED = "3nkn3/4G4/4P4/9/9/9/9/9/4K4 w - 1"  # White to move is checkmated
 MATE_IN_ONE = "3nkn3/9/4P4/9/9/9/9/9/4K4 b G 1"  # G*5b mates
 IMPASSE = "RBGGGGSS1/PPPPPPPPP/4K4/9/9/9/9/9/4k4 b RB2S4N4L9p 1"  # Black may declare
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_contestant(seed: int = 0) -> Contestant:
