@@ -68,41 +68,51 @@ class _Throughput(Callback):
 
 
 def bench_training_with_evaluation(preset: str = "local", timesteps: int = 20_000,
-                                   interval: int = 5_000, games: int = 32,
+                                   interval: int = 5_000, games: int = 32, repeats: int = 1,
                                    overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Training steps/s of one preset with background evaluation off, then on.
+    """Training steps/s of one preset with background evaluation off and on, alternated
+    `repeats` times (off, on, off, on, ...: slow drifts of a shared machine hit both).
 
     Steps/s is the driver's own figure at the last update (collection and updates only: the
     final wait for a running evaluation is not training time, so it is off here). The
     default interval is 10x denser than the schema's (`evaluation.interval_timesteps`), which
     makes the measured slowdown an upper bound for default runs.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(include_dashboard=False)
     figures: dict[str, Any] = {"preset": preset, "timesteps": timesteps,
                                "evaluation interval": interval, "games per opponent": games,
                                "cpus": ray.cluster_resources().get("CPU")}
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    finished = 0
     try:
-        for label, on in (("off", False), ("on", True)):
-            config: Config = load_config(None, [
-                f"train.total_timesteps={timesteps}", f"evaluation.interval_timesteps={interval}",
-                f"evaluation.games={games}", "evaluation.final_wait_s=0", *overrides],
-                preset=preset)
-            meter = _Throughput()
-            with tempfile.TemporaryDirectory() as tmp:
-                callbacks: list[Callback] = [meter]
-                if on:
-                    callbacks.insert(0, BackgroundEvaluation(config, Path(tmp)))
-                Trainer(config, Path(tmp), callbacks=callbacks).run()
-            if meter.last is None:
-                raise RuntimeError(f"the {preset} run finished without a single update")
-            figures[f"steps per s, evaluation {label}"] = meter.last.steps_per_s
-            if on:
-                figures["evaluation matches finished"] = meter.evaluations
+        for _ in range(repeats):
+            for on in (False, True):
+                config: Config = load_config(None, [
+                    f"train.total_timesteps={timesteps}",
+                    f"evaluation.interval_timesteps={interval}", f"evaluation.games={games}",
+                    "evaluation.final_wait_s=0", *overrides], preset=preset)
+                meter = _Throughput()
+                with tempfile.TemporaryDirectory() as tmp:
+                    callbacks: list[Callback] = [meter]
+                    if on:
+                        callbacks.insert(0, BackgroundEvaluation(config, Path(tmp)))
+                    Trainer(config, Path(tmp), callbacks=callbacks).run()
+                if meter.last is None:
+                    raise RuntimeError(f"the {preset} run finished without a single update")
+                rates[on].append(meter.last.steps_per_s)
+                finished += meter.evaluations
     finally:
         if started_here:
             ray.shutdown()
+    for on, label in ((False, "off"), (True, "on")):
+        figures[f"steps per s, evaluation {label}"] = float(np.mean(rates[on]))
+        figures[f"steps per s, evaluation {label} (each run)"] = ", ".join(
+            f"{r:.0f}" for r in rates[on])
+    figures["evaluation matches finished"] = finished
     off, on_rate = figures["steps per s, evaluation off"], figures["steps per s, evaluation on"]
     figures["slowdown"] = 1.0 - on_rate / off if off > 0 else float("nan")
     return figures

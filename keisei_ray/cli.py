@@ -209,6 +209,7 @@ def bench_eval_cmd(
     interval: Annotated[int, typer.Option(help="evaluation.interval_timesteps while "
                                           "training.")] = 5_000,
     eval_games: Annotated[int, typer.Option(help="evaluation.games while training.")] = 32,
+    repeats: Annotated[int, typer.Option(help="Off/on training pairs (alternated).")] = 1,
     go_repeats: Annotated[int, typer.Option(help="USI go calls timed.")] = 200,
     overrides: OverridesArg = None,
     as_json: JsonOpt = False,
@@ -225,7 +226,7 @@ def bench_eval_cmd(
     figures |= {f"usi: {k}": v for k, v in bench_usi_latency(size, go_repeats).items()}
     if training:
         figures |= {f"training: {k}": v for k, v in bench_training_with_evaluation(
-            preset, timesteps, interval, eval_games, tuple(overrides or [])).items()}
+            preset, timesteps, interval, eval_games, repeats, tuple(overrides or [])).items()}
     _print_figures("Evaluation", figures, as_json)
 
 
