@@ -100,6 +100,7 @@ class EloStore:
         self._pairs: dict[tuple[str, str], list[int]] = {}
         self._players: dict[str, None] = {anchor: None}  # insertion-ordered set
         self._cache: dict[str, Rating] | None = None
+        self._last_fit: dict[str, float] = {}  # log-strengths of the last fit (warm start)
 
     # ---------------------------------------------------------------- games
     def record(self, player: str, opponent: str, wins: int, draws: int, losses: int) -> None:
@@ -177,7 +178,10 @@ class EloStore:
                   for (a, b), (w, d, losses) in self._pairs.items() if a in index]
         pairs = [(index[a], index[b], pts + 0.5 * self.prior_draws, g + self.prior_draws)
                  for a, b, pts, g in linked]
-        theta, covariance = _bradley_terry(len(players), pairs)
+        # Warm start from the last fit: adding one evaluation's games moves little.
+        start = np.array([self._last_fit.get(p, 0.0) for p in players])
+        theta, covariance = _bradley_terry(len(players), pairs, start)
+        self._last_fit = dict(zip(players, theta.tolist(), strict=True))
         games = dict.fromkeys(players, 0.0)
         points = dict.fromkeys(players, 0.0)
         for a, b, pts, g in linked:
@@ -234,14 +238,18 @@ class EloStore:
 
 
 def _bradley_terry(n: int, pairs: list[tuple[int, int, float, float]],
+                   start: np.ndarray | None = None,
                    max_iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """Maximum-likelihood log-strengths (player 0 fixed at 0) and their covariance.
 
-    `pairs` holds (i, j, points of i, games). Newton's method on the concave log-likelihood,
-    with step halving; the covariance is the inverse observed information (inf where a
-    direction is unconstrained, e.g. a player whose every game is a win without a prior).
+    `pairs` holds (i, j, points of i, games). Newton's method on the concave log-likelihood
+    from `start` (zeros by default), with step halving; the covariance is the inverse observed
+    information (inf where a direction is unconstrained, e.g. a player whose every game is a
+    win without a prior).
     """
     theta = np.zeros(n)
+    if start is not None and np.all(np.isfinite(start)):
+        theta[1:] = start[1:]
     covariance = np.zeros((n, n))
     if n <= 1 or not pairs:
         return theta, covariance
@@ -294,12 +302,16 @@ def _bradley_terry(n: int, pairs: list[tuple[int, int, float, float]],
     _, info = derivatives(theta)
     covariance = np.full((n, n), math.inf)
     covariance[0, :] = covariance[:, 0] = 0.0
+    # Invertible only when every rating is pinned down by finite evidence; a Cholesky
+    # factor exists exactly when the (symmetric) information is positive definite.
+    scale = max(1.0, float(np.max(np.diag(info))))
     try:
-        eigenvalues = np.linalg.eigvalsh(info)
-        if eigenvalues.min() > 1e-9 * max(1.0, eigenvalues.max()):
-            covariance[1:, 1:] = np.linalg.inv(info)
+        factor = np.linalg.cholesky(info + 1e-9 * scale * np.eye(n - 1))
+        if np.min(np.diag(factor)) ** 2 > 1e-6 * scale:
+            inverse_factor = np.linalg.inv(factor)
+            covariance[1:, 1:] = inverse_factor.T @ inverse_factor
         else:
-            log.debug("Elo fit: singular information matrix (a rating is unconstrained)")
+            log.debug("Elo fit: near-singular information matrix (a rating is unconstrained)")
     except np.linalg.LinAlgError as exc:
-        log.debug("Elo fit: information matrix not invertible (%s)", exc)
+        log.debug("Elo fit: information matrix not positive definite (%s)", exc)
     return theta, covariance

@@ -176,3 +176,16 @@ def test_many_players_fit_is_consistent() -> None:
     for name, value in true.items():
         r = s.rating(name)
         assert abs(r.elo - value) < max(3 * r.ci95 / Z95, 1e-9), (name, r)
+
+
+def test_warm_started_fit_equals_a_fresh_fit() -> None:
+    games = [("h", ANCHOR, 40, 5, 19), ("ts-1", ANCHOR, 20, 10, 34), ("ts-1", "h", 5, 2, 57),
+             ("ts-2", ANCHOR, 60, 0, 4), ("ts-2", "ts-1", 50, 6, 8), ("ts-2", "h", 30, 4, 30)]
+    incremental = EloStore()
+    for g in games:
+        incremental.record(*g)
+        incremental.ratings()  # each fit starts from the previous one
+    fresh = EloStore.from_records([Record(*g) for g in games])
+    for name, rating in fresh.ratings().items():
+        assert incremental.rating(name).elo == pytest.approx(rating.elo, abs=1e-6)
+        assert incremental.rating(name).ci95 == pytest.approx(rating.ci95, rel=1e-6)
