@@ -259,7 +259,7 @@ class BackgroundEvaluation(Callback):
                      self._pending.name, self._running.request.name, request.name)
         self._pending = request
 
-    def poll(self, timeout_s: float = 0.0, *, launch_pending: bool = True) -> bool:
+    def poll(self, timeout_s: float = 0.0) -> bool:
         """Collect a finished evaluation (waiting at most `timeout_s`); True if one finished."""
         running = self._running
         if running is None:
@@ -278,7 +278,7 @@ class BackgroundEvaluation(Callback):
             self._drop_actor()
         else:
             self._finish(running, results)
-        if launch_pending and self._pending is not None:
+        if self._pending is not None:
             request, self._pending = self._pending, None
             self._launch(request)
         return True

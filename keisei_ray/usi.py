@@ -73,7 +73,10 @@ class UsiEngine:
     def __init__(self, contestant: Contestant, write: Callable[[str], None], *,
                  max_moves: int) -> None:
         self.contestant = contestant
-        self.write = write
+        # ASCII only: clients decode some answers as ASCII or Shift-JIS, so quoted input with
+        # other characters is escaped (\uXXXX) rather than allowed to break them.
+        self.write: Callable[[str], None] = lambda line: write(
+            line.encode("ascii", "backslashreplace").decode("ascii"))
         self.max_moves = contestant.max_moves or max_moves  # scales the ply plane
         self.options = Options()
         self.position: Position | None = Position()

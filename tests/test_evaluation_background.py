@@ -216,6 +216,34 @@ def test_state_round_trip_and_resume_interval(tmp_path: Path) -> None:
         resumed.load_state_dict({**state, "last_bucket": "x"})
 
 
+@ray.remote(num_cpus=0)
+class BrokenEvaluator:
+    def evaluate(self, policy: Contestant, opponents: list[Contestant], games: int,
+                 seed: int) -> list[MatchResult]:
+        raise RuntimeError("evaluation blew up")
+
+
+def test_a_failed_evaluation_is_logged_and_the_next_one_gets_a_new_actor(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = small_config(tmp_path, "evaluation.interval_timesteps=100")
+    made: list[Any] = []
+
+    def factory(cfg: Config) -> Any:
+        made.append(BrokenEvaluator.remote())  # type: ignore[attr-defined]
+        return made[-1]
+
+    evaluation = BackgroundEvaluation(config, tmp_path, actor_factory=factory)
+    evaluation.on_train_start(TrainStart(tmp_path, config, 0, 0, False))
+    weights = [ray.put({})]
+    for timestep in (150, 250):
+        evaluation.on_update_done(UpdateDone(timestep, 1, 1, {}, None, None, 0, 1, 0.0,  # type: ignore[arg-type]
+                                             0, 0.0, weights=weights))
+        assert evaluation.poll(timeout_s=60)
+    assert evaluation.failed == 2 and len(made) == 2 and evaluation._actor is None
+    assert "evaluation of ts-150 failed" in caplog.text and "evaluation blew up" in caplog.text
+    assert evaluation.history == [] and evaluation.elo.games_of("ts-150") == 0
+
+
 def test_bad_opponent_file_fails_before_training(tmp_path: Path) -> None:
     config = small_config(tmp_path, f"evaluation.opponents=[random, {tmp_path}/nope.pt]")
     with pytest.raises(ConfigError, match=r"evaluation.opponents: model file .*nope.pt: not found"):
