@@ -87,6 +87,11 @@ def test_sfen_positions_and_game_ends() -> None:
     s.send(f"position sfen {MATE_IN_ONE} moves G*5b")  # the same mate, reached by a move
     assert s.send("go btime 0 wtime 0") == ["bestmove resign"]
     assert s.send(f"position sfen {MATE_IN_ONE}", "go mate 1000") == ["checkmate G*5b"]
+    # A fourfold repetition ends the game by our rules; if the GUI still asks, play on legally.
+    s.send("position startpos moves " + " ".join(["5i5h", "5a5b", "5h5i", "5b5a"] * 3))
+    answer = s.send("go byoyomi 100")
+    assert "info string the game is over by our rules (sennichite); playing on" in answer
+    assert bestmove(answer) in {m.usi() for m in Position().legal_moves()}
     # Impasse: declared only when the option is on.
     s.send(f"position sfen {IMPASSE}")
     assert bestmove(s.send("go")) not in ("win", "resign")
