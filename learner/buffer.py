@@ -115,7 +115,10 @@ class ExperienceBuffer:
         offsets, actions = gather_csr(self.legal_offsets[:self.size + 1],
                                       self.legal_actions[:self.num_legal], rows)
         return Minibatch(
-            planes=encode_planes(self.state.index(rows), max_moves),
+            # channels_last: the layout the learner's model uses (about 25% faster convolution
+            # backward on CPU, and what tensor cores want on CUDA).
+            planes=encode_planes(self.state.index(rows), max_moves).contiguous(
+                memory_format=torch.channels_last),
             legal_offsets=offsets,
             legal_actions=actions,
             actions=self.actions[rows].long(),
