@@ -121,6 +121,9 @@ class TrainConfig(Section):
     worker_cpus: float = Field(1.0, gt=0.0, le=64.0, description="CPUs per self-play worker "
                                "(also its torch threads, rounded up)")
     learner_cpus: float = Field(1.0, ge=0.0, le=256.0, description="CPUs reserved for the learner")
+    learner_threads: int = Field(
+        2, ge=1, le=256, description="torch threads of a CPU learner; may exceed learner_cpus "
+        "(a scheduling reservation): workers mostly wait while the learner updates")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="learner device; auto: cuda when the cluster has a GPU")
     half_weights: bool = Field(False, description="broadcast weights as float16 (half the bytes)")

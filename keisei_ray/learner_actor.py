@@ -45,7 +45,7 @@ class LearnerActor:
     """Ray actor class around a `Learner` (decorated with ray.remote by the driver)."""
 
     def __init__(self, config: Config, capacity: int, device: str) -> None:
-        torch.set_num_threads(max(1, round(config.train.learner_cpus) or 1))
+        torch.set_num_threads(config.train.learner_threads)
         self.config = config
         self.learner = Learner(config, capacity=capacity, device=device)
         self.metrics = LearnerMetrics()
