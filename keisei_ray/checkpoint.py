@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -268,8 +268,10 @@ def _to_numpy(tree: Any) -> Any:
 # ----------------------------------------------------------------------------- reading
 
 
-def verify_checkpoint(path: Path, *, run_id: str | None = None) -> CheckpointInfo:
-    """Check the manifest and every file's size and SHA-256; CheckpointError says what is wrong."""
+def verify_checkpoint(path: Path, *, run_id: str | None = None,
+                      hashes: bool = True) -> CheckpointInfo:
+    """Check the manifest and every file's size and SHA-256 (`hashes=False`: sizes only, a
+    quick look); CheckpointError says what is wrong."""
     path = Path(path)
     where = f"checkpoint {path}"
     if not path.is_dir():
@@ -305,7 +307,7 @@ def verify_checkpoint(path: Path, *, run_id: str | None = None) -> CheckpointInf
         if size != entry["bytes"]:
             raise CheckpointError(f"{where}: {name} is truncated or altered ({size} bytes, "
                                   f"manifest says {entry['bytes']})")
-        if _sha256(file) != entry["sha256"]:
+        if hashes and _sha256(file) != entry["sha256"]:
             raise CheckpointError(f"{where}: {name} does not match its SHA-256 (corrupt or "
                                   "tampered with)")
     return info
@@ -581,7 +583,7 @@ class CheckpointCallback(Callback):
                 path.rename(aside)
                 continue
             try:
-                info = verify_checkpoint(path, run_id=self.run_id)
+                info = verify_checkpoint(path, run_id=self.run_id, hashes=False)
             except CheckpointError as exc:
                 log.warning("%s (kept aside: not counted among the last %d)", exc,
                             self.settings.keep_last)
@@ -599,7 +601,7 @@ class CheckpointCallback(Callback):
         interval = self.settings.interval_timesteps
         assert interval is not None
         self.next_due = (event.timestep // interval + 1) * interval
-        self._save(event.snapshot, "interval")
+        self._save(event.snapshot, event.timestep, "interval")
 
     def on_evaluation_done(self, event: EvaluationDone) -> None:
         old = self.merits.get(event.version)
@@ -614,7 +616,7 @@ class CheckpointCallback(Callback):
             return
         if event.snapshot is not None and event.timestep != self.last_timestep:
             reason = "end" if event.reason == "completed" else "interrupt"
-            self._save(event.snapshot, reason)
+            self._save(event.snapshot, event.timestep, reason)
         self._writer.wait()  # the last checkpoint must be on disk before the process ends
         self._poll()
         self._writer.wait()
@@ -622,16 +624,20 @@ class CheckpointCallback(Callback):
         self._writer = None
 
     # ---------------------------------------------------------------- internals
-    def _save(self, take_snapshot: Any, reason: str) -> None:
+    def _save(self, capture: Callable[[], Callable[[], RunSnapshot]], timestep: int,
+              reason: str) -> None:
+        """Capture the snapshot now (the driver's only cost: `stall_s`); fetch it, write it,
+        hash and fsync it in the writer thread."""
         assert self._writer is not None and self.folder is not None
         start = time.perf_counter()
-        snapshot: RunSnapshot = take_snapshot()
+        fetch = capture()
         self.stall_s.append(time.perf_counter() - start)
-        self.last_timestep = snapshot.timestep
+        self.last_timestep = timestep
         folder, run_id = self.folder, self.run_id
 
         def job() -> _Saved:
             began = time.perf_counter()
+            snapshot = fetch()
             path = write_checkpoint(folder, snapshot, run_id=run_id, reason=reason)
             return _Saved(path, snapshot.timestep, snapshot.version, reason,
                           time.perf_counter() - began)

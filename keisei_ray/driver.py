@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -80,8 +81,10 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None,
         return RaySession(started_here=False, address=ray.get_runtime_context().gcs_address,
                           dashboard_url=None)
     if address is None:
-        ctx = ray.init(num_cpus=num_cpus or os.cpu_count() or 1, namespace=NAMESPACE,
-                       include_dashboard=include_dashboard, log_to_driver=True)
+        # "local": a new embedded Ray, never silently a cluster someone started on this host.
+        ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
+                       namespace=NAMESPACE, include_dashboard=include_dashboard,
+                       log_to_driver=True)
     else:
         ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
     url = getattr(ctx, "dashboard_url", None)
@@ -447,41 +450,56 @@ class Trainer:
                     log.exception("callback %s could not restore its saved state",
                                   type(callback).__name__)
 
-    def snapshot(self, pending: Sequence[Any], games: GameStats) -> RunSnapshot:
-        """The run at a consistent cut; call only while the learner is idle (between updates)
-        and before the next collect is launched. `pending`: payload refs gathered and not
-        trained on yet (they go first into the resumed run's next update), `games` theirs."""
+    def snapshot(self, pending: Sequence[Any], games: GameStats) -> Callable[[], RunSnapshot]:
+        """Capture the run at a consistent cut and return `fetch`, which completes it.
+
+        Call only at a cut: the learner idle (between updates), no collect launched. The
+        learner's and the workers' states are requested here and not waited for: an actor runs
+        its calls in the order they were sent, so they are taken before the next update and
+        collects whatever happens meanwhile. `fetch()` (blocking, from any thread, e.g. a
+        checkpoint writer) waits for them. `pending`: payload refs gathered and not trained on
+        yet (a resumed run feeds them to its first update), `games` their statistics.
+        """
         assert self.pool is not None
         learner_ref = self.learner.state_dict.remote()
         # A straggler still collecting is skipped: on resume it starts new games.
-        idle = [slot for slot in self.pool.ready_workers if slot.pending is None]
-        state_refs = {slot.worker_id: slot.actor.get_state.remote() for slot in idle}
-        try:
-            learner_state = ray.get(learner_ref)
-        except (RayActorError, RayTaskError) as exc:
-            raise TrainingError(f"the learner failed: {exc.__class__.__name__}") from exc
-        workers: dict[int, dict[str, Any]] = {}
-        for worker_id, ref in state_refs.items():
-            try:
-                workers[worker_id] = ray.get(ref)
-            except (RayActorError, RayTaskError) as exc:
-                log.warning("worker-%d gave no state for the checkpoint (%s): it will start "
-                            "new games on resume", worker_id, type(exc).__name__)
-        payloads: list[bytes] = []
-        for ref in pending:
-            try:
-                payloads.append(ray.get(ref))
-            except ObjectLostError:
-                log.warning("a pending batch was lost with its node; the checkpoint lacks it")
-        callbacks = {cb.state_key: cb.state_dict() for cb in self.bus.callbacks
-                     if isinstance(cb, StatefulCallback)}
+        state_refs = {slot.worker_id: slot.actor.get_state.remote()
+                      for slot in self.pool.ready_workers if slot.pending is None}
+        pending = list(pending)
+        # Copies of what the driver owns, as they are now (JSON round trip: callback states
+        # must be JSON-able, and later changes must not leak into this snapshot).
+        callbacks = json.loads(json.dumps({cb.state_key: cb.state_dict()
+                                           for cb in self.bus.callbacks
+                                           if isinstance(cb, StatefulCallback)}))
         rng = {"python": random.getstate(), "numpy": np.random.get_state(),
                "torch": torch.get_rng_state().numpy()}
-        return RunSnapshot(config=self.config, timestep=self.state.timestep,
-                           version=self.state.version, driver=self.state.to_dict(),
-                           learner=learner_state, workers=workers, pending=payloads,
-                           pending_games=dataclasses.asdict(games), rng=rng,
-                           callbacks=callbacks)
+        driver, timestep, version = self.state.to_dict(), self.state.timestep, self.state.version
+
+        def fetch() -> RunSnapshot:
+            try:
+                learner_state = ray.get(learner_ref)
+            except (RayActorError, RayTaskError) as exc:
+                raise TrainingError(f"the learner failed: {exc.__class__.__name__}") from exc
+            workers: dict[int, dict[str, Any]] = {}
+            for worker_id, ref in state_refs.items():
+                try:
+                    workers[worker_id] = ray.get(ref)
+                except (RayActorError, RayTaskError) as exc:
+                    log.warning("worker-%d gave no state for the checkpoint (%s): it will start "
+                                "new games on resume", worker_id, type(exc).__name__)
+            payloads: list[bytes] = []
+            for ref in pending:
+                try:
+                    payloads.append(ray.get(ref))
+                except ObjectLostError:
+                    log.warning("a pending batch was lost with its node; the checkpoint lacks "
+                                "it")
+            return RunSnapshot(config=self.config, timestep=timestep, version=version,
+                               driver=driver, learner=learner_state, workers=workers,
+                               pending=payloads, pending_games=dataclasses.asdict(games),
+                               rng=rng, callbacks=callbacks)
+
+        return fetch
 
     def close(self) -> None:
         if self.pool is not None:

@@ -92,9 +92,11 @@ class UpdateDone:
     wall_time: float  # seconds since training started (this session)
     weights: Any = None  # [ObjectRef] of this version's {name: ndarray} (boxed: not resolved)
     learner_busy: float = 0.0  # fraction of the wall time the learner spent updating
-    # Returns a consistent keisei_ray.checkpoint.RunSnapshot of the run at this update (the
-    # learner is idle and no worker is collecting while handlers run); None: no consistent cut.
-    snapshot: Callable[[], Any] | None = field(default=None, repr=False)
+    # Captures the run at this update (a consistent cut: the learner is idle and no worker is
+    # collecting while handlers run) and returns `fetch`; `fetch()` -> RunSnapshot (see
+    # keisei_ray.checkpoint) completes it, blocking, from any thread. Capturing is cheap: the
+    # actors' states are requested, not waited for. None: no consistent cut.
+    snapshot: Callable[[], Callable[[], Any]] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class TrainEnd:
     reason: str  # "completed", "interrupted", or "failed: <why>"
     # As UpdateDone.snapshot: set when training stopped at a consistent cut (completed, or
     # interrupted after finishing the in-flight update); None after a failure.
-    snapshot: Callable[[], Any] | None = field(default=None, repr=False)
+    snapshot: Callable[[], Callable[[], Any]] | None = field(default=None, repr=False)
 
 
 class Callback:

@@ -243,38 +243,53 @@ def test_load_model_accepts_a_checkpoint_directory(tmp_path: Path,
 # ----------------------------------------------------------------------------- the callback
 
 
+class Harness(ckpt.Callback):
+    """A bus with the checkpoint callback on it, fed like the driver feeds it."""
+
+    def __init__(self, callback: CheckpointCallback, run_dir: Path, snapshot: RunSnapshot, *,
+                 start: int = 0, resumed: bool = False) -> None:
+        self.callback, self.snapshot = callback, snapshot
+        self.saved: list[CheckpointSaved] = []
+        self.bus = EventBus()
+        self.bus.register(callback)
+        self.bus.register(self)
+        self.bus.emit(TrainStart(run_dir, snapshot.config, start, 0, resumed, bus=self.bus))
+
+    def on_checkpoint_saved(self, event: CheckpointSaved) -> None:
+        self.saved.append(event)
+
+    def capture(self, timestep: int, version: int) -> Any:
+        """What the driver's snapshot does: capture now, return `fetch`."""
+        return lambda: lambda: RunSnapshot(**{**self.snapshot.__dict__, "timestep": timestep,
+                                              "version": version})
+
+    def update(self, timestep: int, version: int, accepted: int) -> None:
+        self.bus.emit(UpdateDone(timestep=timestep, version=version, accepted=accepted,
+                                 metrics={}, games=GameStats(), totals=GameStats(),
+                                 policy_lag=1, workers_alive=1, steps_per_s=1.0,
+                                 worker_restarts=0, wall_time=1.0,
+                                 snapshot=self.capture(timestep, version)))
+        assert self.callback._writer is not None
+        self.callback._writer.wait()  # let the writer finish: the tests check the order
+
+    def evaluated(self, version: int, wins: int, elo: float | None) -> None:
+        self.bus.emit(EvaluationDone(timestep=0, version=version, opponent="random", games=10,
+                                     wins=wins, losses=10 - wins, draws=0, elo=elo))
+
+    def end(self, timestep: int, version: int, *, at_cut: bool = True) -> None:
+        self.bus.emit(TrainEnd(timestep, version, "completed",
+                               snapshot=self.capture(timestep, version) if at_cut else None))
+        assert self.bus.errors == 0
+
+
 def drive(callback: CheckpointCallback, run_dir: Path, snapshot: RunSnapshot, step: int,
           updates: int, *, start: int = 0, resumed: bool = False) -> list[CheckpointSaved]:
     """Feed the callback UpdateDone events of `step` transitions each, then TrainEnd."""
-    bus = EventBus()
-    saved: list[CheckpointSaved] = []
-
-    class Listen(ckpt.Callback):
-        def on_checkpoint_saved(self, event: CheckpointSaved) -> None:
-            saved.append(event)
-
-    bus.register(callback)
-    bus.register(Listen())
-    bus.emit(TrainStart(run_dir, snapshot.config, start, 0, resumed, bus=bus))
-    timestep = start
+    harness = Harness(callback, run_dir, snapshot, start=start, resumed=resumed)
     for version in range(1, updates + 1):
-        timestep += step
-        at = timestep
-
-        def take(at: int = at, version: int = version) -> RunSnapshot:
-            return RunSnapshot(**{**snapshot.__dict__, "timestep": at, "version": version})
-
-        bus.emit(UpdateDone(timestep=at, version=version, accepted=step, metrics={},
-                            games=GameStats(), totals=GameStats(), policy_lag=1,
-                            workers_alive=1, steps_per_s=1.0, worker_restarts=0, wall_time=1.0,
-                            snapshot=take))
-        if callback._writer is not None:  # let the writer finish: the test checks the order
-            callback._writer.wait()
-    bus.emit(TrainEnd(timestep, updates, "completed",
-                      snapshot=lambda: RunSnapshot(**{**snapshot.__dict__, "timestep": timestep,
-                                                      "version": updates})))
-    assert bus.errors == 0
-    return saved
+        harness.update(start + step * version, version, step)
+    harness.end(start + step * updates, updates)
+    return harness.saved
 
 
 def test_interval_checkpoints_fire_at_the_first_update_crossing_each_multiple(
@@ -296,46 +311,21 @@ def test_keeps_the_last_k_and_the_best(tmp_path: Path, snapshot: RunSnapshot) ->
     config = tiny_config("checkpoint.interval_timesteps=50", "checkpoint.keep_last=2")
     run_dir = tmp_path / "run"
     callback = CheckpointCallback(config)
-    bus = EventBus()
-    saved: list[CheckpointSaved] = []
-
-    class Listen(ckpt.Callback):
-        def on_checkpoint_saved(self, event: CheckpointSaved) -> None:
-            saved.append(event)
-
-    bus.register(callback)
-    bus.register(Listen())
-    bus.emit(TrainStart(run_dir, config, 0, 0, False, bus=bus))
-
-    def update(version: int) -> None:
-        at = 50 * version
-        bus.emit(UpdateDone(
-            timestep=at, version=version, accepted=50, metrics={}, games=GameStats(),
-            totals=GameStats(), policy_lag=0, workers_alive=1, steps_per_s=1.0,
-            worker_restarts=0, wall_time=1.0,
-            snapshot=lambda: RunSnapshot(**{**snapshot.__dict__, "timestep": at,
-                                            "version": version})))
-        assert callback._writer is not None
-        callback._writer.wait()
-
-    def evaluated(version: int, wins: int, elo: float | None) -> None:
-        bus.emit(EvaluationDone(timestep=50 * version, version=version, opponent="random",
-                                games=10, wins=wins, losses=10 - wins, draws=0, elo=elo))
-
-    update(1)
-    update(2)
-    evaluated(2, 9, elo=350.0)
-    update(3)
-    evaluated(3, 7, elo=120.0)
-    update(4)
-    update(5)
-    bus.emit(TrainEnd(250, 5, "completed", snapshot=None))
+    harness = Harness(callback, run_dir, snapshot)
+    harness.update(50, 1, 50)
+    harness.update(100, 2, 50)
+    harness.evaluated(2, 9, elo=350.0)
+    harness.update(150, 3, 50)
+    harness.evaluated(3, 7, elo=120.0)
+    harness.update(200, 4, 50)
+    harness.update(250, 5, 50)
+    harness.end(250, 5, at_cut=False)
     names = sorted(p.name for p in list_checkpoints(run_dir))
     # The last two plus version 2, the best rated one.
     assert names == ["ckpt-000000000100", "ckpt-000000000200", "ckpt-000000000250"]
     best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
     assert best["checkpoint"] == "ckpt-000000000100" and best["rated"]
-    assert [e.reason for e in saved].count("best") == 1
+    assert [e.reason for e in harness.saved].count("best") == 1
     assert callback.state_dict()["best"] == "ckpt-000000000100"
 
 

@@ -64,6 +64,7 @@ def assert_same_run(a: TrainResult, b: TrainResult) -> None:
         np.testing.assert_array_equal(value, b.final_weights[name], err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lag", [1, 0], ids=["pipelined", "synchronous"])
 def test_stop_and_resume_is_bit_identical_to_a_straight_run(tmp_path: Path, lag: int) -> None:
     config = resume_config(tmp_path, f"ppo.max_policy_lag={lag}")
