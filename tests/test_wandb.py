@@ -371,3 +371,41 @@ def test_sweep_trial_applies_wandb_config_after_init(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ppo.epochs"):
         sweep_trial(base, lambda config, run_id: None, init=bad_init)
     assert wandb.run is None  # the rejected trial's run was finished
+
+
+@pytest.mark.slow
+def test_a_real_training_run_logs_offline_to_its_own_run_id(tmp_path: Path) -> None:
+    # `sweep-agent --trial` outside a sweep: wandb.init gives no parameters, so this is a plain
+    # training run with W&B offline, end to end through the CLI.
+    import os
+    import subprocess
+    import sys
+
+    from keisei_ray.metrics import METRICS_FILE, read_metrics
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_DIR": str(tmp_path), "WANDB_CACHE_DIR": str(tmp_path / "cache"),
+           "WANDB_DATA_DIR": str(tmp_path / "data"), "WANDB_CONFIG_DIR": str(tmp_path / "cfg")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "keisei_ray.cli", "sweep-agent", "--trial", "model.size=tiny",
+         "env.max_moves=32", "train.games_per_worker=4", "train.rollout_steps=8",
+         "train.num_workers=1", "train.learner_cpus=0", "train.total_timesteps=200",
+         "ppo.epochs=1", "ppo.minibatch_size=32", "evaluation.enabled=false",
+         "wandb.mode=offline", "wandb.project=e2e", f"train.runs_dir={tmp_path / 'runs'}",
+         "train.run_name=trial"],
+        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
+        timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "trial"
+    (run,) = read_offline_run(tmp_path)  # a trial's W&B run starts before its run folder
+    assert run["id"] == run_id_of(run_dir) and run["project"] == "e2e"
+    assert run["config"]["train"]["total_timesteps"] == 200
+    logged = [h["timestep"] for h in run["history"] if "train/policy_loss" in h]
+    updates = [r["timestep"] for r in read_metrics(run_dir / METRICS_FILE)
+               if r["event"] == "update"]
+    assert logged == updates and updates[-1] >= 200
+    name, aliases, metadata, files = run["artifacts"][-1]
+    assert name == f"checkpoint-{run['id']}"
+    assert set(aliases) == {"latest", f"ts-{updates[-1]}"} and metadata["reason"] in (
+        "end", "interval")
+    assert "learner.pt" in files
