@@ -23,7 +23,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from ray.autoscaler.sdk import request_resources
 from ray.exceptions import (
     ActorUnavailableError,
     GetTimeoutError,
@@ -58,6 +59,7 @@ from keisei_ray.learner_actor import LearnerActor, Published, UpdateResult
 log = logging.getLogger(__name__)
 
 NAMESPACE = "keisei"
+_RESTART_GRACE_S = 5.0  # Ray re-places a crashed actor within this on a node with room
 
 
 class TrainingError(RuntimeError):
@@ -116,6 +118,7 @@ class WorkerSlot:
     pending: tuple[Any, Any] | None = None  # (summary ref, payload ref) of the running collect
     launched_at: float = 0.0
     failures: int = 0  # consecutive collect failures
+    failed_at: float = 0.0  # monotonic time of the last failure
     batches: int = 0
     incarnation: int = 0
 
@@ -127,19 +130,40 @@ class Collected:
 
 
 class WorkerPool:
-    """The self-play actors: creation, placement, collect rounds, failures and elasticity."""
+    """The self-play actors: creation, placement, collect rounds, failures and elasticity.
+
+    The pool follows the cluster. Between rounds the driver calls `poll_ready` (workers that
+    came up join; workers whose node left are dropped, their running batch lost and never
+    counted) and `grow_to_capacity` (new workers up to the target; with `num_workers: auto`,
+    for whatever the free resources hold, so a node that joins gets workers). Workers take one
+    unit of the cluster's worker resource when it has one (`cluster.worker_resource`), so they
+    run only on self-play nodes, spread over them.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.slots: dict[int, WorkerSlot] = {}
         self.next_id = 0
         self.restarts = 0  # worker actors Ray restarted (seen by a new incarnation)
-        self.lost_batches = 0  # collects lost to a dying worker (never counted)
+        self.lost_batches = 0  # collects lost to a dying worker or node (never counted)
         self.removed = 0  # workers given up on (their node left, or out of restarts)
         self.busy_s = 0.0  # worker seconds spent collecting (from the summaries)
-        resources = ray.cluster_resources()
-        # On a cluster whose worker nodes advertise `selfplay`, workers go only there.
-        self._custom = {"selfplay": 1.0} if resources.get("selfplay", 0) > 0 else {}
+        self.nodes: dict[str, str] = {}  # alive node id -> address, as of the last poll
+        self.started = False  # a first worker came up
+        self.resource = worker_resource(config)
+        requested = config.cluster.request_workers
+        if requested > 0:
+            # Persistent until withdrawn (shutdown): the autoscaler keeps this much room,
+            # so it also replaces self-play nodes that are lost.
+            request_resources(bundles=[self._bundle()] * requested)
+            log.info("asked the autoscaler for room for %d self-play worker(s) (%s)",
+                     requested, self._bundle())
+
+    def _bundle(self) -> dict[str, float]:
+        bundle = {"CPU": self.config.train.worker_cpus}
+        if self.resource is not None:
+            bundle[self.resource] = 1.0
+        return bundle
 
     # ---------------------------------------------------------------- membership
     def spawn(self, count: int) -> None:
@@ -150,7 +174,7 @@ class WorkerPool:
             actor = SelfPlayActor.options(
                 name=f"keisei/worker-{worker_id}",
                 num_cpus=train.worker_cpus,
-                resources=self._custom or None,
+                resources={self.resource: 1.0} if self.resource else None,
                 max_restarts=train.max_worker_restarts,
                 max_task_retries=0,  # a lost batch is lost, never replayed and double counted
                 scheduling_strategy="SPREAD",
@@ -165,21 +189,36 @@ class WorkerPool:
         self.removed += 1
 
     def poll_ready(self) -> None:
-        """Mark workers whose actor has been placed (they join the next launch)."""
+        """Admit workers that came up; drop the ones whose node left the cluster."""
         starting = {slot.ready_ref: slot for slot in self.slots.values()
                     if slot.ready_ref is not None}
-        if not starting:
-            return
-        done, _ = ray.wait(list(starting), num_returns=len(starting), timeout=0)
+        done, _ = (ray.wait(list(starting), num_returns=len(starting), timeout=0)
+                   if starting else ([], []))
+        # The node list is read after the placements: a node that joined meanwhile is in it.
+        self.nodes = _alive_nodes()
         for ref in done:
             slot = starting[ref]
             slot.ready_ref = None
             try:
-                slot.node_id = ray.get(ref)
+                node_id = ray.get(ref)
             except ActorUnavailableError:
                 slot.ready_ref = slot.actor.ready.remote()  # still restarting: ask again
+                continue
             except RayActorError as exc:
                 self.remove(slot, f"failed to start ({exc.__class__.__name__})")
+                continue
+            if node_id != slot.node_id:
+                log.info("worker-%d is on node %s (%s)", slot.worker_id, node_id,
+                         self.nodes.get(node_id, "address unknown"))
+            slot.node_id = node_id
+        # A worker whose node is gone (also one Ray is still trying to restart elsewhere)
+        # is dropped at once: with `auto` its capacity went with the node; otherwise a
+        # replacement is spawned and placed wherever there is room.
+        for slot in list(self.slots.values()):
+            if slot.node_id is not None and slot.node_id not in self.nodes:
+                if slot.pending is not None:
+                    self.lost_batches += 1
+                self.remove(slot, f"its node {slot.node_id} left the cluster")
 
     @property
     def ready_workers(self) -> list[WorkerSlot]:
@@ -189,34 +228,88 @@ class WorkerPool:
     def alive(self) -> int:
         return len(self.ready_workers)
 
-    def wait_until_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while any(s.ready_ref is not None for s in self.slots.values()):
-            refs = [s.ready_ref for s in self.slots.values() if s.ready_ref is not None]
-            ray.wait(refs, num_returns=len(refs), timeout=max(0.0, deadline - time.monotonic()))
+    def placement(self) -> dict[str, int]:
+        """Ready workers per node id."""
+        counts: dict[str, int] = {}
+        for slot in self.ready_workers:
+            if slot.node_id is not None:
+                counts[slot.node_id] = counts.get(slot.node_id, 0) + 1
+        return counts
+
+    def wait_until_ready(self, timeout_s: float | None = None) -> None:
+        """Wait for the spawned workers: all of them, or `cluster.join_wait_s` past the first
+        one (the others join the round after they come up). Without any worker up within
+        `timeout_s` (default `cluster.start_timeout_s`) training cannot start: TrainingError.
+        """
+        cluster = self.config.cluster
+        if not self.started:
+            self._check_feasible()
+        timeout = cluster.start_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        first_up: float | None = None
+        while True:
             self.poll_ready()
-            if time.monotonic() >= deadline:
+            starting = [s.ready_ref for s in self.slots.values() if s.ready_ref is not None]
+            now = time.monotonic()
+            if self.ready_workers and first_up is None:
+                first_up = now
+            limit = deadline if first_up is None else min(deadline, first_up + cluster.join_wait_s)
+            if not starting or now >= limit:
                 break
+            ray.wait(starting, num_returns=1, timeout=min(limit - now, 1.0))
         if not self.ready_workers:
-            raise TrainingError("no self-play worker could be placed: the cluster has no free "
-                                f"CPU for train.worker_cpus={self.config.train.worker_cpus}")
+            raise TrainingError(self._unplaced_message(timeout))
+        self.started = True
+        log.info("pool: %d self-play worker(s) on %d node(s)", self.alive, len(self.placement()))
+
+    def _check_feasible(self) -> None:
+        """At the start, fail at once when no node can hold a worker (and no autoscaler was
+        asked for nodes). Later a pool without workers waits: lost nodes may be replaced."""
+        if self.config.cluster.request_workers > 0:
+            return
+        cpus = self.config.train.worker_cpus
+        for resources in ray._private.state.total_resources_per_node().values():
+            if (resources.get("CPU", 0.0) + 1e-9 >= cpus
+                    and (self.resource is None or resources.get(self.resource, 0.0) >= 1.0)):
+                return
+        where = f" and the {self.resource!r} resource" if self.resource else ""
+        raise TrainingError(f"no node of the cluster can hold a self-play worker: none has "
+                            f"train.worker_cpus={cpus} CPU(s){where}")
+
+    def _unplaced_message(self, waited_s: float) -> str:
+        if self.resource is not None and ray.cluster_resources().get(self.resource, 0) < 1:
+            return (f"no self-play worker was placed in {waited_s:.0f} s: no node has the "
+                    f"{self.resource!r} resource yet (cluster.request_workers="
+                    f"{self.config.cluster.request_workers} asked the autoscaler for such "
+                    "nodes; check `ray status` and that cluster.yaml gives them the resource)")
+        return (f"no self-play worker was placed in {waited_s:.0f} s: no node has "
+                f"train.worker_cpus={self.config.train.worker_cpus} free CPU(s)"
+                + (f" and the {self.resource!r} resource" if self.resource else ""))
 
     def grow_to_capacity(self) -> None:
-        """`num_workers: auto`: add workers while the cluster has free CPUs for them."""
-        if self.config.train.num_workers != "auto":
-            target = int(self.config.train.num_workers)
-            if len(self.slots) < target and all(s.ready_ref is None for s in self.slots.values()):
-                self.spawn(target - len(self.slots))
-            return
-        if any(s.ready_ref is not None for s in self.slots.values()):
-            return  # wait until the last spawned ones are placed before asking for more
-        free = ray.available_resources().get("CPU", 0.0)
-        if self._custom:
-            free = min(free, ray.available_resources().get("selfplay", 0.0))
-        extra = math.floor(free / self.config.train.worker_cpus + 1e-9)
-        if extra > 0:
-            log.info("cluster has room for %d more worker(s)", extra)
-            self.spawn(extra)
+        """Spawn workers up to the target: `train.num_workers`, or with `auto` as many as the
+        cluster's free resources hold (a node that joined gets workers). With no worker up at
+        all, wait for one: an autoscaler may be replacing lost nodes."""
+        if self.config.train.num_workers == "auto":
+            # Spawned ones take room once placed; a crashed one takes its room back in well
+            # under a second, so one still down after that is waiting for room (or its node
+            # is gone and not yet declared dead) and must not hold back new workers.
+            now = time.monotonic()
+            starting = sum(s.ready_ref is not None and (
+                s.node_id is None or now - s.failed_at < _RESTART_GRACE_S)
+                for s in self.slots.values())
+            free = worker_room(self.config, ray._private.state.available_resources_per_node(),
+                               self.resource)
+            missing = free - starting
+            if not self.slots:
+                missing = max(missing, 1)  # a pending worker is also a request for a node
+        else:
+            missing = int(self.config.train.num_workers) - len(self.slots)
+        if missing > 0:
+            log.info("room for %d more self-play worker(s)", missing)
+            self.spawn(missing)
+        if not self.ready_workers:
+            self.wait_until_ready()
 
     # ---------------------------------------------------------------- rounds
     def launch(self, published: Published) -> None:
@@ -233,6 +326,7 @@ class WorkerPool:
 
         A worker that dies mid-collect loses its batch (logged, counted). Stragglers keep
         running; their batch arrives in a later round (and may be dropped as too old).
+        Weights that cannot be fetched mean the learner (their owner) is gone: TrainingError.
         """
         running = {slot.pending[0]: slot for slot in self.slots.values()
                    if slot.pending is not None}
@@ -255,6 +349,12 @@ class WorkerPool:
                 except RayActorError as exc:
                     self._on_worker_failure(slot, exc)
                     continue
+                except RayTaskError as exc:
+                    if isinstance(exc.cause, ObjectLostError):
+                        raise TrainingError(
+                            "the learner failed: the policy weights it published are gone "
+                            f"({type(exc.cause).__name__})") from exc
+                    raise
                 slot.failures = 0
                 slot.batches += 1
                 if summary.incarnation != slot.incarnation:
@@ -272,22 +372,25 @@ class WorkerPool:
     def _on_worker_failure(self, slot: WorkerSlot, exc: Exception) -> None:
         self.lost_batches += 1
         slot.failures += 1
-        node_alive = slot.node_id is None or _node_alive(slot.node_id)
+        slot.failed_at = time.monotonic()
         log.warning("worker-%d died mid-collect; its batch is lost and not counted (%s)",
                     slot.worker_id, type(exc).__name__)
         limit = self.config.train.max_worker_restarts
-        if not node_alive:
-            self.remove(slot, "its node left the cluster")
+        if slot.node_id is not None and slot.node_id not in _alive_nodes():
+            self.remove(slot, f"its node {slot.node_id} left the cluster")
         elif limit >= 0 and slot.failures > limit:
             self.remove(slot, f"failed {slot.failures} times in a row")
         else:
-            # Ray restarts the actor (max_restarts); it is ready again once placed.
+            # Ray restarts the actor (max_restarts); it is ready again once placed. Should
+            # its node turn out to be gone, the next poll drops it.
             slot.ready_ref = slot.actor.ready.remote()
 
     def shutdown(self) -> None:
         for slot in list(self.slots.values()):
             ray.kill(slot.actor, no_restart=True)
         self.slots.clear()
+        if self.config.cluster.request_workers > 0:
+            request_resources(bundles=[])  # withdraw: idle self-play nodes may now go
 
 
 def game_stats(summary: BatchSummary) -> GameStats:
@@ -297,8 +400,32 @@ def game_stats(summary: BatchSummary) -> GameStats:
                      reasons=dict(summary.reasons))
 
 
-def _node_alive(node_id: str) -> bool:
-    return any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())
+def _alive_nodes() -> dict[str, str]:
+    """Node id -> address of every node the cluster has alive."""
+    return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+
+
+def worker_resource(config: Config) -> str | None:
+    """The custom resource each self-play worker takes: `cluster.worker_resource` when the
+    cluster advertises it or the autoscaler is asked for nodes with it; None: any node."""
+    name = config.cluster.worker_resource
+    if ray.cluster_resources().get(name, 0) > 0 or config.cluster.request_workers > 0:
+        return name
+    return None
+
+
+def worker_room(config: Config, resources_per_node: Mapping[str, Mapping[str, float]],
+                resource: str | None) -> int:
+    """Self-play workers that `resources_per_node` hold: on every node with the worker
+    resource (any node when it is None), as many as its CPUs hold."""
+    cpus = config.train.worker_cpus
+    room = 0
+    for resources in resources_per_node.values():
+        fit = resources.get("CPU", 0.0) / cpus
+        if resource is not None:
+            fit = min(fit, resources.get(resource, 0.0))
+        room += math.floor(fit + 1e-9)
+    return room
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -394,7 +521,8 @@ class Trainer:
         # A batch holds at most E*(T+1) transitions (T plies plus the held-back ones).
         self.capacity = max(workers, _auto_workers(self.config)) * _batch_capacity(self.config)
         capacity = self.capacity
-        custom = {"learner": 1.0} if resources.get("learner", 0) > 0 else None
+        name = self.config.cluster.learner_resource  # only the learner lands on that node
+        custom = {name: 1.0} if resources.get(name, 0) > 0 else None
         self.learner = ray.remote(LearnerActor).options(
             name="keisei/learner",
             num_cpus=train.learner_cpus,
@@ -409,7 +537,7 @@ class Trainer:
                  published.version, published.nbytes / 1e6)
         self.pool = WorkerPool(self.config)
         self.pool.spawn(workers)
-        self.pool.wait_until_ready(timeout_s=train.round_timeout_s)
+        self.pool.wait_until_ready()
         if self.resume is not None:
             self._restore_workers(self.resume.workers)
         log.info("%d self-play worker(s) ready, %d games each", self.pool.alive,
@@ -525,7 +653,8 @@ class Trainer:
             self.bus.emit(TrainStart(self.run_dir, self.config, self.state.timestep,
                                      self.state.version, self.resumed, bus=self.bus))
             synchronous = self.config.ppo.max_policy_lag == 0
-            in_flight: tuple[Any, GameStats] | None = None  # running update, its games
+            # The running update, its games and how many batches it was given.
+            in_flight: tuple[Any, GameStats, int] | None = None
             # Payload refs gathered and not trained on yet; None: gather the next round. A
             # resumed run starts with the checkpoint's, so it trains exactly as it would have.
             batches: list[Any] | None = None
@@ -550,7 +679,7 @@ class Trainer:
                     stopped_at = (batches, games)  # never trained on: not counted
                     break
                 if batches:
-                    in_flight = (self.learner.update.remote(*batches), games)
+                    in_flight = (self.learner.update.remote(*batches), games, len(batches))
                     if synchronous:
                         self._finish_update(*in_flight, cut=([], GameStats()))
                         in_flight = None
@@ -606,16 +735,27 @@ class Trainer:
         self.bus.emit(BatchCollected(worker_id=s.worker_id, transitions=s.transitions,
                                      version=s.version, bytes=s.nbytes, games=game_stats(s)))
 
-    def _finish_update(self, ref: Any, games: GameStats,
+    def _finish_update(self, ref: Any, games: GameStats, sent: int,
                        cut: tuple[list[Any], GameStats]) -> None:
         """Count a finished update and emit UpdateDone; `cut` is what a snapshot taken by its
         handlers holds as not-yet-trained batches (the next update's)."""
+        assert self.pool is not None
         try:
             result: UpdateResult = ray.get(ref)
-        except (RayActorError, RayTaskError, GetTimeoutError) as exc:
+        except RayTaskError as exc:
+            if not isinstance(exc.cause, ObjectLostError):
+                raise TrainingError(f"the learner failed: {exc.__class__.__name__}: "
+                                    f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            # A batch's bytes went with their node before the learner fetched them: the update
+            # never ran (the learner is unchanged), so its round is dropped and not counted.
+            self.pool.lost_batches += sent
+            self.state.lost_batches = self._lost_base + self.pool.lost_batches
+            log.warning("an update's input was lost with a node (%s): its %d batch(es) are "
+                        "dropped, not counted", type(exc.cause).__name__, sent)
+            return
+        except (RayActorError, GetTimeoutError) as exc:
             raise TrainingError(f"the learner failed: {exc.__class__.__name__}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-        assert self.pool is not None
         st = self.state
         st.timestep += result.accepted
         st.updates += 1
@@ -642,10 +782,16 @@ def _batch_capacity(config: Config) -> int:
 
 
 def _auto_workers(config: Config) -> int:
-    """Workers that fit the cluster's CPUs next to the learner (at least one)."""
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    free = cpus - config.train.learner_cpus
-    return max(1, math.floor(free / config.train.worker_cpus + 1e-9))
+    """`num_workers: auto` at the start: the workers that fit the cluster (at least one).
+
+    Counted on the nodes that take workers; when that is any node, the learner's CPUs are
+    taken off (it shares them). Later rounds grow the pool into whatever is still free.
+    """
+    resource = worker_resource(config)
+    room = worker_room(config, ray._private.state.total_resources_per_node(), resource)
+    if resource is None:
+        room -= math.ceil(config.train.learner_cpus / config.train.worker_cpus - 1e-9)
+    return max(1, room)
 
 
 def write_run_files(config: Config, run_dir: Path) -> None:
