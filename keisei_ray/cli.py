@@ -248,6 +248,32 @@ def bench_checkpoint_cmd(
     _print_figures("Checkpoints", bench_checkpoint(names, repeats, stall), as_json)
 
 
+@bench_app.command("cluster")
+def bench_cluster_cmd(
+    preset: Annotated[str, typer.Option(help="Preset of the training runs.")] = "smoke",
+    nodes: Annotated[str, typer.Option(help="Comma-separated self-play node counts.")] = "1,2,3",
+    timesteps: Annotated[int, typer.Option(help="Timesteps of each scaling run.")] = 4096,
+    abrupt: Annotated[bool, typer.Option(help="Kill the lost node (SIGKILL) instead of "
+                                         "shutting it down.")] = False,
+    overrides: OverridesArg = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """On a simulated multi-node cluster: steps/s by node count, node loss -> full strength,
+    node join -> first batch."""
+    from keisei_ray.bench_cluster import bench_cluster
+
+    try:
+        counts = tuple(int(n) for n in nodes.split(","))
+    except ValueError:
+        raise ConfigError(f"--nodes: expected comma-separated counts, got {nodes!r}") from None
+    if not counts or min(counts) < 1 or max(counts) > 8:
+        raise ConfigError(f"--nodes: counts must be 1 to 8, got {nodes!r}")
+    if timesteps < 1:
+        raise ConfigError(f"--timesteps must be at least 1, got {timesteps}")
+    _print_figures("Simulated cluster", bench_cluster(preset, timesteps, counts, not abrupt,
+                                                      tuple(overrides or [])), as_json)
+
+
 @app.command("train")
 def train_cmd(
     config: ConfigOpt = None,
