@@ -268,6 +268,11 @@ def _loss_and_join(sim: SimulatedCluster, tmp: Path, preset: str, graceful: bool
                                                        remaining) is not None,
                  120, "full strength after the node loss")
         marks["full"] = full_strength_since(trainer, timeline, marks["loss"], remaining) or 0.0
+        # The join is measured on its own: once Ray has declared the lost node dead and the
+        # pool dropped its worker (at once when graceful; health checks take ~10-30 s when not).
+        wait_for(timeline, lambda: trainer.pool is not None and trainer.pool.removed >= 1,
+                 120, "the lost node's worker dropped")
+        marks["dropped"] = time.monotonic()
         marks["start"] = time.monotonic()
         node = sim.add_selfplay_node()
         marks["join"] = time.monotonic()
@@ -280,6 +285,7 @@ def _loss_and_join(sim: SimulatedCluster, tmp: Path, preset: str, graceful: bool
     run = run_with(config, run_dir, controller)
     kind = "graceful" if graceful else "abrupt"
     return {f"node loss ({kind}) -> full strength s": run.marks["full"] - run.marks["loss"],
+            f"node loss ({kind}) -> its worker dropped s": run.marks["dropped"] - run.marks["loss"],
             "node join -> first batch s": run.marks["first"] - run.marks["join"],
             "node start -> first batch s": run.marks["first"] - run.marks["start"],
             "batches lost (never counted)": float(run.result.state.lost_batches)}
