@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
+import torch
 
 from actors.self_play import SelfPlayWorker
 from keisei_ray.config import Config, load_config
 from learner.model import export_weights
 from shogi import Move, Observation, StepResult, VecEnv, move_to_action
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches on a shared 2-core machine: one thread is fastest
+    yield
+    torch.set_num_threads(before)
 
 
 def step_usi(env: VecEnv, usi: str) -> StepResult:
@@ -109,21 +120,22 @@ def test_vecenv_state_refuses_a_finished_game() -> None:
 
 
 def worker_config(seed: int = 3) -> Config:
-    return load_config(None, ["model.size=tiny", "env.max_moves=40", "train.games_per_worker=3",
-                              "train.rollout_steps=7", f"train.seed={seed}"])
+    return load_config(None, ["model.size=tiny", "env.max_moves=16", "train.games_per_worker=3",
+                              "train.rollout_steps=5", f"train.seed={seed}"])
 
 
 def test_worker_state_round_trip_gives_identical_batches() -> None:
     cfg = worker_config()
     worker = SelfPlayWorker(cfg, worker_id=2)
     weights = export_weights(worker.model)
-    for version in range(5):  # games end and restart, rows are held back across rollouts
+    for version in range(4):  # games end (16 plies) and restart; rows are held back
         worker.collect(weights, version)
     state = worker.get_state()
+    assert 0 < state["env"]["move_counts"].max() < 16
 
     twin = SelfPlayWorker(cfg, worker_id=2, incarnation=77)
     twin.set_state(state)
-    for version in range(5, 9):
+    for version in range(4, 8):
         (s1, p1), (s2, p2) = worker.collect(weights, version), twin.collect(weights, version)
         assert p1 == p2
         assert s1.games == s2.games and s1.transitions == s2.transitions
@@ -133,6 +145,6 @@ def test_worker_state_refuses_another_worker_shape() -> None:
     worker = SelfPlayWorker(worker_config(), worker_id=0)
     state = worker.get_state()
     other = SelfPlayWorker(load_config(None, [
-        "model.size=tiny", "env.max_moves=40", "train.games_per_worker=4"]), worker_id=0)
+        "model.size=tiny", "env.max_moves=16", "train.games_per_worker=4"]), worker_id=0)
     with pytest.raises(ValueError, match="held-back rows are for 3 games, this worker plays 4"):
         other.set_state(state)
