@@ -268,7 +268,7 @@ class WorkerPool:
         if self.config.cluster.request_workers > 0:
             return
         cpus = self.config.train.worker_cpus
-        for resources in ray._private.state.total_resources_per_node().values():
+        for resources in resources_per_node(available=False).values():
             if (resources.get("CPU", 0.0) + 1e-9 >= cpus
                     and (self.resource is None or resources.get(self.resource, 0.0) >= 1.0)):
                 return
@@ -298,7 +298,7 @@ class WorkerPool:
             starting = sum(s.ready_ref is not None and (
                 s.node_id is None or now - s.failed_at < _RESTART_GRACE_S)
                 for s in self.slots.values())
-            free = worker_room(self.config, ray._private.state.available_resources_per_node(),
+            free = worker_room(self.config, resources_per_node(available=True),
                                self.resource)
             missing = free - starting
             if not self.slots:
@@ -403,6 +403,24 @@ def game_stats(summary: BatchSummary) -> GameStats:
 def _alive_nodes() -> dict[str, str]:
     """Node id -> address of every node the cluster has alive."""
     return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+
+
+def _resources_here(available: bool) -> dict[str, dict[str, float]]:
+    state = ray._private.state
+    return dict(state.available_resources_per_node() if available
+                else state.total_resources_per_node())
+
+
+_resources_in_cluster = ray.remote(num_cpus=0)(_resources_here)
+
+
+def resources_per_node(*, available: bool) -> dict[str, dict[str, float]]:
+    """Node id -> available (or total) resources of every alive node. A Ray Client driver
+    (`ray://`) cannot reach the state API, so a zero-CPU task asks from inside the cluster."""
+    if ray.util.client.ray.is_connected():
+        resources: dict[str, dict[str, float]] = ray.get(_resources_in_cluster.remote(available))
+        return resources
+    return _resources_here(available)
 
 
 def worker_resource(config: Config) -> str | None:
@@ -788,7 +806,7 @@ def _auto_workers(config: Config) -> int:
     taken off (it shares them). Later rounds grow the pool into whatever is still free.
     """
     resource = worker_resource(config)
-    room = worker_room(config, ray._private.state.total_resources_per_node(), resource)
+    room = worker_room(config, resources_per_node(available=False), resource)
     if resource is None:
         room -= math.ceil(config.train.learner_cpus / config.train.worker_cpus - 1e-9)
     return max(1, room)

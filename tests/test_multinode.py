@@ -33,11 +33,22 @@ from keisei_ray.bench_cluster import (
     simulated_cluster,
     wait_for,
 )
-from keisei_ray.config import Config
-from keisei_ray.driver import Trainer
+from keisei_ray.config import Config, load_config
+from keisei_ray.driver import Trainer, worker_room
 from keisei_ray.events import BatchCollected, Callback, UpdateDone
 
-pytestmark = pytest.mark.slow
+
+def test_worker_room_counts_cpus_on_the_nodes_with_the_worker_resource() -> None:
+    config = load_config(None, ["train.worker_cpus=2"])
+    nodes = {"head": {"CPU": 8.0}, "gpu": {"CPU": 8.0, "GPU": 1.0, "learner": 1.0},
+             "a": {"CPU": 32.0, "selfplay": 1000.0}, "b": {"CPU": 5.0, "selfplay": 1000.0},
+             "c": {"selfplay": 1000.0}}  # no free CPU: absent from available resources
+    assert worker_room(config, nodes, "selfplay") == 16 + 2
+    assert worker_room(config, nodes, None) == 4 + 4 + 16 + 2  # any node's CPUs
+    # A node's worker resource caps it too (each worker takes one unit).
+    assert worker_room(config, {"a": {"CPU": 32.0, "selfplay": 3.0}}, "selfplay") == 3
+    assert worker_room(load_config(None, ["train.worker_cpus=0.5"]), {"a": {"CPU": 1.5}},
+                       None) == 3
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +74,7 @@ def check_counts(run_state_timestep: int, timeline: Timeline) -> None:
         sum(accepted[: i + 1]) for i in range(len(accepted))]
 
 
+@pytest.mark.slow
 def test_workers_spread_over_the_selfplay_nodes_and_the_learner_has_its_node(
         sim: SimulatedCluster, tmp_path: Path) -> None:
     seen: dict[str, object] = {}
@@ -105,6 +117,7 @@ class RemoveNodeOnBatch(Callback):
             self.sim.remove(self.victim)
 
 
+@pytest.mark.slow
 def test_losing_a_selfplay_node_keeps_training_on_the_others(
         sim: SimulatedCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     victim = sim.selfplay[0]
@@ -138,6 +151,7 @@ def test_losing_a_selfplay_node_keeps_training_on_the_others(
     sim.add_selfplay_node()  # back to three for the next test
 
 
+@pytest.mark.slow
 def test_a_node_that_joins_gets_workers(sim: SimulatedCluster, tmp_path: Path) -> None:
     sim.remove(sim.selfplay[-1])  # start on two self-play nodes
 
@@ -155,6 +169,7 @@ def test_a_node_that_joins_gets_workers(sim: SimulatedCluster, tmp_path: Path) -
     check_counts(run.result.state.timestep, run.timeline)
 
 
+@pytest.mark.slow
 def test_losing_the_learner_node_ends_the_run_with_a_clear_message(
         sim: SimulatedCluster, tmp_path: Path) -> None:
     """`keisei-ray train` joined to the cluster, as on a real one; the learner's node goes
