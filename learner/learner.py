@@ -67,7 +67,8 @@ class Learner:
         seed = config.train.seed if seed is None else seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model: PolicyValueNet = build_model(config.model).to(
+            # Module.to accepts memory_format; torch's type stubs leave it out.
+            self.model: PolicyValueNet = build_model(config.model).to(  # type: ignore[call-overload]
                 self.device, memory_format=torch.channels_last)
         self.generator = torch.Generator().manual_seed(seed)  # minibatch order, on the CPU
 

@@ -18,7 +18,7 @@ from keisei_ray.events import BatchCollected, Callback, UpdateDone
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_local() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, namespace="keisei-tests")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="keisei-tests")
     yield
     ray.shutdown()
 
