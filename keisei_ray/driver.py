@@ -306,7 +306,8 @@ class WorkerPool:
         else:
             missing = int(self.config.train.num_workers) - len(self.slots)
         if missing > 0:
-            log.info("room for %d more self-play worker(s)", missing)
+            log.info("adding %d self-play worker(s) (target: %s)", missing,
+                     self.config.train.num_workers)
             self.spawn(missing)
         if not self.ready_workers:
             self.wait_until_ready()
