@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,15 +25,6 @@ from shogi import Color, Outcome, Position, Termination, move_to_action
 
 # Black to move mates at once with G*5b (its own knights box the king in).
 MATE_IN_ONE = "3nkn3/9/4P4/9/9/9/9/9/4K4 b G 1"
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny batches: one thread is fastest, and the machine is shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def config(*extra: str) -> Config:

@@ -15,7 +15,6 @@ from keisei_ray.evaluation import MatchSummary, run_models, wilson_interval
 from keisei_ray.model_file import save_model
 from learner.model import build_model, export_weights
 from tests.test_cli import run_cli
-from tests.test_evaluation import one_thread  # noqa: F401 - autouse: one torch thread
 
 FAST = ["env.max_moves=40"]
 

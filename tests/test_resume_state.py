@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import torch
 
 from actors.self_play import SelfPlayWorker
 from keisei_ray.config import Config, load_config
 from learner.model import export_weights
 from shogi import Move, Observation, StepResult, VecEnv, move_to_action
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batches on a shared 2-core machine: one thread is fastest
-    yield
-    torch.set_num_threads(before)
 
 
 def step_usi(env: VecEnv, usi: str) -> StepResult:

@@ -21,7 +21,6 @@ from keisei_ray.model_file import save_model
 from keisei_ray.usi import UsiEngine, value_to_cp
 from learner.model import build_model, export_weights
 from shogi import Position
-from tests.test_evaluation import one_thread  # noqa: F401 - autouse: one torch thread
 
 MATED = "3nkn3/4G4/4P4/9/9/9/9/9/4K4 w - 1"  # White to move is checkmated
 MATE_IN_ONE = "3nkn3/9/4P4/9/9/9/9/9/4K4 b G 1"  # G*5b mates
