@@ -86,12 +86,14 @@ def fake_cluster() -> Iterator[tuple[dict[str, str], Path]]:
            "RAY_TMPDIR": str(tmp), "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_ADDRESS": address,
            "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    head = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
-         f"--num-cpus={head_resources.pop('CPU')}", f"--resources={json.dumps(head_resources)}",
-         f"--autoscaling-config={tmp / 'cluster.yaml'}", "--include-dashboard=false", "--block"],
-        env=env, start_new_session=True, stdout=(tmp / "head.log").open("wb"),
-        stderr=subprocess.STDOUT)
+    with (tmp / "head.log").open("wb") as head_log:
+        head = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
+             f"--num-cpus={head_resources.pop('CPU')}",
+             f"--resources={json.dumps(head_resources)}",
+             f"--autoscaling-config={tmp / 'cluster.yaml'}", "--include-dashboard=false",
+             "--block"],
+            env=env, start_new_session=True, stdout=head_log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while True:
