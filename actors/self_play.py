@@ -38,11 +38,14 @@ from shogi import (
     Color,
     CompactState,
     FinishedGame,
+    HeuristicPlayer,
     Observation,
+    RandomPlayer,
     Termination,
     VecEnv,
     material_balance,
 )
+from shogi.duel import OpponentEnv
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,9 @@ class BatchSummary:
     collect_s: float  # seconds the collect took, weight loading included
     node_id: str | None
     incarnation: int = 0  # 0 for the first life of the actor; changes when Ray restarts it
+    opponent_games: int = 0  # games against the fixed opponent (not in the counts above)
+    opponent_wins: int = 0
+    opponent_draws: int = 0
     games: int = 0
     black_wins: int = 0
     white_wins: int = 0
@@ -95,13 +101,20 @@ class SelfPlayWorker:
         self.max_moves = config.env.max_moves
         self.incarnation = incarnation
         env_seed, torch_seed = worker_seeds(train.seed, worker_id, incarnation)
-        self.env = VecEnv(self.num_games, self.max_moves, seed=env_seed,
-                          impasse=config.env.impasse == "27")
+        # Slots [0, num_self) play themselves; the rest play the fixed opponent.
+        duels = min(round(train.opponent_share * self.num_games), self.num_games - 1)
+        self.num_self = self.num_games - duels
+        impasse = config.env.impasse == "27"
+        self.env = VecEnv(self.num_self, self.max_moves, seed=env_seed, impasse=impasse)
+        self.duels: OpponentEnv | None = None
+        if duels:
+            player_cls = HeuristicPlayer if train.opponent == "heuristic" else RandomPlayer
+            self.duels = OpponentEnv(duels, player_cls(env_seed), self.max_moves, impasse=impasse)
         torch.manual_seed(torch_seed)
         self.model = build_model(config.model).eval()
         self.generator = torch.Generator().manual_seed(torch_seed)
         self.version = -1
-        self.obs = self.env.observe()
+        self.obs = self._observe()
         # The held-back last transition of each slot whose game was still running.
         e = self.num_games
         self._carry_state = CompactState.empty(e)
@@ -111,6 +124,17 @@ class SelfPlayWorker:
         self._carry_logp = np.zeros(e, dtype=np.float32)
         self._carry_value = np.zeros(e, dtype=np.float32)
         self._has_carry = np.zeros(e, dtype=bool)
+
+    def _observe(self) -> Observation:
+        """Self-play games first, then the games against the fixed opponent (agent to move)."""
+        obs = self.env.observe()
+        if self.duels is None:
+            return obs
+        duel = self.duels.observe()
+        offsets, legal = _concat_csr([(obs.legal_offsets, obs.legal_actions),
+                                      (duel.legal_offsets, duel.legal_actions)])
+        return Observation(state=CompactState.concat([obs.state, duel.state]),
+                           legal_offsets=offsets, legal_actions=legal)
 
     # ---------------------------------------------------------------- inference
     def _policy(self, obs: Observation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,6 +175,10 @@ class SelfPlayWorker:
         terminated = np.zeros((rows, e), bool)
         game_over = np.zeros((rows, e), bool)
         next_values = np.zeros((rows, e), np.float32)
+        # -1: the next state has the other player to move (self-play); +1: the learner again
+        # (against the fixed opponent, whose reply is folded into the transition).
+        next_sign = np.full((rows, e), -1.0, np.float32)
+        next_sign[:, self.num_self:] = 1.0
         states = [self._carry_state]
         csr = [(self._carry_offsets, self._carry_legal)]
 
@@ -161,15 +189,30 @@ class SelfPlayWorker:
         truncated_rows: list[tuple[int, int, CompactState]] = []
         final_rows: list[tuple[int, int, CompactState]] = []
         finished: list[FinishedGame] = []
+        duel_results: list[float] = []  # the learner's result in each game vs the opponent
+        ns = self.num_self
         for r in range(1, rows):
             obs = self.obs
             a, lp, v = self._policy(obs)
             states.append(obs.state)
             csr.append((obs.legal_offsets, obs.legal_actions))
             actions[r], log_probs[r], values[r] = a, lp, v
-            step = self.env.step(a)
-            rewards[r] = step.rewards
-            terminated[r] = step.terminated
+            if self.duels is not None:
+                duel = self.duels.step(a[ns:])
+                rewards[r, ns:] = duel.rewards
+                terminated[r, ns:] = duel.terminated
+                for game in duel.finished:
+                    s = ns + game.slot
+                    game_over[r, s] = True
+                    duel_results.append(float(duel.rewards[game.slot]))
+                    final_rows.append((r, s, game.final_state))
+                    # The game may have ended on the opponent's reply: who moves in it?
+                    next_sign[r, s] = 1.0 if duel.final_agent_to_move[game.slot] else -1.0
+                    if duel.truncated[game.slot]:
+                        truncated_rows.append((r, s, game.final_state))
+            step = self.env.step(a[:ns])
+            rewards[r, :ns] = step.rewards
+            terminated[r, :ns] = step.terminated
             for game in step.finished:
                 s = game.slot
                 game_over[r, s] = True
@@ -182,7 +225,7 @@ class SelfPlayWorker:
                 final_rows.append((r, s, game.final_state))
                 if step.truncated[s]:
                     truncated_rows.append((r, s, game.final_state))
-            self.obs = self.env.observe()
+            self.obs = self._observe()
 
         # Bootstraps: the next row's value, the current states after the last row, and the
         # final positions of truncated games. Terminal rows ignore theirs.
@@ -194,15 +237,17 @@ class SelfPlayWorker:
                 next_values[r, s] = value
         all_state = CompactState.concat(states)  # row index r*E + slot
         if self.config.reward.material > 0:
-            rewards += self._material_shaping(all_state, final_rows, ~self._has_carry)
+            rewards += self._material_shaping(all_state, final_rows, ~self._has_carry,
+                                              next_sign)
         advantages, returns = compute_gae(values, rewards, next_values, terminated, game_over,
                                           gamma=self.config.ppo.gamma,
-                                          lam=self.config.ppo.gae_lambda)
+                                          lam=self.config.ppo.gae_lambda, next_sign=next_sign)
 
         # Ship every known-outcome row; hold back each running game's last row.
         ship = np.ones((rows, e), bool)
         ship[0] = self._has_carry
         running = ~game_over[-1]
+        running[ns:] = False  # against the opponent a row's outcome is known at once
         ship[-1] = ~running
         offsets, legal = _concat_csr(csr)
         order = np.flatnonzero(ship.T.reshape(-1))  # slot-major: one game's plies together
@@ -230,7 +275,10 @@ class SelfPlayWorker:
         payload = encode(batch)
         summary = _summarise(self.worker_id, version, len(order), len(payload),
                              time.perf_counter() - start, finished)
-        return dataclasses.replace(summary, incarnation=self.incarnation), payload
+        return dataclasses.replace(
+            summary, incarnation=self.incarnation, opponent_games=len(duel_results),
+            opponent_wins=sum(x > 0 for x in duel_results),
+            opponent_draws=sum(x == 0 for x in duel_results)), payload
 
     # ---------------------------------------------------------------- state (checkpoints)
     def get_state(self) -> dict[str, Any]:
@@ -242,6 +290,7 @@ class SelfPlayWorker:
         return {
             "worker_id": self.worker_id,
             "env": self.env.get_state(),
+            "duels": None if self.duels is None else self.duels.get_state(),
             "generator": self.generator.get_state().numpy(),
             "carry": {**carry, "offsets": self._carry_offsets, "legal": self._carry_legal,
                       "action": self._carry_action, "log_prob": self._carry_logp,
@@ -258,8 +307,13 @@ class SelfPlayWorker:
                              f"this worker plays {e}")
         generator = torch.Generator()
         generator.set_state(torch.from_numpy(np.array(state["generator"], dtype=np.uint8)))
+        if (state.get("duels") is None) != (self.duels is None):
+            raise ValueError("worker state: games against the fixed opponent do not match "
+                             "train.opponent_share")
         self.env.set_state(state["env"])  # checks the games; unchanged if it raises
-        self.obs = self.env.observe()
+        if self.duels is not None:
+            self.duels.set_state(state["duels"])
+        self.obs = self._observe()
         self.generator = generator
         self._carry_state = CompactState(**{f.name: carry[f"state_{f.name}"]
                                             for f in dataclasses.fields(CompactState)})
@@ -269,11 +323,12 @@ class SelfPlayWorker:
 
     def _material_shaping(self, all_state: CompactState,
                           final_rows: list[tuple[int, int, CompactState]],
-                          inert_first_row: np.ndarray) -> np.ndarray:
-        """Potential-based shaping c * (-gamma * M(next) - M(before)) per row, [T+1, E].
+                          inert_first_row: np.ndarray, next_sign: np.ndarray) -> np.ndarray:
+        """Potential-based shaping c * (gamma * sign * M(next) - M(before)) per row, [T+1, E].
 
         M is the material balance from the side to move's view, so the state after a move is
-        worth -M(next) to its mover. A finished game's next state is its final position.
+        worth -M(next) to its mover in self-play (sign -1), +M(next) when the same side moves
+        again (sign +1). A finished game's next state is its final position.
         """
         e = self.num_games
         before = material_balance(all_state).reshape(-1, e)
@@ -282,7 +337,8 @@ class SelfPlayWorker:
         after[-1] = material_balance(self.obs.state)
         for r, s, final in final_rows:
             after[r, s] = material_balance(final)[0]
-        shaping = self.config.reward.material * (-self.config.ppo.gamma * after - before)
+        shaping = self.config.reward.material * (
+            self.config.ppo.gamma * next_sign * after - before)
         shaping[0, inert_first_row] = 0.0  # no held-back transition there
         return shaping.astype(np.float32)
 

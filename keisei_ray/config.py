@@ -116,6 +116,11 @@ class TrainConfig(Section):
     games_per_worker: int = Field(32, ge=1, le=4096, description="games each worker plays at once")
     rollout_steps: int = Field(32, ge=1, le=4096, description="plies of every game per collect")
     seed: int = Field(0, ge=0, description="seed of the model init, PPO minibatches and workers")
+    opponent: Literal["heuristic", "random"] = Field(
+        "heuristic", description="the fixed opponent of the games that are not self-play")
+    opponent_share: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of each worker's games played against "
+        "train.opponent instead of itself (its colour alternating); 0 = pure self-play")
     address: str | None = Field(None, description="Ray address: None starts an embedded local "
                                 "Ray; 'auto' or 'ray://host:10001' joins a running cluster")
     worker_cpus: float = Field(1.0, gt=0.0, le=64.0, description="CPUs per self-play worker "

@@ -398,7 +398,8 @@ def game_stats(summary: BatchSummary) -> GameStats:
     return GameStats(games=summary.games, black_wins=summary.black_wins,
                      white_wins=summary.white_wins, draws=summary.draws,
                      cap_draws=summary.cap_draws, total_plies=summary.total_plies,
-                     reasons=dict(summary.reasons))
+                     reasons=dict(summary.reasons), opponent_games=summary.opponent_games,
+                     opponent_wins=summary.opponent_wins, opponent_draws=summary.opponent_draws)
 
 
 def _alive_nodes() -> dict[str, str]:

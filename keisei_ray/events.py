@@ -28,6 +28,10 @@ class GameStats:
     cap_draws: int = 0  # games that hit max_moves (a draw for statistics)
     total_plies: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    # Games against the fixed training opponent (train.opponent_share), not counted above.
+    opponent_games: int = 0
+    opponent_wins: int = 0
+    opponent_draws: int = 0
 
     def __add__(self, other: GameStats) -> GameStats:
         reasons = dict(self.reasons)
@@ -41,6 +45,9 @@ class GameStats:
             cap_draws=self.cap_draws + other.cap_draws,
             total_plies=self.total_plies + other.total_plies,
             reasons=reasons,
+            opponent_games=self.opponent_games + other.opponent_games,
+            opponent_wins=self.opponent_wins + other.opponent_wins,
+            opponent_draws=self.opponent_draws + other.opponent_draws,
         )
 
     @property
@@ -55,6 +62,7 @@ class GameStats:
             "black_win_share": self.black_wins / n,
             "draw_share": self.draws / n,
             "cap_draw_share": self.cap_draws / n,
+            "opponent_win_share": self.opponent_wins / max(self.opponent_games, 1),
         }
 
 

@@ -19,6 +19,9 @@ For a non-terminal transition t (gamma per ply, lam the GAE lambda):
     delta_t = r_t - gamma * V_next_t - V_t
     A_t     = delta_t - gamma * lam * A_{t+1}     (A_{t+1} only if t+1 continues the same game)
 and for a terminal one A_t = r_t - V_t. Returns are A + V.
+
+Against a fixed opponent (its reply folded into the transition) the next state has the same
+player to move, so both minus signs become plus (`next_sign` = +1 for those rows).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def compute_gae(
     *,
     gamma: float,
     lam: float,
+    next_sign: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Advantages and returns (float32 [T, E]) of a rollout of T steps over E game slots.
 
@@ -45,12 +49,18 @@ def compute_gae(
     terminated[t, e]   no bootstrap and no recursion past t (the mover's game is decided).
     game_over[t, e]    the game in slot e ended at step t (any reason), so row t+1 of the slot
                        starts a new game and the recursion stops. Row T-1 always stops.
+    next_sign[t, e]    -1 (the default, self-play) when the state after transition t has the
+                       other player to move; +1 when the same player moves again (a game
+                       against a fixed opponent whose reply is part of the transition: then
+                       the bootstrap and the recursion keep their sign).
     """
     values = np.asarray(values, dtype=np.float32)
     if values.ndim != 2:
         raise ValueError(f"values must be [T, E], got shape {list(values.shape)}")
+    sign = (np.full(values.shape, -1.0, dtype=np.float32) if next_sign is None
+            else np.asarray(next_sign, dtype=np.float32))
     arrays = {"rewards": rewards, "next_values": next_values, "terminated": terminated,
-              "game_over": game_over}
+              "game_over": game_over, "next_sign": sign}
     for name, array in arrays.items():
         if np.shape(array) != values.shape:
             raise ValueError(f"{name} has shape {list(np.shape(array))}, values "
@@ -63,10 +73,10 @@ def compute_gae(
     live = ~np.asarray(terminated, dtype=bool)  # bootstraps from the next state
     chained = live & ~np.asarray(game_over, dtype=bool)  # ... and recurses into t+1
 
-    deltas = rewards - values - gamma * np.where(live, next_values, 0.0)
+    deltas = rewards - values + gamma * np.where(live, sign * next_values, 0.0)
     advantages = np.empty_like(values)
     carry = np.zeros(values.shape[1], dtype=np.float32)  # A_{t+1}, for the next row's mover
     for t in range(values.shape[0] - 1, -1, -1):
-        carry = deltas[t] - gamma * lam * np.where(chained[t], carry, 0.0)
+        carry = deltas[t] + gamma * lam * sign[t] * np.where(chained[t], carry, 0.0)
         advantages[t] = carry
     return advantages, advantages + values

@@ -121,3 +121,28 @@ def test_bad_input_is_rejected() -> None:
                     gamma=0.9, lam=0.9)
     with pytest.raises(ValueError, match="gamma"):
         compute_gae(ok, ok, ok, ok, ok, gamma=0.0, lam=0.9)
+
+
+def test_same_mover_rows_keep_the_sign() -> None:
+    # A slot playing a fixed opponent: every row is the learner's move, the opponent's reply
+    # folded in, so the next state has the learner to move again: +V and +A recursion.
+    gamma, lam = 0.9, 0.8
+    values = np.array([[0.1], [0.2], [0.3]], np.float32)
+    rewards = np.array([[0.0], [0.0], [0.5]], np.float32)
+    next_values = np.array([[0.2], [0.3], [0.7]], np.float32)
+    terminated = np.zeros((3, 1), bool)
+    game_over = np.zeros((3, 1), bool)
+    sign = np.ones((3, 1), np.float32)
+    adv, ret = compute_gae(values, rewards, next_values, terminated, game_over, gamma=gamma,
+                           lam=lam, next_sign=sign)
+    a2 = 0.5 + gamma * 0.7 - 0.3
+    a1 = 0.0 + gamma * 0.3 - 0.2 + gamma * lam * a2
+    a0 = 0.0 + gamma * 0.2 - 0.1 + gamma * lam * a1
+    np.testing.assert_allclose(adv[:, 0], [a0, a1, a2], rtol=1e-6)
+    np.testing.assert_allclose(ret, adv + values, rtol=1e-6)
+    # The default sign is the self-play one.
+    adv_default, _ = compute_gae(values, rewards, next_values, terminated, game_over,
+                                 gamma=gamma, lam=lam)
+    adv_minus, _ = compute_gae(values, rewards, next_values, terminated, game_over, gamma=gamma,
+                               lam=lam, next_sign=-sign)
+    np.testing.assert_array_equal(adv_default, adv_minus)

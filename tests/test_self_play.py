@@ -170,3 +170,61 @@ def test_material_shaping_is_potential_based() -> None:
     shaping = c * (-GAMMA * -6.0 - (-4.0))
     # lambda = 0: A = r - gamma * V(next) - V, V(next) being Black's value of the next state.
     np.testing.assert_allclose(batch.advantage, [shaping - GAMMA * V_STATE - V_STATE], rtol=1e-5)
+
+
+class ScriptedOpponent:
+    """Plays 9c9d or G*1b when legal, else the first legal move."""
+
+    def choose(self, position):  # type: ignore[no-untyped-def]
+        legal = position.legal_moves()
+        for usi in ("9c9d", "G*1b"):
+            for move in legal:
+                if str(move) == usi:
+                    return move
+        return legal[0]
+
+
+def test_games_against_a_fixed_opponent() -> None:
+    from shogi.duel import OpponentEnv
+
+    cfg = load_config(None, ["model.size=tiny", "train.rollout_steps=2",
+                             "train.games_per_worker=2", "train.opponent_share=0.5",
+                             f"ppo.gamma={GAMMA}", f"ppo.gae_lambda={LAM}"])
+    worker = ScriptedWorker(cfg, worker_id=0)
+    assert worker.num_self == 1 and worker.duels is not None
+    # Slot 1 duels from MATE_SFEN: game 1 (learner Black): the opponent opens 9c9d, the learner
+    # mates with G*1b. Game 2 (learner White, to move): 9c9d, and the opponent mates.
+    worker.duels = OpponentEnv(1, ScriptedOpponent(), start_sfen=MATE_SFEN)
+    worker.obs = worker._observe()
+    summary, batch = collect(worker)
+    assert summary.opponent_games == 2 and summary.opponent_wins == 1
+    duel = batch.returns[-2:]  # slot-major: the duel slot's rows come last
+    np.testing.assert_allclose(duel, [1.0, -1.0])
+    np.testing.assert_allclose(batch.advantage[-2:], [1.0 - V_STATE, -1.0 - V_STATE])
+
+
+def test_fixed_opponent_bootstrap_keeps_the_sign() -> None:
+    # One row per rollout from the start position: the learner's move and the reply leave the
+    # learner to move again, so the row bootstraps from +V (self-play would use -V).
+    cfg = load_config(None, ["model.size=tiny", "train.rollout_steps=1",
+                             "train.games_per_worker=2", "train.opponent_share=0.5",
+                             f"ppo.gamma={GAMMA}", f"ppo.gae_lambda={LAM}"])
+    worker = ScriptedWorker(cfg, worker_id=0)
+    _, batch = collect(worker)
+    assert len(batch) == 1  # the self-play slot's row is held back; the duel row ships
+    np.testing.assert_allclose(batch.advantage, [GAMMA * V_BOOT - V_STATE], rtol=1e-6)
+
+
+def test_worker_state_round_trip_with_opponent_games() -> None:
+    cfg = load_config(None, ["model.size=tiny", "train.rollout_steps=6",
+                             "train.games_per_worker=4", "train.opponent_share=0.5",
+                             "env.max_moves=30"])
+    a = SelfPlayWorker(cfg, worker_id=2)
+    weights = export_weights(a.model)
+    a.collect(weights, 0)
+    b = SelfPlayWorker(cfg, worker_id=2)
+    b.set_state(a.get_state())
+    for _ in range(3):
+        sa, pa = a.collect(weights, 0)
+        sb, pb = b.collect(weights, 0)
+        assert pa == pb and sa.opponent_games == sb.opponent_games
