@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import ray
 import torch
 
 
@@ -16,3 +17,14 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """One real local Ray per test module (2 CPUs, like this machine), shut down after it.
+
+    address="local": a fresh instance even when another Ray runs on this machine.
+    """
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="keisei-tests")
+    yield
+    ray.shutdown()

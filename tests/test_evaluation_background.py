@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,7 @@ from keisei_ray.elo import ANCHOR
 from keisei_ray.evaluation import BackgroundEvaluation, run_match
 from keisei_ray.events import Callback, EvaluationDone, EventBus, TrainStart, UpdateDone
 
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local() -> Iterator[None]:
-    # address="local": a fresh instance even when another Ray runs on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="keisei-tests")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def small_config(tmp_path: Path, *extra: str) -> Config:

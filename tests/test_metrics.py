@@ -7,7 +7,6 @@ import re
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,13 +79,6 @@ def test_resume_drops_the_records_of_lost_work(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- Ray
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="keisei-tests")
-    yield
-    ray.shutdown()
 
 
 def scrape() -> str:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 
 from keisei_ray.checkpoint import (
     CheckpointCallback,
@@ -21,12 +19,7 @@ from keisei_ray.config import Config, load_config
 from keisei_ray.driver import Trainer, TrainResult
 from keisei_ray.events import Callback, CheckpointSaved, UpdateDone
 
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="keisei-tests")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def resume_config(tmp_path: Path, *extra: str) -> Config:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,7 @@ from keisei_ray.config import Config, load_config
 from keisei_ray.driver import Trainer, TrainResult
 from keisei_ray.events import BatchCollected, Callback, UpdateDone
 
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="keisei-tests")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def small_config(tmp_path: Path, *extra: str) -> Config:
