@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from shogi.compact import PIECE_SYMBOLS, PIECE_VALUE
 from shogi.errors import GameOverError
 from shogi.moves import Move
 from shogi.position import Position
 
-# Rough material values by SFEN symbol (upper case) of the pieces a move can capture.
-PIECE_VALUES = {
-    "P": 1, "L": 3, "N": 4, "S": 5, "G": 6, "B": 8, "R": 10,
-    "+P": 6, "+L": 6, "+N": 6, "+S": 6, "+B": 10, "+R": 12,
-}
+# Material values by SFEN symbol (upper case) of the pieces a move can capture.
+PIECE_VALUES = dict(zip(PIECE_SYMBOLS, PIECE_VALUE[1:].tolist(), strict=True))
 
 
 def _legal_or_raise(position: Position) -> list[Move]:
