@@ -68,7 +68,8 @@ class PPOConfig(Section):
     clip_range: float = Field(0.2, gt=0.0, lt=1.0, description="policy ratio clip")
     value_clip_range: float | None = Field(
         None, gt=0.0, description="per-element value clip around the behaviour value (None: off)")
-    learning_rate: float = Field(3e-4, gt=0.0, le=1.0, description="initial learning rate")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="initial learning rate "
+                                 "(1e-3 with 2 epochs learned fastest per CPU minute here)")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="learning rate over progress = accepted timesteps / total")
     final_learning_rate: float = Field(
@@ -77,7 +78,8 @@ class PPOConfig(Section):
     entropy_coef: float = Field(0.01, ge=0.0, description="weight of the entropy bonus")
     value_coef: float = Field(0.5, ge=0.0, description="weight of the value loss")
     max_grad_norm: float = Field(0.5, gt=0.0, description="gradient norm clip")
-    epochs: int = Field(4, ge=1, le=100, description="passes over each update's transitions")
+    epochs: int = Field(2, ge=1, le=100, description="passes over each update's transitions "
+                        "(on a CPU learner, 2 beat 4 and 1 per wall-clock minute)")
     minibatch_size: int = Field(512, ge=1, le=1_000_000, description="transitions per step")
     normalize_advantages: bool = Field(True, description="advantages to zero mean, unit std "
                                        "over each update's transitions")
