@@ -42,7 +42,12 @@ def test_schedule_shapes_in_between() -> None:
 def test_ppo_config_is_validated() -> None:
     cfg = load_config()
     assert (cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.ppo.clip_range) == (0.99, 0.95, 0.2)
-    assert (cfg.ppo.learning_rate, cfg.ppo.entropy_coef, cfg.ppo.value_coef) == (3e-4, 0.01, 0.5)
+    # lr 1e-3 / 2 epochs replace the 3e-4 / 4 starting points (measured, see README);
+    # the cluster preset keeps the conservative pair for its larger model.
+    assert (cfg.ppo.learning_rate, cfg.ppo.entropy_coef, cfg.ppo.value_coef) == (1e-3, 0.01, 0.5)
+    assert cfg.ppo.epochs == 2
+    cluster = load_config(preset="cluster")
+    assert (cluster.ppo.learning_rate, cluster.ppo.epochs) == (3e-4, 4)
     assert cfg.ppo.max_grad_norm == 0.5
     for override, field in [("ppo.clip_range=0", "ppo.clip_range"),
                             ("ppo.gamma=1.5", "ppo.gamma"),
