@@ -530,10 +530,12 @@ def evaluate_cmd(
     checks = []
     if min_win_rate is not None:
         checks.append((result.win_rate >= min_win_rate,
-                       f"win rate {100 * result.win_rate:.1f}% >= {100 * min_win_rate:.1f}%"))
+                       f"win rate {100 * result.win_rate:.1f}% (required: at least "
+                       f"{100 * min_win_rate:.1f}%)"))
     if score_above is not None:
         checks.append((result.score > score_above,
-                       f"score {100 * result.score:.1f}% > {100 * score_above:.1f}%"))
+                       f"score {100 * result.score:.1f}% (required: above "
+                       f"{100 * score_above:.1f}%)"))
     if as_json:
         sys.stdout.write(json.dumps({
             "player": result.player, "opponent": result.opponent, "games": result.games,

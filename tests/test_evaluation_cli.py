@@ -59,6 +59,7 @@ def test_evaluate_json_and_a_failed_check(capsys: pytest.CaptureFixture[str],
     assert data["games"] == 4 == data["wins"] + data["draws"] + data["losses"]
     assert data["as_black"][0] + data["as_black"][1] + data["as_black"][2] == 2
     assert list(data["checks"].values()) == [False]
+    assert list(data["checks"]) == [f"score {100 * data['score']:.1f}% (required: above 99.0%)"]
     low, high = data["score_ci95"]
     assert low <= data["score"] <= high
 
