@@ -76,14 +76,9 @@ class ProgressView(Callback):
                 f"draw {shares['draw_share']:.0%} cap {shares['cap_draw_share']:.0%}, "
                 f"len {e.totals.mean_length:.0f}) | pl {m.get('policy_loss', 0.0):.3f} "
                 f"vl {m.get('value_loss', 0.0):.3f} ent {m.get('entropy', 0.0):.2f} | "
-                f"lag {e.policy_lag} | workers {e.workers_alive}" + self._opponent_text())
-
-    def _opponent_text(self) -> str:
-        t = self._last.totals if self._last else None
-        if t is None or not t.opponent_games:
-            return ""
-        return (f" | vs opponent {t.opponent_games:,} games, won "
-                f"{t.opponent_wins / t.opponent_games:.0%}")
+                f"lag {e.policy_lag} | workers {e.workers_alive}"
+                + (f" | vs opponent {e.totals.opponent_games:,} games, won "
+                   f"{shares['opponent_win_share']:.0%}" if e.totals.opponent_games else ""))
 
     def __rich__(self) -> Group:
         e = self._last

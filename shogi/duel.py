@@ -130,13 +130,20 @@ class OpponentEnv:
             for m16 in game:
                 position.push_usi(cshogi.move_to_usi(int(m16)))
             positions.append(position)
-        if state.get("opponent_rng") is not None and hasattr(self.opponent, "rng"):
-            self.opponent.rng.bit_generator.state = dict(state["opponent_rng"])
+        rng = _rng(self.opponent)
+        if state.get("opponent_rng") is not None and rng is not None:
+            rng.bit_generator.state = dict(state["opponent_rng"])
         self.agent_colors = colors
         self._positions = positions
         self._observation = self._observe()
 
 
-def _rng_state(player: Player) -> dict[str, Any] | None:
+def _rng(player: Player) -> np.random.Generator | None:
+    """The scripted player's numpy generator, when it has one (its state is checkpointed)."""
     rng = getattr(player, "rng", None)
-    return dict(rng.bit_generator.state) if isinstance(rng, np.random.Generator) else None
+    return rng if isinstance(rng, np.random.Generator) else None
+
+
+def _rng_state(player: Player) -> dict[str, Any] | None:
+    rng = _rng(player)
+    return None if rng is None else dict(rng.bit_generator.state)
