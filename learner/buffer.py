@@ -25,7 +25,7 @@ INITIAL_LEGAL_PER_ROW = 128  # legal actions reserved per transition; grows (dou
 class Minibatch:
     """What one PPO step needs, on the device."""
 
-    planes: torch.Tensor  # float32 [B, 46, 9, 9]
+    planes: torch.Tensor  # float32 [B, 50, 9, 9]
     legal_offsets: torch.Tensor  # long [B + 1]: CSR legal actions of the rows
     legal_actions: torch.Tensor  # int16 [M]
     actions: torch.Tensor  # long [B]

@@ -1,4 +1,4 @@
-"""Compact state -> the 46 input planes and the legal-action mask, vectorised in torch.
+"""Compact state -> the 50 input planes and the legal-action mask, vectorised in torch.
 
 Self-play workers and the learner both call these functions, so the network always sees the
 same features whichever process built them. Everything is batched (no Python loop over
@@ -13,20 +13,83 @@ Plane layout (all from the side to move's perspective, square i = row*9 + col):
     43     ply / max_moves
     44     repetition count of the position / 3
     45     1.0 when the side to move is in check
+    46     how many of the mover's pieces attack the square / 4
+    47     how many of the opponent's pieces attack the square / 4
+    48     value / 10 of a mover's piece the opponent attacks (what it could capture now)
+    49     value / 10 of an opponent's piece the mover attacks (what the mover could capture)
+
+The attack planes spell out what a small network would otherwise have to learn from a few
+million self-play steps: which squares each side controls and which pieces hang. Attacks are
+pseudo-legal (pins are ignored); a slider's ray stops at the first piece.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from shogi import HAND_MAX, NUM_ACTIONS, CompactState
+from shogi.compact import PIECE_SLIDES, PIECE_STEPS, PIECE_VALUE
 
-NUM_PLANES = 46
 PIECE_PLANES = 28  # 14 piece kinds x 2 sides
+SCALAR_PLANES = 18  # hands, colour, ply, repetition, check
+ATTACK_PLANES = 4  # attacker counts of both sides, attacked pieces of both sides
+NUM_PLANES = PIECE_PLANES + SCALAR_PLANES + ATTACK_PLANES
+
+
+@dataclass(frozen=True)
+class _AttackTables:
+    """Row bitboards for `attack_counts`: a board is 9 rows of 9-bit integers (bit c = column
+    c). One channel per (kind, side, direction): the step channels move once, the slide
+    channels move until they leave the board or pass a piece."""
+
+    select: torch.Tensor  # float32 [C, 28]: the piece planes that start each channel
+    rows: torch.Tensor  # long [C, 9]: the row a step comes from (9: none, reads zero)
+    left: torch.Tensor  # int32 [C, 1]: the bit shift of a step (column + 1 is bit << 1)
+    right: torch.Tensor  # int32 [C, 1]
+    side: torch.Tensor  # float32 [2, C]: 1 where the channel is the mover's (row 0) / not
+    num_steps: int  # channels [0, num_steps) step, the rest slide
+    bit_values: torch.Tensor  # float32 [9]: 2 ** column, to pack a row
+    unpack: torch.Tensor  # float32 [512, 9]: a row's bits as 0/1 per column
+    value: torch.Tensor  # float32 [29]: signed board code + 14 -> the piece's value / 10
+
+
+@functools.lru_cache(maxsize=8)
+def _attack_tables(device: torch.device) -> _AttackTables:
+    channels = []  # (moves, side, direction as the piece's owner sees it, direction on board)
+    for moves in (PIECE_STEPS, PIECE_SLIDES):
+        directions = sorted({d for ds in moves.values() for d in ds})
+        for side, sign in ((0, 1), (1, -1)):  # the opponent moves down the board
+            channels += [(moves, side, (dr, dc), (sign * dr, sign * dc)) for dr, dc in directions]
+    select = np.zeros((len(channels), PIECE_PLANES), dtype=np.float32)
+    rows = np.full((len(channels), 9), 9, dtype=np.int64)
+    shifts = np.zeros((2, len(channels), 1), dtype=np.int32)
+    side_of = np.zeros((2, len(channels)), dtype=np.float32)
+    for k, (moves, side, direction, (dr, dc)) in enumerate(channels):
+        for code, moving in moves.items():
+            select[k, code - 1 + 14 * side] = direction in moving
+        for row in range(9):
+            if 0 <= row - dr < 9:
+                rows[k, row] = row - dr
+        shifts[:, k, 0] = max(dc, 0), max(-dc, 0)
+        side_of[side, k] = 1
+    bits = (np.arange(512)[:, None] >> np.arange(9)) & 1
+
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(device)
+
+    return _AttackTables(
+        select=tensor(select), rows=tensor(rows), left=tensor(shifts[0]),
+        right=tensor(shifts[1]), side=tensor(side_of),
+        num_steps=sum(moves is PIECE_STEPS for moves, *_ in channels),
+        bit_values=tensor(2.0 ** np.arange(9, dtype=np.float32)),
+        unpack=tensor(bits.astype(np.float32)),
+        value=tensor(np.concatenate([PIECE_VALUE[:0:-1], PIECE_VALUE]) / np.float32(10)))
 
 
 @dataclass(frozen=True)
@@ -72,8 +135,42 @@ def to_tensors(state: CompactState, device: torch.device | str = "cpu") -> State
                         move(state.ply), move(state.repetition), move(state.in_check))
 
 
+def _step(bits: torch.Tensor, rows: torch.Tensor, left: torch.Tensor,
+          right: torch.Tensor) -> torch.Tensor:
+    """Row bitboards [M, C, 9] moved one step along each channel's direction."""
+    m, c, _ = bits.shape
+    moved = F.pad(bits, (0, 1)).gather(2, rows.expand(m, c, 9))  # row 9 of the pad is zero
+    return ((moved << left) >> right) & 511
+
+
+def attack_counts(pieces: torch.Tensor) -> torch.Tensor:
+    """float32 [N, 2, 81]: how many of the mover's pieces (row 0) and of the opponent's (1)
+    attack each square, from the piece planes [N, 28, 81] (planes 0-27 of the layout)."""
+    t = _attack_tables(pieces.device)
+    n = pieces.shape[0]
+    # Exact integer sums (< 512) in float32; autocast's bfloat16 would round them.
+    with torch.autocast(pieces.device.type, enabled=False):
+        start = ((t.select @ pieces).view(n, -1, 9, 9) @ t.bit_values).to(torch.int32)
+        occupied = (pieces.sum(1).view(n, 1, 9, 9) @ t.bit_values).to(torch.int32)
+    s = t.num_steps
+    hits = _step(start[:, :s], t.rows[:s], t.left[:s], t.right[:s])
+    ray = start[:, s:]
+    reached = torch.zeros_like(ray)
+    for _ in range(8):
+        ray = _step(ray, t.rows[s:], t.left[s:], t.right[s:])
+        reached |= ray
+        ray &= ~occupied  # a ray goes on only through empty squares
+        if ray.device.type == "cpu" and not bool(ray.any()):  # (on a GPU the check would sync)
+            break
+    # In one channel no square is reached twice (one piece per square, a ray stops at the
+    # first piece), so counting the set bits of every channel counts attackers.
+    squares = t.unpack[torch.cat([hits, reached], dim=1).long()].view(n, -1, 81)
+    with torch.autocast(pieces.device.type, enabled=False):
+        return t.side @ squares
+
+
 def encode_planes(state: StateTensors, max_moves: int) -> torch.Tensor:
-    """The float32 planes [N, 46, 9, 9] of a state batch, on the batch's device."""
+    """The float32 planes [N, 50, 9, 9] of a state batch, on the batch's device."""
     if max_moves < 1:
         raise ValueError(f"max_moves must be >= 1, got {max_moves!r}")
     board = state.board.long()
@@ -98,8 +195,12 @@ def encode_planes(state: StateTensors, max_moves: int) -> torch.Tensor:
         ],
         dim=1,
     )
-    planes = torch.cat([pieces, scalars.unsqueeze(2).expand(n, NUM_PLANES - PIECE_PLANES, 81)],
-                       dim=1)
+    attacks = attack_counts(pieces)
+    value = _attack_tables(device).value[board + 14]
+    attacked = torch.stack([torch.where(board > 0, value, 0.0) * (attacks[:, 1] > 0),
+                            torch.where(board < 0, value, 0.0) * (attacks[:, 0] > 0)], dim=1)
+    planes = torch.cat([pieces, scalars.unsqueeze(2).expand(n, SCALAR_PLANES, 81),
+                        attacks / 4.0, attacked], dim=1)
     return planes.view(n, NUM_PLANES, 9, 9)
 
 

@@ -1,6 +1,6 @@
 """The policy-value network, masked policy maths, and batched inference for the workers.
 
-`PolicyValueNet` maps planes [N, 46, 9, 9] to 13527 policy logits and a value in [-1, 1] for
+`PolicyValueNet` maps planes [N, 50, 9, 9] to 13527 policy logits and a value in [-1, 1] for
 the side to move. The policy head is fully convolutional: at every from-square it predicts 160
 channels ("move to k with promote flag", index from*160 + 2*k + promote) and at every to-square
 7 channels ("drop piece", index 12960 + to*7 + piece), which is exactly the action layout.
@@ -123,7 +123,7 @@ class PolicyValueNet(nn.Module):
         )
 
     def forward(self, planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(policy logits [N, 13527], value [N]) of planes [N, 46, 9, 9]."""
+        """(policy logits [N, 13527], value [N]) of planes [N, 50, 9, 9]."""
         x = self.tower(self.stem(planes))
         n = x.shape[0]
         # [N, 167, 9, 9] -> [N, 81 squares, 167]: square-major, then the channel within it.
@@ -312,6 +312,10 @@ def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
     state = {}
     for name, array in weights.items():
         target = own[name]
+        if name == "stem.0.weight" and array.shape[1:2] != target.shape[1:2]:
+            raise ValueError(f"the weights take {array.shape[1]} input planes, this version's "
+                             f"features have {target.shape[1]}: made by another keisei-ray "
+                             f"version, retrain or use that version")
         if tuple(array.shape) != tuple(target.shape):
             raise ValueError(f"weight {name!r}: shape {list(array.shape)} does not match the "
                              f"model's {list(target.shape)}")

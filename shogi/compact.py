@@ -59,6 +59,21 @@ HAND_VALUE = PIECE_VALUE[1:8].copy()
 """[7]: hand piece P L N S G B R -> material value (pawn units)."""
 _SIGNED_VALUE = np.concatenate([-PIECE_VALUE[:0:-1], PIECE_VALUE])  # code -14..14 -> value
 
+# Directions (row, col) from the mover's view: row 0 is its far rank, so forward is row - 1.
+_ORTHOGONAL = ((-1, 0), (1, 0), (0, -1), (0, 1))
+_DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+_GOLD = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, 0))
+# Board code -> the squares it attacks one step away (P L N S G B R K +P +L +N +S +B +R).
+PIECE_STEPS: dict[int, tuple[tuple[int, int], ...]] = {
+    1: ((-1, 0),), 3: ((-2, -1), (-2, 1)), 4: ((-1, -1), (-1, 0), (-1, 1), (1, -1), (1, 1)),
+    5: _GOLD, 8: _ORTHOGONAL + _DIAGONAL, 9: _GOLD, 10: _GOLD, 11: _GOLD, 12: _GOLD,
+    13: _ORTHOGONAL, 14: _DIAGONAL,
+}
+# Board code -> the directions it slides in until the first piece.
+PIECE_SLIDES: dict[int, tuple[tuple[int, int], ...]] = {
+    2: ((-1, 0),), 6: _DIAGONAL, 7: _ORTHOGONAL, 13: _DIAGONAL, 14: _ORTHOGONAL,
+}
+
 
 def material_balance(state: CompactState) -> np.ndarray:
     """float32 [N]: the mover's material minus the opponent's, board and hands, pawn units."""

@@ -1,7 +1,9 @@
-"""Feature planes and legal masks: chosen planes of hand-built positions, a slow reference."""
+"""Feature planes and legal masks: chosen planes of hand-built positions, a slow reference,
+attack maps checked against cshogi's move generator."""
 
 from __future__ import annotations
 
+import cshogi
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,8 @@ from learner.features import (
     legal_mask,
     to_tensors,
 )
-from shogi import NUM_ACTIONS, CompactState
+from shogi import NUM_ACTIONS, CompactState, Position
+from shogi.compact import PIECE_SLIDES, PIECE_STEPS, PIECE_VALUE, SQUARE_TO_INDEX
 
 
 def hand_built() -> CompactState:
@@ -74,7 +77,37 @@ def reference_planes(state: CompactState, max_moves: int) -> np.ndarray:
         out[i, 43] = state.ply[i] / max_moves
         out[i, 44] = state.repetition[i] / 3
         out[i, 45] = state.in_check[i]
+        counts = reference_attacks(state.board[i])
+        out[i, 46:48] = counts.reshape(2, 9, 9) / 4
+        for sq in range(81):
+            code = int(state.board[i, sq])
+            side = 0 if code > 0 else 1  # whose piece: the mover's (plane 48) or not (49)
+            if code and counts[1 - side, sq] > 0:
+                out[i, 48 + side, sq // 9, sq % 9] = PIECE_VALUE[abs(code)] / 10
     return out
+
+
+def reference_attacks(board: np.ndarray) -> np.ndarray:
+    """[2, 81] attacker counts (mover's, opponent's), piece by piece and ray by ray."""
+    counts = np.zeros((2, 81))
+    for sq in range(81):
+        code = int(board[sq])
+        if not code:
+            continue
+        side, sign = (0, 1) if code > 0 else (1, -1)  # the opponent moves down the board
+        row, col = divmod(sq, 9)
+        for dr, dc in PIECE_STEPS.get(abs(code), ()):
+            r, c = row + sign * dr, col + sign * dc
+            if 0 <= r < 9 and 0 <= c < 9:
+                counts[side, r * 9 + c] += 1
+        for dr, dc in PIECE_SLIDES.get(abs(code), ()):
+            r, c = row + sign * dr, col + sign * dc
+            while 0 <= r < 9 and 0 <= c < 9:
+                counts[side, r * 9 + c] += 1
+                if board[r * 9 + c]:
+                    break
+                r, c = r + sign * dr, c + sign * dc
+    return counts
 
 
 def random_states(n: int, seed: int) -> CompactState:
@@ -93,6 +126,54 @@ def test_matches_the_square_by_square_reference() -> None:
     state = random_states(64, seed=1)
     planes = encode_planes(to_tensors(state), max_moves=300).numpy()
     np.testing.assert_allclose(planes, reference_planes(state, 300), rtol=0, atol=1e-7)
+
+
+def attacks_of(state: CompactState) -> np.ndarray:
+    """[N, 2, 81] attacker counts (mover's, opponent's) as the planes 46-47 carry them."""
+    planes = encode_planes(to_tensors(state), max_moves=512)[:, 46:48] * 4
+    return planes.reshape(len(state), 2, 81).numpy()
+
+
+def test_attacks_match_cshogi_move_generation() -> None:
+    """Squares the mover attacks (not holding its own piece) are exactly the destinations of
+    its pseudo-legal board moves, and the opponent attacks the mover's king iff in check.
+    (In check cshogi generates evasions only, so those positions check the king alone.)"""
+    rng = np.random.default_rng(5)
+    checked = 0
+    for _ in range(6):
+        position = Position()
+        while not position.is_game_over() and position.ply < 160:
+            state = position.compact()
+            board = state.board[0]
+            counts = attacks_of(state)[0]
+            king = int(np.flatnonzero(board == 8)[0])
+            assert (counts[1, king] > 0) == bool(state.in_check[0]), position.sfen()
+            if not state.in_check[0]:
+                to_index = SQUARE_TO_INDEX[int(state.color[0])]
+                destinations = {int(to_index[cshogi.move_to(m)])
+                                for m in cshogi.Board(position.sfen()).pseudo_legal_moves
+                                if not cshogi.move_is_drop(m)}
+                attacked = {sq for sq in range(81) if counts[0, sq] > 0 and board[sq] <= 0}
+                assert destinations == attacked, position.sfen()
+                checked += 1
+            moves = position.legal_moves()
+            position.push(moves[int(rng.integers(len(moves)))])
+    assert checked > 500
+
+
+def test_hand_built_attacks() -> None:
+    state = hand_built()
+    own, opponent = attacks_of(state)[0].reshape(2, 9, 9)
+    assert own[5, 6] == 1  # the pawn at (6, 6) attacks the square in front
+    assert own[4, 0] == 1 and own[4, 8] == 1  # the dragon's rook rays on row 4 reach both edges
+    assert own[3, 4] == 1 and own[0, 4] == 1  # up column 4, ending on the opponent king
+    assert own[3, 3] == 1  # the dragon's diagonal step reaches the tokin
+    assert opponent[4, 3] == 1 and opponent[4, 4] == 1  # the tokin moves down the board
+    assert opponent[5, 6] == 0
+    planes = encode_planes(to_tensors(state), max_moves=512)[0]
+    assert planes[48, 4, 4] == pytest.approx(1.2)  # the dragon (value 12) is attacked
+    assert planes[49, 3, 3] == pytest.approx(0.7)  # and attacks the tokin (value 7)
+    assert planes[48].count_nonzero() == 1 and planes[49].count_nonzero() == 1  # kings: 0
 
 
 def test_bad_max_moves_is_rejected() -> None:

@@ -14,6 +14,7 @@ from keisei_ray.bench_learner import bench_ppo, bench_weights, collect_experienc
 from keisei_ray.codec import ExperienceBatch, encode
 from keisei_ray.config import Config
 from learner import Learner
+from learner.features import NUM_PLANES
 from learner.model import build_model, load_weights
 
 MAX_MOVES = 30  # short games: wins, draws and truncations inside 40 plies
@@ -122,7 +123,7 @@ def test_weights_load_into_a_worker_model(batch: ExperienceBatch) -> None:
     assert set(weights) == set(learner.model.state_dict())  # parameters and buffers
     worker = build_model(learner.config.model)
     load_weights(worker, weights)
-    planes = torch.rand(3, 46, 9, 9)
+    planes = torch.rand(3, NUM_PLANES, 9, 9)
     with torch.no_grad():
         torch.testing.assert_close(worker.eval()(planes), learner.model.eval()(planes))
     _, half = learner.weights(half=True)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from keisei_ray.config import ModelConfig
+from learner.features import NUM_PLANES
 from learner.model import (
     DROP_CHANNELS,
     MOVE_CHANNELS,
@@ -28,7 +29,7 @@ from shogi import NUM_ACTIONS
 
 
 def planes(n: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(n, 46, 9, 9, generator=torch.Generator().manual_seed(seed))
+    return torch.rand(n, NUM_PLANES, 9, 9, generator=torch.Generator().manual_seed(seed))
 
 
 def test_sizes_match_the_config_and_action_count() -> None:
@@ -235,6 +236,12 @@ def test_load_weights_names_the_mismatch() -> None:
     weights = export_weights(model)
     with pytest.raises(ValueError, match="missing"):
         load_weights(model, {k: v for k, v in weights.items() if k != "stem.0.weight"})
-    weights["stem.0.weight"] = np.zeros((1, 2), dtype=np.float32)
-    with pytest.raises(ValueError, match=r"stem\.0\.weight"):
-        load_weights(model, weights)
+    bad = dict(weights, **{"stem.1.weight": np.zeros((1, 2), dtype=np.float32)})
+    with pytest.raises(ValueError, match=r"stem\.1\.weight"):
+        load_weights(model, bad)
+    # Weights from a version whose features had another number of planes (46 before the
+    # attack planes) are named as such.
+    stem = weights["stem.0.weight"]
+    old = dict(weights, **{"stem.0.weight": stem[:, :46]})
+    with pytest.raises(ValueError, match=f"take 46 input planes.*features have {NUM_PLANES}"):
+        load_weights(model, old)

@@ -12,7 +12,7 @@ from keisei_ray.codec import ExperienceBatch
 from keisei_ray.config import Config, ConfigError, PPOConfig, load_config
 from learner import Learner
 from learner.buffer import Minibatch
-from learner.features import encode_planes, legal_mask, to_tensors
+from learner.features import NUM_PLANES, encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
 from learner.model import act
 from learner.ppo import lr_at, ppo_loss
@@ -65,7 +65,7 @@ def two_row_minibatch() -> tuple[torch.Tensor, Minibatch]:
     logits = torch.zeros(2, NUM_ACTIONS)
     logits[1, 30] = math.log(3.0)
     batch = Minibatch(
-        planes=torch.zeros(2, 46, 9, 9),
+        planes=torch.zeros(2, NUM_PLANES, 9, 9),
         legal_offsets=torch.tensor([0, 2, 4]),
         legal_actions=torch.tensor([10, 20, 30, 40], dtype=torch.int16),
         actions=torch.tensor([10, 30]),
