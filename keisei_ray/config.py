@@ -112,6 +112,10 @@ class TrainConfig(Section):
 
     total_timesteps: int = Field(200_000, ge=1, description="stop after this many accepted "
                                  "transitions (the driver's timestep counter)")
+    max_minutes: float | None = Field(
+        None, gt=0.0, description="also stop after this many minutes of training (from the "
+        "first collect; a resumed run counts afresh); the run ends as a completed one, with its "
+        "final checkpoint and evaluation")
     num_workers: int | Literal["auto"] = Field(
         "auto", description="self-play workers; auto: as many as the cluster's free CPUs allow "
         "(and grow when nodes join)")

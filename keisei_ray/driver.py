@@ -741,7 +741,18 @@ class Trainer:
             callback_errors=self.bus.errors, final_weights=self.final_weights)
 
     def _should_stop(self) -> bool:
-        return self.state.timestep >= self.config.train.total_timesteps or self.stop.is_set()
+        train = self.config.train
+        if self.state.timestep >= train.total_timesteps or self.stop.is_set():
+            return True
+        if self._time_is_up():
+            log.info("time limit: %.1f minutes of training, stopping at timestep %d",
+                     train.max_minutes, self.state.timestep)
+            return True
+        return False
+
+    def _time_is_up(self) -> bool:
+        limit = self.config.train.max_minutes
+        return limit is not None and time.monotonic() - self._started >= 60.0 * limit
 
     def _reserve(self, size: int) -> None:
         """Grow the learner's buffer when a round holds more than it (the pool grew: rare)."""

@@ -58,6 +58,15 @@ def test_timestep_is_the_sum_of_accepted_transitions(tmp_path: Path) -> None:
     assert result.final_weights is not None
 
 
+def test_time_limit_ends_the_run_as_completed(tmp_path: Path) -> None:
+    rec = Recorder()
+    config = small_config(tmp_path, "train.total_timesteps=100000000", "train.max_minutes=0.05")
+    result = train(config, tmp_path, rec)
+    assert result.reason == "completed"
+    assert 0 < result.state.timestep < 100_000_000 and rec.updates
+    assert 3.0 <= result.wall_s < 60.0  # the limit is checked between rounds
+
+
 def test_synchronous_mode_has_no_policy_lag(tmp_path: Path) -> None:
     rec = Recorder()
     result = train(small_config(tmp_path, "ppo.max_policy_lag=0"), tmp_path, rec)
