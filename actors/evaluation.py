@@ -87,11 +87,15 @@ class PolicyPlayer:
 
     With `greedy`, positions in the first `sample_plies` plies of their game are still sampled
     (at `temperature`), so that two greedy networks do not replay one game over and over.
+    With `avoid_repetition`, once the position on the board has occurred before, moves back
+    into any earlier position are left out while another move exists: a deterministic player
+    otherwise walks the same cycle into a draw by repetition (or loses by perpetual check).
     `max_moves` scales the ply plane exactly as in training.
     """
 
     def __init__(self, name: str, model: nn.Module, max_moves: int, *, greedy: bool = True,
-                 temperature: float = 1.0, sample_plies: int = 0, seed: int = 0) -> None:
+                 temperature: float = 1.0, sample_plies: int = 0, seed: int = 0,
+                 avoid_repetition: bool = False) -> None:
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if max_moves < 1:
@@ -102,6 +106,7 @@ class PolicyPlayer:
         self.greedy = greedy
         self.temperature = temperature
         self.sample_plies = sample_plies
+        self.avoid_repetition = avoid_repetition
         self.generator = torch.Generator().manual_seed(seed)
 
     @classmethod
@@ -126,6 +131,12 @@ class PolicyPlayer:
         np.cumsum(counts, out=offsets[1:])
         planes = encode_planes(to_tensors(state), self.max_moves)
         mask = legal_mask(offsets, np.concatenate(rows), n)
+        if self.avoid_repetition:
+            for i, position in enumerate(positions):
+                if position.repetition_count() > 0:
+                    repeating = position.repeating_actions()
+                    if len(repeating) < counts[i]:
+                        mask[i, torch.from_numpy(repeating.astype(np.int64))] = False
         logits, values = self.model(planes)
         plies = torch.as_tensor(state.ply.astype(np.int64))
         sampled = plies < self.sample_plies if self.greedy else torch.ones(n, dtype=torch.bool)
@@ -333,7 +344,8 @@ class Evaluator:
         return PolicyPlayer.from_weights(
             contestant.name, contestant.model, contestant.weights,
             contestant.max_moves or self.config.env.max_moves, greedy=s.greedy,
-            temperature=s.temperature, sample_plies=s.sample_plies, seed=seed)
+            temperature=s.temperature, sample_plies=s.sample_plies, seed=seed,
+            avoid_repetition=s.avoid_repetition)
 
     def match(self, player: Contestant, opponent: Contestant, games: int, *, seed: int,
               first_game: int = 0, records: int | None = None) -> MatchResult:

@@ -672,7 +672,8 @@ def play_cmd(
     else:
         agent = PolicyPlayer.from_weights(c.name, c.model, c.weights,
                                           c.max_moves or cfg.env.max_moves, greedy=greedy,
-                                          seed=seed)
+                                          seed=seed,
+                                          avoid_repetition=cfg.evaluation.avoid_repetition)
     if color == "random":
         color = random.Random(seed).choice(["black", "white"])
     human = Color.BLACK if color == "black" else Color.WHITE

@@ -167,6 +167,9 @@ class EvaluationConfig(Section):
                            "run (rates checkpoints against each other)")
     greedy: bool = Field(True, description="network players take their most likely move "
                          "(after the sampled opening plies); false: sample with temperature")
+    avoid_repetition: bool = Field(True, description="once a position repeats, network "
+                                   "players leave out moves back into earlier positions while "
+                                   "another move exists")
     temperature: float = Field(1.0, gt=0.0, le=100.0, description="sampling temperature")
     sample_plies: int = Field(8, ge=0, le=512, description="opening plies in which network "
                               "players sample even when greedy (otherwise greedy model-vs-model "

@@ -36,6 +36,7 @@ class Options:
     """The engine's USI options (names as the GUI shows them)."""
 
     greedy: bool = True
+    avoid_repetition: bool = True
     temperature: float = 1.0
     seed: int = 0
     impasse: bool = False
@@ -46,6 +47,7 @@ _OPTION_LINES = (
     "option name USI_Ponder type check default false",
     "option name USI_Hash type spin default 16 min 1 max 1024",
     "option name Greedy type check default true",
+    "option name AvoidRepetition type check default true",
     "option name Temperature type string default 1.0",
     "option name Seed type spin default 0 min 0 max 2147483647",
     "option name Impasse type check default false",
@@ -146,6 +148,8 @@ class UsiEngine:
             return  # accepted; nothing to do for a policy that does not search
         if key == "greedy":
             o.greedy = _parse_bool(name, value)
+        elif key == "avoidrepetition":
+            o.avoid_repetition = _parse_bool(name, value)
         elif key == "temperature":
             t = _parse_float(name, value)
             if not 0.0 < t <= 100.0:
@@ -245,7 +249,8 @@ class UsiEngine:
                     load_weights(self._model, c.weights)
                     self._model.eval()
                 player = PolicyPlayer(c.name, self._model, self.max_moves, greedy=o.greedy,
-                                      temperature=o.temperature, seed=o.seed)
+                                      temperature=o.temperature, seed=o.seed,
+                                      avoid_repetition=o.avoid_repetition)
                 player.decide([Position()])  # warm-up: the first real `go` is then fast
                 self.player = player
         return self.player

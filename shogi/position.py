@@ -154,6 +154,21 @@ class Position:
         moves = np.asarray(self._legal_ints(), dtype=np.int64) & MOVE16_MASK
         return np.sort(MOVE16_TO_ACTION[int(self.turn), moves])
 
+    def repeating_actions(self) -> np.ndarray:
+        """The legal actions (sorted int16, as `legal_actions`) whose move leads to a
+        position that already occurred in this game."""
+        if self.outcome() is not None:
+            return np.zeros(0, dtype=np.int16)
+        board = self._board
+        repeating = []
+        for move in self._legal_ints():
+            board.push(move)
+            if board.zobrist_hash() in self._seen:
+                repeating.append(move)
+            board.pop()
+        moves = np.asarray(repeating, dtype=np.int64) & MOVE16_MASK
+        return np.sort(MOVE16_TO_ACTION[int(self.turn), moves])
+
     def mate_in_one(self) -> Move | None:
         """A legal move that mates at once, or None. Uses cshogi's 1-ply mate search, which
         assumes the side to move is not in check; in check, the few legal replies are tried."""

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from actors.evaluation import (
     BaselinePlayer,
@@ -21,7 +22,7 @@ from actors.evaluation import (
 from keisei_ray.config import Config, load_config
 from learner.features import encode_planes, to_tensors
 from learner.model import build_model, export_weights
-from shogi import Color, Outcome, Position, Termination, move_to_action
+from shogi import NUM_ACTIONS, Color, Move, Outcome, Position, Termination, move_to_action
 
 # Black to move mates at once with G*5b (its own knights box the king in).
 MATE_IN_ONE = "3nkn3/9/4P4/9/9/9/9/9/4K4 b G 1"
@@ -89,6 +90,40 @@ def test_greedy_network_takes_the_best_legal_move() -> None:
     assert move_to_action(move, position.turn) == best
     assert decision.values[0] == pytest.approx(float(value[0]))
     assert 0.0 < decision.probabilities[0] <= 1.0
+
+
+class Prefers(nn.Module):
+    """A stand-in policy with fixed logits: the given actions first, in the given order."""
+
+    def __init__(self, *actions: int) -> None:
+        super().__init__()
+        self.logits = torch.zeros(NUM_ACTIONS)
+        for rank, action in enumerate(actions):
+            self.logits[action] = float(len(actions) - rank)
+
+    def forward(self, planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = planes.shape[0]
+        return self.logits.expand(n, -1), torch.zeros(n)
+
+
+@pytest.mark.parametrize("avoid", [True, False])
+def test_avoid_repetition_leaves_the_cycle(avoid: bool) -> None:
+    shuffle, push, corner = (move_to_action(Move.from_usi(u), Color.BLACK)
+                             for u in ("5i4h", "7g7f", "9i8i"))
+    player = PolicyPlayer("net", Prefers(shuffle, push, corner), 48, avoid_repetition=avoid)
+    position = Position()
+    assert player.choose([position]) == [Move.from_usi("5i4h")]  # a new position: no change
+    for usi in ("5i4h", "5a4b", "4h5i", "4b5a"):
+        position.push_usi(usi)
+    expected = "7g7f" if avoid else "5i4h"  # 5i4h would repeat the position after ply 1
+    assert player.choose([position]) == [Move.from_usi(expected)]
+    # Two kings alone: after a cycle, the preferred 9i8i would repeat; 9h and 8h are new.
+    kings = Position("8k/9/9/9/9/9/9/9/K8 b - 1")
+    for usi in ("9i8i", "1a2a", "8i9i", "2a1a"):
+        kings.push_usi(usi)
+    move = player.choose([kings])[0]
+    repeats = move_to_action(move, Color.BLACK) in kings.repeating_actions()
+    assert move in kings.legal_moves() and repeats is not avoid
 
 
 def test_greedy_games_repeat_unless_the_opening_is_sampled() -> None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import cshogi
 import pytest
 
-from shogi import Color, GameOverError, IllegalMoveError, Outcome, Position, Termination
+from shogi import (
+    Color,
+    GameOverError,
+    IllegalMoveError,
+    Move,
+    Outcome,
+    Position,
+    Termination,
+    move_to_action,
+)
 
 
 def legal_usi(position: Position) -> set[str]:
@@ -102,6 +111,19 @@ def test_no_legal_move_without_check_is_a_loss() -> None:
     position.push_usi("2d2c")
     assert not position.is_check()
     assert position.outcome() == Outcome(Color.BLACK, Termination.NO_LEGAL_MOVES)
+
+
+def test_repeating_actions_are_the_moves_back_into_earlier_positions() -> None:
+    position = Position()
+    assert len(position.repeating_actions()) == 0
+    play(position, "5i4h 5a4b 4h5i")
+    # 5a4b's reverse 4b5a brings back the start; nothing else White can play was seen before.
+    back = move_to_action(Move.from_usi("4b5a"), Color.WHITE)
+    assert position.repeating_actions().tolist() == [back]
+    position.push_usi("4b5a")
+    assert position.repeating_actions().tolist() == [move_to_action(Move.from_usi("5i4h"),
+                                                                    Color.BLACK)]
+    assert set(position.repeating_actions()) <= set(position.legal_actions())
 
 
 def test_sennichite_only_at_the_fourth_occurrence() -> None:

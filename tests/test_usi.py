@@ -20,7 +20,7 @@ from keisei_ray.config import ModelConfig
 from keisei_ray.model_file import save_model
 from keisei_ray.usi import UsiEngine, value_to_cp
 from learner.model import build_model, export_weights
-from shogi import Position
+from shogi import Color, Move, Position, move_to_action
 
 MATED = "3nkn3/4G4/4P4/9/9/9/9/9/4K4 w - 1"  # White to move is checkmated
 MATE_IN_ONE = "3nkn3/9/4P4/9/9/9/9/9/4K4 b G 1"  # G*5b mates
@@ -63,6 +63,7 @@ def test_handshake_and_a_legal_move() -> None:
     assert answer[0].startswith("id name keisei-ray") and "tiny.pt" in answer[0]
     assert answer[-1] == "usiok"
     assert any(line.startswith("option name Greedy type check") for line in answer)
+    assert "option name AvoidRepetition type check default true" in answer
     assert s.send("isready") == ["readyok"]
     s.send("usinewgame", "position startpos moves 7g7f 3c3d")
     answer = s.send("go btime 1000 wtime 1000 byoyomi 100")
@@ -98,6 +99,22 @@ def test_sfen_positions_and_game_ends() -> None:
     assert s.send("go") == ["bestmove win"]
 
 
+def test_avoid_repetition_option() -> None:
+    # A tiny network pushed towards 2h1h: its policy channel (action % 160), which no other
+    # legal move of the start position shares, gets a large bias.
+    contestant = tiny_contestant()
+    action = move_to_action(Move.from_usi("2h1h"), Color.BLACK)
+    contestant.weights["policy_head.1.bias"][action % 160] = 50.0
+    s = Session(contestant)
+    cycle = "position startpos moves " + " ".join(["2h1h", "8b9b", "1h2h", "9b8b"] * 2)
+    s.send("position startpos")
+    assert bestmove(s.send("go byoyomi 100")) == "2h1h"  # a new position: its favourite
+    s.send("setoption name AvoidRepetition value false", "isready", cycle)
+    assert bestmove(s.send("go byoyomi 100")) == "2h1h"  # back into the position after ply 1
+    s.send("setoption name AvoidRepetition value true", "isready", cycle)
+    assert bestmove(s.send("go byoyomi 100")) != "2h1h"
+
+
 def test_malformed_and_illegal_input_never_breaks_the_engine() -> None:
     s = Session()
     bad = [
@@ -111,6 +128,7 @@ def test_malformed_and_illegal_input_never_breaks_the_engine() -> None:
         "setoption name Temperature value hot",
         "setoption name Temperature value -1",
         "setoption name Greedy value maybe",
+        "setoption name AvoidRepetition value sometimes",
         "setoption name Threads value 0",
         "setoption Greedy true",
         "position sfen " + "x" * 5000,
