@@ -238,7 +238,7 @@ class SelfPlayWorker:
         all_state = CompactState.concat(states)  # row index r*E + slot
         if self.config.reward.material > 0:
             rewards += self._material_shaping(all_state, final_rows, ~self._has_carry,
-                                              next_sign, terminated)
+                                              next_sign)
         advantages, returns = compute_gae(values, rewards, next_values, terminated, game_over,
                                           gamma=self.config.ppo.gamma,
                                           lam=self.config.ppo.gae_lambda, next_sign=next_sign)
@@ -323,16 +323,12 @@ class SelfPlayWorker:
 
     def _material_shaping(self, all_state: CompactState,
                           final_rows: list[tuple[int, int, CompactState]],
-                          inert_first_row: np.ndarray, next_sign: np.ndarray,
-                          terminated: np.ndarray) -> np.ndarray:
+                          inert_first_row: np.ndarray, next_sign: np.ndarray) -> np.ndarray:
         """Potential-based shaping c * (gamma * sign * M(next) - M(before)) per row, [T+1, E].
 
         M is the material balance from the side to move's view, so the state after a move is
         worth -M(next) to its mover in self-play (sign -1), +M(next) when the same side moves
-        again (sign +1). A truncated game's next state is its final position (the value
-        bootstraps from there); a terminal transition's next potential is 0, so a game's
-        shaping sums to about nothing and only the result decides what is best: material is
-        a guide towards winning, not a prize of its own (Ng, Harada and Russell, 1999).
+        again (sign +1). A finished game's next state is its final position.
         """
         e = self.num_games
         before = material_balance(all_state).reshape(-1, e)
@@ -341,7 +337,6 @@ class SelfPlayWorker:
         after[-1] = material_balance(self.obs.state)
         for r, s, final in final_rows:
             after[r, s] = material_balance(final)[0]
-        after[terminated] = 0.0
         shaping = self.config.reward.material * (
             self.config.ppo.gamma * next_sign * after - before)
         shaping[0, inert_first_row] = 0.0  # no held-back transition there

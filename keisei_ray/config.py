@@ -104,7 +104,7 @@ class RewardConfig(Section):
     material: float = Field(
         0.0, ge=0.0, le=1.0, description="optional shaping (0 = off): this much per pawn unit of "
         "material the move gains, potential-based: c * (-gamma * M(next) - M(before)), M = the "
-        "mover's material minus the opponent's (board and hands), M = 0 after the game's end")
+        "mover's material minus the opponent's (board and hands)")
 
 
 class TrainConfig(Section):

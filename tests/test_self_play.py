@@ -172,27 +172,6 @@ def test_material_shaping_is_potential_based() -> None:
     np.testing.assert_allclose(batch.advantage, [shaping - GAMMA * V_STATE - V_STATE], rtol=1e-5)
 
 
-def test_material_potential_is_zero_after_the_end_and_kept_at_truncation() -> None:
-    # MATE_SFEN: White (pawn) to move against Black's pawn and a gold in hand: M(White) = -6.
-    # White plays 9c9d (M(Black) = +6), Black mates with G*1b.
-    c = 0.01
-    worker = make_worker(steps=2)
-    worker.config = worker.config.model_copy(update={
-        "reward": worker.config.reward.model_copy(update={"material": c})})
-    _, batch = collect(worker)
-    # Both transitions are terminal: the next potential is 0, so White's shaping is
-    # c * (0 - (-6)) and Black's c * (0 - 6): the game's shaping sums to nothing.
-    np.testing.assert_allclose(batch.returns, [-1.0 + 6 * c, 1.0 - 6 * c], rtol=1e-6)
-    # Truncated after White's one ply: the final position keeps its potential (the value
-    # bootstraps from it): c * (-gamma * 6 - (-6)).
-    worker = make_worker(steps=1, max_moves=1)
-    worker.config = worker.config.model_copy(update={
-        "reward": worker.config.reward.model_copy(update={"material": c})})
-    _, batch = collect(worker)
-    shaping = c * (-GAMMA * 6.0 + 6.0)
-    np.testing.assert_allclose(batch.advantage, [shaping - GAMMA * V_BOOT - V_STATE], rtol=1e-5)
-
-
 class ScriptedOpponent:
     """Plays 9c9d or G*1b when legal, else the first legal move."""
 
