@@ -328,7 +328,12 @@ class SelfPlayWorker:
 
         M is the material balance from the side to move's view, so the state after a move is
         worth -M(next) to its mover in self-play (sign -1), +M(next) when the same side moves
-        again (sign +1). A finished game's next state is its final position.
+        again (sign +1). A finished game's next state is its final position, which keeps its
+        potential: over a game the shaping adds about c * (the final balance) to the result, so
+        material is a small prize of its own. That keeps returns near the result, inside the
+        tanh value head's range; a potential of 0 after the end (policy-invariant shaping)
+        asks the value head for -c * M, beyond [-1, 1] when far ahead, and learned worse here
+        (README, "Does it learn?").
         """
         e = self.num_games
         before = material_balance(all_state).reshape(-1, e)

@@ -103,8 +103,9 @@ class RewardConfig(Section):
 
     material: float = Field(
         0.0, ge=0.0, le=1.0, description="optional shaping (0 = off): this much per pawn unit of "
-        "material the move gains, potential-based: c * (-gamma * M(next) - M(before)), M = the "
-        "mover's material minus the opponent's (board and hands)")
+        "material the move gains: c * (-gamma * M(next) - M(before)), M = the mover's material "
+        "minus the opponent's (board and hands); the final position keeps its M, so a game's "
+        "shaping sums to about c * its final balance")
 
 
 class TrainConfig(Section):

@@ -172,6 +172,19 @@ def test_material_shaping_is_potential_based() -> None:
     np.testing.assert_allclose(batch.advantage, [shaping - GAMMA * V_STATE - V_STATE], rtol=1e-5)
 
 
+def test_material_shaping_keeps_the_final_position_potential() -> None:
+    # MATE_SFEN: White (pawn) to move against Black's pawn and a gold in hand: M(White) = -6.
+    # White plays 9c9d (M(Black) = +6), Black mates with G*1b (M(White) = -6 at the end).
+    c = 0.01
+    worker = make_worker(steps=2)
+    worker.config = worker.config.model_copy(update={
+        "reward": worker.config.reward.model_copy(update={"material": c})})
+    _, batch = collect(worker)
+    white = -1.0 + c * (-GAMMA * 6.0 - (-6.0))
+    black = 1.0 + c * (-GAMMA * -6.0 - 6.0)
+    np.testing.assert_allclose(batch.returns, [white, black], rtol=1e-6)
+
+
 class ScriptedOpponent:
     """Plays 9c9d or G*1b when legal, else the first legal move."""
 
