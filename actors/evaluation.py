@@ -95,7 +95,7 @@ class PolicyPlayer:
 
     def __init__(self, name: str, model: nn.Module, max_moves: int, *, greedy: bool = True,
                  temperature: float = 1.0, sample_plies: int = 0, seed: int = 0,
-                 avoid_repetition: bool = False) -> None:
+                 avoid_repetition: bool = False, attack_planes: bool = False) -> None:
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if max_moves < 1:
@@ -107,6 +107,7 @@ class PolicyPlayer:
         self.temperature = temperature
         self.sample_plies = sample_plies
         self.avoid_repetition = avoid_repetition
+        self.attack_planes = attack_planes  # the model's input layout (model.attack_planes)
         self.generator = torch.Generator().manual_seed(seed)
 
     @classmethod
@@ -114,7 +115,7 @@ class PolicyPlayer:
                      max_moves: int, **kwargs: Any) -> PolicyPlayer:
         model = build_model(config)
         load_weights(model, weights)
-        return cls(name, model, max_moves, **kwargs)
+        return cls(name, model, max_moves, attack_planes=config.attack_planes, **kwargs)
 
     def choose(self, positions: Sequence[Position]) -> list[Move]:
         return self.decide(positions).moves
@@ -129,7 +130,7 @@ class PolicyPlayer:
             raise ValueError("every position given to a player must have a legal move")
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(counts, out=offsets[1:])
-        planes = encode_planes(to_tensors(state), self.max_moves)
+        planes = encode_planes(to_tensors(state), self.max_moves, self.attack_planes)
         mask = legal_mask(offsets, np.concatenate(rows), n)
         if self.avoid_repetition:
             for i, position in enumerate(positions):

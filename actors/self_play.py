@@ -138,14 +138,16 @@ class SelfPlayWorker:
 
     # ---------------------------------------------------------------- inference
     def _policy(self, obs: Observation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        planes = encode_planes(to_tensors(obs.state), self.max_moves)
+        planes = encode_planes(to_tensors(obs.state), self.max_moves,
+                               self.config.model.attack_planes)
         mask = legal_mask(obs.legal_offsets, obs.legal_actions, len(obs.state))
         actions, log_probs, values = act(self.model, planes, mask, generator=self.generator)
         return actions.numpy(), log_probs.numpy(), values.numpy()
 
     @torch.inference_mode()
     def _values(self, state: CompactState) -> np.ndarray:
-        _, values = self.model(encode_planes(to_tensors(state), self.max_moves))
+        _, values = self.model(encode_planes(to_tensors(state), self.max_moves,
+                                             self.config.model.attack_planes))
         return values.float().numpy()
 
     def load(self, weights: Mapping[str, np.ndarray], version: int) -> None:

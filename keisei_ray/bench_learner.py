@@ -15,14 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from keisei_ray.codec import ExperienceBatch, decode, encode, summarize_games
 from keisei_ray.config import Config, ModelConfig
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
 from learner.learner import Learner
-from learner.model import act, build_model
+from learner.model import PolicyValueNet, act, build_model
 from shogi import CompactState, VecEnv
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ def collect_experience(
     *,
     seed: int = 0,
     max_moves: int = 512,
-    model: nn.Module | None = None,
+    model: PolicyValueNet | None = None,
     policy_version: int = 0,
     gamma: float = 0.99,
     lam: float = 0.95,
@@ -55,7 +54,7 @@ def collect_experience(
             counts = np.diff(offsets)
             picks = offsets[:-1] + (env.rng.random(n) * counts).astype(np.int64)
             return legal[picks], -np.log(counts).astype(np.float32), np.zeros(n, np.float32)
-        planes = encode_planes(to_tensors(state), max_moves)
+        planes = encode_planes(to_tensors(state), max_moves, model.spec.attack_planes)
         actions, log_probs, values = act(model, planes, legal_mask(offsets, legal, n),
                                          generator=generator)
         return actions.numpy(), log_probs.numpy(), values.numpy()
@@ -64,7 +63,8 @@ def collect_experience(
         if model is None:
             return np.zeros(len(state), np.float32)
         with torch.inference_mode():
-            return model.eval()(encode_planes(to_tensors(state), max_moves))[1].numpy()
+            return model.eval()(encode_planes(to_tensors(state), max_moves,
+                                              model.spec.attack_planes))[1].numpy()
 
     states: list[CompactState] = []
     legal_rows: list[list[np.ndarray]] = []
@@ -153,7 +153,8 @@ def bench_codec(num_games: int = 64, steps: int = 64, *, seed: int = 0,
 
 
 def bench_features(batch_size: int = 1024, *, num_games: int = 64, steps: int = 32,
-                   seed: int = 0, repeats: int = 5, device: str = "cpu") -> dict[str, Any]:
+                   seed: int = 0, repeats: int = 5, device: str = "cpu",
+                   attack_planes: bool = False) -> dict[str, Any]:
     """Compact state -> planes + legal mask, positions per second, on real positions."""
     batch = collect_experience(num_games, steps, seed=seed)
     rows = np.arange(batch_size) % len(batch)
@@ -165,13 +166,14 @@ def bench_features(batch_size: int = 1024, *, num_games: int = 64, steps: int = 
     target = torch.device(device)
 
     def run() -> None:
-        encode_planes(to_tensors(state, target), 512)
+        encode_planes(to_tensors(state, target), 512, attack_planes)
         legal_mask(offsets, legal, batch_size, target)
         if target.type == "cuda":
             torch.cuda.synchronize()
 
     seconds = _best_of(repeats, run)
-    return {"device": str(target), "batch": batch_size, "positions per s": batch_size / seconds,
+    return {"device": str(target), "batch": batch_size, "attack planes": attack_planes,
+            "positions per s": batch_size / seconds,
             "threads": torch.get_num_threads()}
 
 
@@ -185,6 +187,7 @@ def bench_ppo(
     epochs: int = 1,
     minibatch_size: int = 256,
     seed: int = 0,
+    attack_planes: bool = False,
 ) -> dict[str, Any]:
     """PPO update throughput (transitions absorbed per second) per model size.
 
@@ -194,12 +197,13 @@ def bench_ppo(
     games = 64
     batch = collect_experience(games, max(1, transitions // games), seed=seed)
     figures: dict[str, Any] = {"device": device, "amp": amp, "compile": compile,
-                               "transitions": len(batch), "epochs": epochs}
+                               "transitions": len(batch), "epochs": epochs,
+                               "attack planes": attack_planes}
     if device.startswith("cuda") and torch.cuda.is_available():
         figures["gpu"] = torch.cuda.get_device_name()
     for size in sizes:
         config = Config.model_validate({
-            "model": {"size": size},
+            "model": {"size": size, "attack_planes": attack_planes},
             "ppo": {"epochs": epochs, "minibatch_size": minibatch_size, "amp": amp,
                     "compile": compile, "max_policy_lag": 1_000},
         })

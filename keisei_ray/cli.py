@@ -131,11 +131,13 @@ def bench_codec_cmd(games: int = 64, steps: int = 64, as_json: JsonOpt = False) 
 
 
 @bench_app.command("features")
-def bench_features_cmd(batch: int = 1024, device: str = "cpu", as_json: JsonOpt = False) -> None:
+def bench_features_cmd(batch: int = 1024, device: str = "cpu", attack_planes: bool = False,
+                       as_json: JsonOpt = False) -> None:
     """Compact state -> planes + legal mask, positions per second."""
     from keisei_ray.bench_learner import bench_features
 
-    _print_figures("Features", bench_features(batch, device=device), as_json)
+    _print_figures("Features", bench_features(batch, device=device,
+                                              attack_planes=attack_planes), as_json)
 
 
 @bench_app.command("ppo")
@@ -146,6 +148,7 @@ def bench_ppo_cmd(
     amp: str = "off",
     compile_model: Annotated[bool, typer.Option("--compile")] = False,
     minibatch: int = 256,
+    attack_planes: bool = False,
     as_json: JsonOpt = False,
 ) -> None:
     """PPO update throughput (samples/s) per model size."""
@@ -153,7 +156,8 @@ def bench_ppo_cmd(
 
     _print_figures("PPO learner", bench_ppo(tuple(sizes.split(",")), transitions=transitions,
                                             device=device, amp=amp, compile=compile_model,
-                                            minibatch_size=minibatch), as_json)
+                                            minibatch_size=minibatch,
+                                            attack_planes=attack_planes), as_json)
 
 
 @bench_app.command("weights")
@@ -167,11 +171,13 @@ def bench_weights_cmd(size: str = "large", half: bool = False, device: str = "cp
 
 @bench_app.command("worker")
 def bench_worker_cmd(size: str = "small", games: int = 64, steps: int = 32,
-                     seconds: float = 5.0, as_json: JsonOpt = False) -> None:
+                     seconds: float = 5.0, attack_planes: bool = False,
+                     as_json: JsonOpt = False) -> None:
     """Self-play worker decisions/s vs pure batched inference of the same model (roofline)."""
     from keisei_ray.bench_train import bench_worker
 
-    _print_figures("Worker roofline", bench_worker(size, games, steps, seconds), as_json)
+    _print_figures("Worker roofline", bench_worker(size, games, steps, seconds,
+                                                   attack_planes=attack_planes), as_json)
 
 
 @bench_app.command("broadcast")

@@ -53,6 +53,10 @@ class ModelConfig(Section):
                                  description="channels of the tower (None: the size's)")
     squeeze_excitation: bool | None = Field(
         None, description="squeeze-excitation in each block (None: the size's)")
+    attack_planes: bool = Field(
+        False, description="4 more input planes: how many pieces of each side attack each "
+        "square, and the value of each attacked piece (costs the workers about 20% of their "
+        "speed on a CPU)")
     norm: Literal["group", "batch"] = Field(
         "group", description="group: GroupNorm, the same numbers in training and in the "
         "workers' eval mode, so PPO's ratio starts at exactly 1; batch: BatchNorm, whose batch "

@@ -25,7 +25,7 @@ INITIAL_LEGAL_PER_ROW = 128  # legal actions reserved per transition; grows (dou
 class Minibatch:
     """What one PPO step needs, on the device."""
 
-    planes: torch.Tensor  # float32 [B, 50, 9, 9]
+    planes: torch.Tensor  # float32 [B, 46 or 50, 9, 9]
     legal_offsets: torch.Tensor  # long [B + 1]: CSR legal actions of the rows
     legal_actions: torch.Tensor  # int16 [M]
     actions: torch.Tensor  # long [B]
@@ -110,14 +110,15 @@ class ExperienceBuffer:
         std = adv.std() if self.size > 1 else torch.ones((), device=self.device)
         adv.sub_(adv.mean()).div_(std + 1e-8)
 
-    def minibatch(self, rows: torch.Tensor, max_moves: int) -> Minibatch:
+    def minibatch(self, rows: torch.Tensor, max_moves: int,
+                  attack_planes: bool = False) -> Minibatch:
         """Planes, legal actions and training targets of `rows` (a long tensor on the device)."""
         offsets, actions = gather_csr(self.legal_offsets[:self.size + 1],
                                       self.legal_actions[:self.num_legal], rows)
         return Minibatch(
             # channels_last: the layout the learner's model uses (about 25% faster convolution
             # backward on CPU, and what tensor cores want on CUDA).
-            planes=encode_planes(self.state.index(rows), max_moves).contiguous(
+            planes=encode_planes(self.state.index(rows), max_moves, attack_planes).contiguous(
                 memory_format=torch.channels_last),
             legal_offsets=offsets,
             legal_actions=actions,

@@ -1,4 +1,4 @@
-"""Compact state -> the 50 input planes and the legal-action mask, vectorised in torch.
+"""Compact state -> the 46 (or 50) input planes and the legal-action mask, vectorised in torch.
 
 Self-play workers and the learner both call these functions, so the network always sees the
 same features whichever process built them. Everything is batched (no Python loop over
@@ -13,14 +13,16 @@ Plane layout (all from the side to move's perspective, square i = row*9 + col):
     43     ply / max_moves
     44     repetition count of the position / 3
     45     1.0 when the side to move is in check
+  with `attack_planes` (model.attack_planes), also:
     46     how many of the mover's pieces attack the square / 4
     47     how many of the opponent's pieces attack the square / 4
     48     value / 10 of a mover's piece the opponent attacks (what it could capture now)
     49     value / 10 of an opponent's piece the mover attacks (what the mover could capture)
 
-The attack planes spell out what a small network would otherwise have to learn from a few
-million self-play steps: which squares each side controls and which pieces hang. Attacks are
-pseudo-legal (pins are ignored); a slider's ray stops at the first piece.
+The attack planes spell out what a small network would otherwise have to learn: which squares
+each side controls and which pieces hang. Attacks are pseudo-legal (pins are ignored); a
+slider's ray stops at the first piece. They cost time (README, Performance) and are off by
+default: in 30-minute runs they did not measurably help (README, "Does it learn?").
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ from shogi.compact import PIECE_SLIDES, PIECE_STEPS, PIECE_VALUE
 
 PIECE_PLANES = 28  # 14 piece kinds x 2 sides
 SCALAR_PLANES = 18  # hands, colour, ply, repetition, check
-ATTACK_PLANES = 4  # attacker counts of both sides, attacked pieces of both sides
-NUM_PLANES = PIECE_PLANES + SCALAR_PLANES + ATTACK_PLANES
+NUM_PLANES = PIECE_PLANES + SCALAR_PLANES  # DESIGN.md's layout, the default
+ATTACK_PLANES = 4  # optional: attacker counts of both sides, attacked pieces of both sides
+
+
+def num_planes(attack_planes: bool) -> int:
+    """Input planes of the network: 46, or 50 with the attack planes."""
+    return NUM_PLANES + ATTACK_PLANES * attack_planes
 
 
 @dataclass(frozen=True)
@@ -169,8 +176,9 @@ def attack_counts(pieces: torch.Tensor) -> torch.Tensor:
         return t.side @ squares
 
 
-def encode_planes(state: StateTensors, max_moves: int) -> torch.Tensor:
-    """The float32 planes [N, 50, 9, 9] of a state batch, on the batch's device."""
+def encode_planes(state: StateTensors, max_moves: int, attack_planes: bool = False
+                  ) -> torch.Tensor:
+    """The float32 planes [N, 46 or 50, 9, 9] of a state batch, on the batch's device."""
     if max_moves < 1:
         raise ValueError(f"max_moves must be >= 1, got {max_moves!r}")
     board = state.board.long()
@@ -195,13 +203,14 @@ def encode_planes(state: StateTensors, max_moves: int) -> torch.Tensor:
         ],
         dim=1,
     )
-    attacks = attack_counts(pieces)
-    value = _attack_tables(device).value[board + 14]
-    attacked = torch.stack([torch.where(board > 0, value, 0.0) * (attacks[:, 1] > 0),
-                            torch.where(board < 0, value, 0.0) * (attacks[:, 0] > 0)], dim=1)
-    planes = torch.cat([pieces, scalars.unsqueeze(2).expand(n, SCALAR_PLANES, 81),
-                        attacks / 4.0, attacked], dim=1)
-    return planes.view(n, NUM_PLANES, 9, 9)
+    parts = [pieces, scalars.unsqueeze(2).expand(n, SCALAR_PLANES, 81)]
+    if attack_planes:
+        attacks = attack_counts(pieces)
+        value = _attack_tables(device).value[board + 14]
+        attacked = torch.stack([torch.where(board > 0, value, 0.0) * (attacks[:, 1] > 0),
+                                torch.where(board < 0, value, 0.0) * (attacks[:, 0] > 0)], dim=1)
+        parts += [attacks / 4.0, attacked]
+    return torch.cat(parts, dim=1).view(n, num_planes(attack_planes), 9, 9)
 
 
 def legal_mask(

@@ -142,6 +142,7 @@ class Learner:
                                         self.buffer.returns[:accepted])
         metrics = ppo_update(self.forward, self.model, self.optimizer, self.scaler, self.buffer,
                              self.ppo, max_moves=self.config.env.max_moves,
+                             attack_planes=self.config.model.attack_planes,
                              lr_for_step=lr_for_step, generator=self.generator,
                              autocast=self._autocast)
         if self.device.type == "cuda":

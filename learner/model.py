@@ -1,6 +1,6 @@
 """The policy-value network, masked policy maths, and batched inference for the workers.
 
-`PolicyValueNet` maps planes [N, 50, 9, 9] to 13527 policy logits and a value in [-1, 1] for
+`PolicyValueNet` maps planes [N, 46 or 50, 9, 9] to 13527 policy logits and a value in [-1, 1] for
 the side to move. The policy head is fully convolutional: at every from-square it predicts 160
 channels ("move to k with promote flag", index from*160 + 2*k + promote) and at every to-square
 7 channels ("drop piece", index 12960 + to*7 + piece), which is exactly the action layout.
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from keisei_ray.config import ModelConfig
-from learner.features import NUM_PLANES, from_numpy
+from learner.features import from_numpy, num_planes
 from shogi import NUM_ACTIONS
 
 MOVE_CHANNELS = 160  # 80 to-squares x promote flag, per from-square
@@ -34,6 +34,7 @@ class ModelSpec:
     channels: int
     squeeze_excitation: bool
     norm: str = "group"
+    attack_planes: bool = False  # the input has the 4 attack planes (50 planes, not 46)
 
 
 SIZES: dict[str, ModelSpec] = {
@@ -52,6 +53,7 @@ def spec_for(config: ModelConfig) -> ModelSpec:
         squeeze_excitation=(base.squeeze_excitation if config.squeeze_excitation is None
                             else config.squeeze_excitation),
         norm=config.norm,
+        attack_planes=config.attack_planes,
     )
 
 
@@ -105,7 +107,7 @@ class PolicyValueNet(nn.Module):
         super().__init__()
         self.spec = spec
         c = spec.channels
-        self.stem = _conv_block(spec.norm, NUM_PLANES, c, 3)
+        self.stem = _conv_block(spec.norm, num_planes(spec.attack_planes), c, 3)
         self.tower = nn.Sequential(
             *(ResidualBlock(c, spec.norm, spec.squeeze_excitation) for _ in range(spec.blocks)))
         self.policy_head = nn.Sequential(
@@ -123,7 +125,7 @@ class PolicyValueNet(nn.Module):
         )
 
     def forward(self, planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(policy logits [N, 13527], value [N]) of planes [N, 50, 9, 9]."""
+        """(policy logits [N, 13527], value [N]) of planes [N, 46 or 50, 9, 9]."""
         x = self.tower(self.stem(planes))
         n = x.shape[0]
         # [N, 167, 9, 9] -> [N, 81 squares, 167]: square-major, then the channel within it.
@@ -313,9 +315,9 @@ def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
     for name, array in weights.items():
         target = own[name]
         if name == "stem.0.weight" and array.shape[1:2] != target.shape[1:2]:
-            raise ValueError(f"the weights take {array.shape[1]} input planes, this version's "
-                             f"features have {target.shape[1]}: made by another keisei-ray "
-                             f"version, retrain or use that version")
+            raise ValueError(f"the weights take {array.shape[1]} input planes, the model "
+                             f"{target.shape[1]} (model.attack_planes: 46 planes without, 50 "
+                             f"with)")
         if tuple(array.shape) != tuple(target.shape):
             raise ValueError(f"weight {name!r}: shape {list(array.shape)} does not match the "
                              f"model's {list(target.shape)}")

@@ -77,6 +77,7 @@ def ppo_update(
     ppo: PPOConfig,
     *,
     max_moves: int,
+    attack_planes: bool = False,
     lr_for_step: Callable[[int, int], float],
     generator: torch.Generator,
     autocast: Callable[[], AbstractContextManager[object]],
@@ -101,7 +102,7 @@ def ppo_update(
         order = torch.randperm(n, generator=generator).to(buffer.device)
         for start in range(0, n, ppo.minibatch_size):
             rows = order[start:start + ppo.minibatch_size]
-            batch = buffer.minibatch(rows, max_moves)
+            batch = buffer.minibatch(rows, max_moves, attack_planes)
             with autocast():
                 logits, values = forward(batch.planes)
             loss, stats = ppo_loss(logits, values, batch, ppo)

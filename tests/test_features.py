@@ -10,6 +10,7 @@ import torch
 
 from keisei_ray.bench_learner import bench_features
 from learner.features import (
+    ATTACK_PLANES,
     HAND_MAX,
     NUM_PLANES,
     encode_planes,
@@ -63,7 +64,7 @@ def test_chosen_planes_of_a_hand_built_position() -> None:
 def reference_planes(state: CompactState, max_moves: int) -> np.ndarray:
     """Square by square, straight from the layout table."""
     n = len(state)
-    out = np.zeros((n, NUM_PLANES, 9, 9), dtype=np.float32)
+    out = np.zeros((n, NUM_PLANES + ATTACK_PLANES, 9, 9), dtype=np.float32)
     for i in range(n):
         for sq in range(81):
             code = int(state.board[i, sq])
@@ -124,13 +125,17 @@ def random_states(n: int, seed: int) -> CompactState:
 
 def test_matches_the_square_by_square_reference() -> None:
     state = random_states(64, seed=1)
-    planes = encode_planes(to_tensors(state), max_moves=300).numpy()
-    np.testing.assert_allclose(planes, reference_planes(state, 300), rtol=0, atol=1e-7)
+    expected = reference_planes(state, 300)
+    planes = encode_planes(to_tensors(state), max_moves=300, attack_planes=True).numpy()
+    np.testing.assert_allclose(planes, expected, rtol=0, atol=1e-7)
+    # Without the attack planes: DESIGN.md's 46, the same numbers.
+    plain = encode_planes(to_tensors(state), max_moves=300).numpy()
+    np.testing.assert_array_equal(plain, planes[:, :NUM_PLANES])
 
 
 def attacks_of(state: CompactState) -> np.ndarray:
     """[N, 2, 81] attacker counts (mover's, opponent's) as the planes 46-47 carry them."""
-    planes = encode_planes(to_tensors(state), max_moves=512)[:, 46:48] * 4
+    planes = encode_planes(to_tensors(state), max_moves=512, attack_planes=True)[:, 46:48] * 4
     return planes.reshape(len(state), 2, 81).numpy()
 
 
@@ -170,7 +175,7 @@ def test_hand_built_attacks() -> None:
     assert own[3, 3] == 1  # the dragon's diagonal step reaches the tokin
     assert opponent[4, 3] == 1 and opponent[4, 4] == 1  # the tokin moves down the board
     assert opponent[5, 6] == 0
-    planes = encode_planes(to_tensors(state), max_moves=512)[0]
+    planes = encode_planes(to_tensors(state), max_moves=512, attack_planes=True)[0]
     assert planes[48, 4, 4] == pytest.approx(1.2)  # the dragon (value 12) is attacked
     assert planes[49, 3, 3] == pytest.approx(0.7)  # and attacks the tokin (value 7)
     assert planes[48].count_nonzero() == 1 and planes[49].count_nonzero() == 1  # kings: 0
@@ -209,8 +214,8 @@ def test_gather_csr_selects_rows_in_order() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu() -> None:
     state = random_states(32, seed=3)
-    cpu = encode_planes(to_tensors(state), max_moves=512)
-    gpu = encode_planes(to_tensors(state, "cuda"), max_moves=512)
+    cpu = encode_planes(to_tensors(state), max_moves=512, attack_planes=True)
+    gpu = encode_planes(to_tensors(state, "cuda"), max_moves=512, attack_planes=True)
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=0)
     offsets = np.array([0, 2, 2, 3], dtype=np.int32)
@@ -220,5 +225,7 @@ def test_cuda_matches_cpu() -> None:
 
 
 def test_features_benchmark_returns_its_figures() -> None:
-    figures = bench_features(64, num_games=4, steps=4, repeats=1)
-    assert figures["batch"] == 64 and figures["positions per s"] > 0
+    for attack_planes in (False, True):
+        figures = bench_features(64, num_games=4, steps=4, repeats=1,
+                                 attack_planes=attack_planes)
+        assert figures["batch"] == 64 and figures["positions per s"] > 0

@@ -239,9 +239,8 @@ def test_load_weights_names_the_mismatch() -> None:
     bad = dict(weights, **{"stem.1.weight": np.zeros((1, 2), dtype=np.float32)})
     with pytest.raises(ValueError, match=r"stem\.1\.weight"):
         load_weights(model, bad)
-    # Weights from a version whose features had another number of planes (46 before the
-    # attack planes) are named as such.
-    stem = weights["stem.0.weight"]
-    old = dict(weights, **{"stem.0.weight": stem[:, :46]})
-    with pytest.raises(ValueError, match=f"take 46 input planes.*features have {NUM_PLANES}"):
-        load_weights(model, old)
+    # Weights of a model with the other input layout (model.attack_planes) are named as such.
+    with_attacks = export_weights(build_model(ModelConfig(size="tiny", attack_planes=True)))
+    with pytest.raises(ValueError, match=f"take {NUM_PLANES + 4} input planes, the model "
+                                         f"{NUM_PLANES}"):
+        load_weights(model, with_attacks)

@@ -133,6 +133,19 @@ def test_real_policy_batches_are_consistent_and_reproducible() -> None:
             assert batch.action[i] in legal
 
 
+def test_attack_planes_reach_the_worker_and_the_learner() -> None:
+    from learner import Learner
+
+    cfg = load_config(None, ["model.size=tiny", "model.attack_planes=true",
+                             "train.rollout_steps=4", "train.games_per_worker=4"])
+    worker = SelfPlayWorker(cfg, worker_id=0)
+    assert worker.model.stem[0].in_channels == 50
+    batch = decode(worker.collect(export_weights(worker.model), 0)[1])
+    learner = Learner(cfg, capacity=len(batch), device="cpu", total_timesteps=1_000)
+    metrics = learner.update([batch])
+    assert metrics["accepted"] == len(batch) and np.isfinite(metrics["policy_loss"])
+
+
 def test_worker_seeds_differ() -> None:
     cfg = load_config(None, ["model.size=tiny", "train.rollout_steps=4",
                              "train.games_per_worker=2"])
