@@ -55,8 +55,8 @@ class ModelConfig(Section):
         None, description="squeeze-excitation in each block (None: the size's)")
     attack_planes: bool = Field(
         False, description="4 more input planes: how many pieces of each side attack each "
-        "square, and the value of each attacked piece (costs the workers about 20% of their "
-        "speed on a CPU)")
+        "square, and the value of each attacked piece (costs a CPU worker about 16% of its "
+        "decisions per second)")
     norm: Literal["group", "batch"] = Field(
         "group", description="group: GroupNorm, the same numbers in training and in the "
         "workers' eval mode, so PPO's ratio starts at exactly 1; batch: BatchNorm, whose batch "
