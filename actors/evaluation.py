@@ -29,7 +29,7 @@ from torch import nn
 
 from keisei_ray.config import Config, ModelConfig
 from learner.features import encode_planes, legal_mask, to_tensors
-from learner.model import build_model, choose_actions, load_weights
+from learner.model import ModelSpec, build_model, choose_actions, load_weights
 from shogi import (
     Color,
     CompactState,
@@ -95,7 +95,7 @@ class PolicyPlayer:
 
     def __init__(self, name: str, model: nn.Module, max_moves: int, *, greedy: bool = True,
                  temperature: float = 1.0, sample_plies: int = 0, seed: int = 0,
-                 avoid_repetition: bool = False, attack_planes: bool = False) -> None:
+                 avoid_repetition: bool = False) -> None:
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if max_moves < 1:
@@ -107,7 +107,10 @@ class PolicyPlayer:
         self.temperature = temperature
         self.sample_plies = sample_plies
         self.avoid_repetition = avoid_repetition
-        self.attack_planes = attack_planes  # the model's input layout (model.attack_planes)
+        # The input layout the network was built for (model.attack_planes); stand-in modules
+        # without a spec take DESIGN.md's 46 planes.
+        spec = getattr(model, "spec", None)
+        self.attack_planes = bool(spec.attack_planes) if isinstance(spec, ModelSpec) else False
         self.generator = torch.Generator().manual_seed(seed)
 
     @classmethod
@@ -115,7 +118,7 @@ class PolicyPlayer:
                      max_moves: int, **kwargs: Any) -> PolicyPlayer:
         model = build_model(config)
         load_weights(model, weights)
-        return cls(name, model, max_moves, attack_planes=config.attack_planes, **kwargs)
+        return cls(name, model, max_moves, **kwargs)
 
     def choose(self, positions: Sequence[Position]) -> list[Move]:
         return self.decide(positions).moves

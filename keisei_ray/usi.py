@@ -250,8 +250,7 @@ class UsiEngine:
                     self._model.eval()
                 player = PolicyPlayer(c.name, self._model, self.max_moves, greedy=o.greedy,
                                       temperature=o.temperature, seed=o.seed,
-                                      avoid_repetition=o.avoid_repetition,
-                                      attack_planes=c.model.attack_planes)
+                                      avoid_repetition=o.avoid_repetition)
                 player.decide([Position()])  # warm-up: the first real `go` is then fast
                 self.player = player
         return self.player

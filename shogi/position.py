@@ -151,8 +151,12 @@ class Position:
         """The legal moves as sorted int16 action indices (see `shogi.actions`)."""
         if self.outcome() is not None:
             return np.zeros(0, dtype=np.int16)
-        moves = np.asarray(self._legal_ints(), dtype=np.int64) & MOVE16_MASK
-        return np.sort(MOVE16_TO_ACTION[int(self.turn), moves])
+        return self._actions(self._legal_ints())
+
+    def _actions(self, moves: list[int]) -> np.ndarray:
+        """cshogi moves of the side to move -> sorted int16 action indices."""
+        move16 = np.asarray(moves, dtype=np.int64) & MOVE16_MASK
+        return np.sort(MOVE16_TO_ACTION[int(self.turn), move16])
 
     def repeating_actions(self) -> np.ndarray:
         """The legal actions (sorted int16, as `legal_actions`) whose move leads to a
@@ -166,8 +170,7 @@ class Position:
             if board.zobrist_hash() in self._seen:
                 repeating.append(move)
             board.pop()
-        moves = np.asarray(repeating, dtype=np.int64) & MOVE16_MASK
-        return np.sort(MOVE16_TO_ACTION[int(self.turn), moves])
+        return self._actions(repeating)
 
     def mate_in_one(self) -> Move | None:
         """A legal move that mates at once, or None. Uses cshogi's 1-ply mate search, which

@@ -19,7 +19,7 @@ from actors.evaluation import (
     lower_priority,
     play_match,
 )
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config, ModelConfig, load_config
 from learner.features import encode_planes, to_tensors
 from learner.model import build_model, export_weights
 from shogi import NUM_ACTIONS, Color, Move, Outcome, Position, Termination, move_to_action
@@ -104,6 +104,15 @@ class Prefers(nn.Module):
     def forward(self, planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = planes.shape[0]
         return self.logits.expand(n, -1), torch.zeros(n)
+
+
+def test_network_player_feeds_the_input_layout_its_model_was_built_for() -> None:
+    for attack_planes in (False, True):
+        model_config = ModelConfig(size="tiny", attack_planes=attack_planes)
+        weights = export_weights(build_model(model_config))
+        player = PolicyPlayer.from_weights("net", model_config, weights, 48)
+        assert player.attack_planes is attack_planes
+        assert player.choose([Position()])[0] in Position().legal_moves()
 
 
 @pytest.mark.parametrize("avoid", [True, False])
