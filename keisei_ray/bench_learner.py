@@ -21,8 +21,9 @@ from keisei_ray.config import Config, ModelConfig
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
 from learner.learner import Learner
-from learner.model import PolicyValueNet, act, build_model
-from shogi import CompactState, VecEnv
+from learner.model import LegalPolicy, PolicyValueNet, act, build_model
+from shogi import CompactState, Position, RandomPlayer, VecEnv, move_to_action
+from shogi.players import PIECE_VALUES
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ def bench_ppo(
     minibatch_size: int = 256,
     seed: int = 0,
     attack_planes: bool = False,
+    policy_head: str = "relative",
 ) -> dict[str, Any]:
     """PPO update throughput (transitions absorbed per second) per model size.
 
@@ -198,12 +200,12 @@ def bench_ppo(
     batch = collect_experience(games, max(1, transitions // games), seed=seed)
     figures: dict[str, Any] = {"device": device, "amp": amp, "compile": compile,
                                "transitions": len(batch), "epochs": epochs,
-                               "attack planes": attack_planes}
+                               "attack planes": attack_planes, "policy head": policy_head}
     if device.startswith("cuda") and torch.cuda.is_available():
         figures["gpu"] = torch.cuda.get_device_name()
     for size in sizes:
         config = Config.model_validate({
-            "model": {"size": size, "attack_planes": attack_planes},
+            "model": {"size": size, "attack_planes": attack_planes, "policy_head": policy_head},
             "ppo": {"epochs": epochs, "minibatch_size": minibatch_size, "amp": amp,
                     "compile": compile, "max_policy_lag": 1_000},
         })
@@ -212,6 +214,96 @@ def bench_ppo(
         learner.update([batch])
         metrics = learner.update([batch])
         figures[f"{size} samples per s"] = metrics["samples_per_s"]
+    return figures
+
+
+def tactics_positions(count: int, seed: int) -> tuple[list[CompactState], list[np.ndarray],
+                                                      list[np.ndarray]]:
+    """Positions of random games where the heuristic player has a reason for its move: (states,
+    legal actions, target actions) with the targets its mate in one, else its most valuable
+    captures (all of them: ties are equally right)."""
+    player = RandomPlayer(seed)
+    states: list[CompactState] = []
+    legal: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    while len(states) < count:
+        position = Position()
+        while not position.is_game_over() and len(states) < count:
+            mate = position.mate_in_one()
+            if mate is not None:
+                best = [mate]
+            else:
+                captures = [(PIECE_VALUES[target.upper()], move) for move in position.legal_moves()
+                            if not move.is_drop
+                            and (target := position.piece_at(move.to_square)) is not None]
+                top = max((value for value, _ in captures), default=0)
+                best = [move for value, move in captures if value == top]
+            if best:
+                states.append(position.compact())
+                legal.append(position.legal_actions())
+                targets.append(np.array([move_to_action(m, position.turn) for m in best]))
+            position.push(player.choose(position))
+    return states, legal, targets
+
+
+def bench_policy_head(positions: int = 20_000, steps: int = 600, *, size: str = "small",
+                      minibatch_size: int = 256, test_positions: int = 2_000, seed: int = 0
+                      ) -> dict[str, Any]:
+    """How fast each policy head learns the heuristic player's tactics, supervised.
+
+    Both heads (same tower, same seed, Adam at 1e-3) are trained by cross-entropy to put their
+    probability on the heuristic's choices (mate in one, else the most valuable capture) in
+    positions of random games, and tested on positions of other random games: the share of
+    test positions whose greedy move is one of the targets, after each quarter of the steps.
+    A proxy for what PPO must discover from rewards; it isolates the head's inductive bias.
+    """
+    train_set = tactics_positions(positions, seed + 1)
+    test_set = tactics_positions(test_positions, seed + 2)
+
+    def tensors(data: tuple[list[CompactState], list[np.ndarray], list[np.ndarray]],
+                rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor]:
+        states, legal, targets = data
+        planes = encode_planes(to_tensors(CompactState.concat([states[i] for i in rows])), 512)
+        counts = [len(legal[i]) for i in rows]
+        offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]))
+        actions = torch.from_numpy(np.concatenate([legal[i] for i in rows]).astype(np.int64))
+        # Target probability of each legal entry: uniform over the row's targets.
+        weight = np.concatenate([np.isin(legal[i], targets[i]) / len(targets[i]) for i in rows])
+        return planes, offsets, actions, torch.from_numpy(weight.astype(np.float32))
+
+    test = tensors(test_set, range(test_positions))
+    test_targets = test_set[2]
+
+    def accuracy(model: PolicyValueNet) -> float:
+        planes, offsets, actions, _ = test
+        with torch.inference_mode():
+            chosen = LegalPolicy.from_csr(model.eval()(planes)[0], offsets, actions).choose(
+                greedy=True).tolist()
+        model.train()
+        return float(np.mean([a in targets for a, targets in zip(chosen, test_targets,
+                                                                   strict=True)]))
+
+    figures: dict[str, Any] = {"train positions": positions, "test positions": test_positions,
+                               "size": size, "steps": steps, "minibatch": minibatch_size}
+    quarters = {max(1, steps * q // 4) for q in (1, 2, 3, 4)}
+    for head in ("relative", "absolute"):
+        torch.manual_seed(seed)
+        model = build_model(ModelConfig(size=size, policy_head=head))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        rng = np.random.default_rng(seed)
+        start = time.perf_counter()
+        for step in range(1, steps + 1):
+            planes, offsets, actions, weight = tensors(
+                train_set, rng.choice(positions, minibatch_size, replace=False).tolist())
+            policy = LegalPolicy.from_csr(model(planes)[0], offsets, actions)
+            loss = -(weight * policy.log_probs).sum() / minibatch_size
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step in quarters:
+                figures[f"{head} test accuracy @{step}"] = accuracy(model)
+        figures[f"{head} train s"] = time.perf_counter() - start
     return figures
 
 

@@ -23,7 +23,8 @@ from learner.model import act, build_model, export_weights, load_weights
 
 
 def bench_worker(size: str = "small", games: int = 64, steps: int = 32, seconds: float = 5.0,
-                 threads: int = 1, attack_planes: bool = False) -> dict[str, Any]:
+                 threads: int = 1, attack_planes: bool = False,
+                 policy_head: str = "relative") -> dict[str, Any]:
     """Self-play decisions/s of one worker vs pure batched inference of its model.
 
     Same model, same batch size (the worker's games), same thread count, one process. The
@@ -34,7 +35,8 @@ def bench_worker(size: str = "small", games: int = 64, steps: int = 32, seconds:
     torch.set_num_threads(threads)
     config = load_config(None, [f"model.size={size}", f"train.games_per_worker={games}",
                                 f"train.rollout_steps={steps}",
-                                f"model.attack_planes={str(attack_planes).lower()}"])
+                                f"model.attack_planes={str(attack_planes).lower()}",
+                                f"model.policy_head={policy_head}"])
     worker = SelfPlayWorker(config, worker_id=0)
     weights = export_weights(worker.model)
     worker.collect(weights, 0)  # warm-up, and positions from a real game state

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import yaml
 
-from keisei_ray.config import Config, ConfigError, dump, validate
+from keisei_ray.config import Config, ConfigError, dump, saved_model_config, validate
 from keisei_ray.events import (
     Callback,
     CheckpointSaved,
@@ -70,7 +70,8 @@ _NAME = re.compile(r"^ckpt-(\d+)$")
 
 # Config fields whose change makes the saved learner state unusable.
 INCOMPATIBLE_FIELDS = ("model.size", "model.blocks", "model.channels",
-                       "model.squeeze_excitation", "model.norm", "ppo.optimizer")
+                       "model.squeeze_excitation", "model.norm", "model.attack_planes",
+                       "model.policy_head", "ppo.optimizer")
 # Config fields whose change makes the saved games unusable (workers then start new games).
 WORKER_FIELDS = ("env.max_moves", "env.impasse", "train.games_per_worker")
 
@@ -332,7 +333,10 @@ def _torch_load(path: Path) -> Any:
 
 def _read_config(path: Path) -> Config:
     try:
-        return validate(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {})
+        data = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):
+            data["model"] = saved_model_config(data["model"])
+        return validate(data)
     except (OSError, yaml.YAMLError, ConfigError) as exc:
         raise CheckpointError(f"checkpoint {path}: bad config.yaml ({exc})") from None
 

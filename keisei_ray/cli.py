@@ -106,6 +106,7 @@ def _print_figures(title: str, figures: dict[str, Any], as_json: bool) -> None:
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")]
+PolicyHeadOpt = Annotated[str, typer.Option(help="model.policy_head: relative or absolute.")]
 
 
 @bench_app.command("env")
@@ -149,6 +150,7 @@ def bench_ppo_cmd(
     compile_model: Annotated[bool, typer.Option("--compile")] = False,
     minibatch: int = 256,
     attack_planes: bool = False,
+    policy_head: PolicyHeadOpt = "relative",
     as_json: JsonOpt = False,
 ) -> None:
     """PPO update throughput (samples/s) per model size."""
@@ -157,7 +159,18 @@ def bench_ppo_cmd(
     _print_figures("PPO learner", bench_ppo(tuple(sizes.split(",")), transitions=transitions,
                                             device=device, amp=amp, compile=compile_model,
                                             minibatch_size=minibatch,
-                                            attack_planes=attack_planes), as_json)
+                                            attack_planes=attack_planes,
+                                            policy_head=policy_head), as_json)
+
+
+@bench_app.command("policy-head")
+def bench_policy_head_cmd(positions: int = 20_000, steps: int = 600, size: str = "small",
+                          as_json: JsonOpt = False) -> None:
+    """Supervised proxy: how fast each policy head learns mate-in-one and best captures."""
+    from keisei_ray.bench_learner import bench_policy_head
+
+    _print_figures("Policy head (supervised tactics)",
+                   bench_policy_head(positions, steps, size=size), as_json)
 
 
 @bench_app.command("weights")
@@ -172,12 +185,13 @@ def bench_weights_cmd(size: str = "large", half: bool = False, device: str = "cp
 @bench_app.command("worker")
 def bench_worker_cmd(size: str = "small", games: int = 64, steps: int = 32,
                      seconds: float = 5.0, attack_planes: bool = False,
-                     as_json: JsonOpt = False) -> None:
+                     policy_head: PolicyHeadOpt = "relative", as_json: JsonOpt = False) -> None:
     """Self-play worker decisions/s vs pure batched inference of the same model (roofline)."""
     from keisei_ray.bench_train import bench_worker
 
     _print_figures("Worker roofline", bench_worker(size, games, steps, seconds,
-                                                   attack_planes=attack_planes), as_json)
+                                                   attack_planes=attack_planes,
+                                                   policy_head=policy_head), as_json)
 
 
 @bench_app.command("broadcast")

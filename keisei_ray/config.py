@@ -57,6 +57,11 @@ class ModelConfig(Section):
         False, description="4 more input planes: how many pieces of each side attack each "
         "square, and the value of each attacked piece (costs a CPU worker about 16% of its "
         "decisions per second)")
+    policy_head: Literal["relative", "absolute"] = Field(
+        "relative", description="relative: board moves scored per (direction and distance, "
+        "promotion), the same channel at every square (AlphaZero's encoding); absolute: per "
+        "destination square (the older layout, far slower to learn; kept to load older "
+        "checkpoints)")
     norm: Literal["group", "batch"] = Field(
         "group", description="group: GroupNorm, the same numbers in training and in the "
         "workers' eval mode, so PPO's ratio starts at exactly 1; batch: BatchNorm, whose batch "
@@ -365,6 +370,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: top level must be a mapping, got "
                           f"{type(data).__name__}")
     return data
+
+
+# Model fields added after files were saved without them, and the value those files were made
+# with: a saved config holds every field, so a missing one dates the file.
+_ADDED_MODEL_FIELDS = {"policy_head": "absolute"}
+
+
+def saved_model_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A model config read back from a checkpoint or model file, completed with the values of
+    fields that did not exist when it was written (so older files still load)."""
+    return {**_ADDED_MODEL_FIELDS, **data}
 
 
 def validate(data: Mapping[str, Any]) -> Config:

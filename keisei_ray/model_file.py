@@ -19,7 +19,7 @@ import torch
 from pydantic import ValidationError
 
 from keisei_ray.checkpoint import CheckpointError, read_model_state
-from keisei_ray.config import ModelConfig
+from keisei_ray.config import ModelConfig, saved_model_config
 from learner.model import PolicyValueNet, build_model, load_weights
 
 FORMAT = "keisei-ray-model/1"
@@ -75,8 +75,8 @@ def load_model(path: str | Path) -> LoadedModel:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ModelFileError(f"model file {path}: not a {FORMAT} file (format {found!r})")
     try:
-        config = ModelConfig.model_validate(payload["model_config"])
-    except (KeyError, ValidationError) as exc:
+        config = ModelConfig.model_validate(saved_model_config(payload["model_config"]))
+    except (KeyError, TypeError, ValidationError) as exc:
         raise ModelFileError(f"model file {path}: bad model config ({exc})") from None
     weights = payload.get("weights")
     if not isinstance(weights, dict):

@@ -1,9 +1,16 @@
 """The policy-value network, masked policy maths, and batched inference for the workers.
 
 `PolicyValueNet` maps planes [N, 46 or 50, 9, 9] to 13527 policy logits and a value in [-1, 1] for
-the side to move. The policy head is fully convolutional: at every from-square it predicts 160
-channels ("move to k with promote flag", index from*160 + 2*k + promote) and at every to-square
-7 channels ("drop piece", index 12960 + to*7 + piece), which is exactly the action layout.
+the side to move. The policy head is fully convolutional. At every to-square it predicts 7
+channels ("drop piece", index 12960 + to*7 + piece). For board moves, the default `relative`
+head predicts at every from-square one channel per (displacement, promote flag): 68
+displacements (the 8 lines and diagonals up to 8 squares, 4 knight jumps) x 2 = 136 channels, so
+a channel means the same move everywhere (AlphaZero's encoding) and a 3x3 convolution sees the
+piece it would capture. A fixed gather puts them in the action layout (from*160 + 2*k +
+promote); the 65 (from, to) pairs per square no piece can ever move between get a constant 0,
+they are never legal. The `absolute` head (the older layout) predicts 160 channels "to square k"
+at every from-square: a shared 1x1 convolution then has to know where it is to rank targets,
+and learned captures far slower (README, "Does it learn?").
 
 `LegalPolicy` restricts the logits to each row's legal actions, sparsely and NaN-free.
 """
@@ -35,6 +42,7 @@ class ModelSpec:
     squeeze_excitation: bool
     norm: str = "group"
     attack_planes: bool = False  # the input has the 4 attack planes (50 planes, not 46)
+    policy_head: str = "relative"  # board moves by displacement, or by absolute to-square
 
 
 SIZES: dict[str, ModelSpec] = {
@@ -54,7 +62,32 @@ def spec_for(config: ModelConfig) -> ModelSpec:
                             else config.squeeze_excitation),
         norm=config.norm,
         attack_planes=config.attack_planes,
+        policy_head=config.policy_head,
     )
+
+
+def _displacements() -> list[tuple[int, int]]:
+    """(rows, columns) a shogi piece can ever move by: lines, diagonals, knight jumps."""
+    return sorted((dr, dc) for dr in range(-8, 9) for dc in range(-8, 9) if (dr, dc) != (0, 0)
+                  and (dr == 0 or dc == 0 or abs(dr) == abs(dc) or (abs(dr), abs(dc)) == (2, 1)))
+
+
+RELATIVE_CHANNELS = 2 * len(_displacements())  # 136
+
+
+def relative_move_index() -> torch.Tensor:
+    """long [12960]: for each board action, its entry in the relative head's flattened
+    [81 from-squares x 136] output; 81 * 136 (an appended constant 0) where no piece can move."""
+    frm, rest = np.divmod(np.arange(81 * MOVE_CHANNELS), MOVE_CHANNELS)
+    k, promote = np.divmod(rest, 2)
+    to = k + (k >= frm)
+    channel = {d: 2 * i for i, d in enumerate(_displacements())}
+    index = np.full(len(frm), 81 * RELATIVE_CHANNELS, dtype=np.int64)
+    for j, d in enumerate(zip((to // 9 - frm // 9).tolist(), (to % 9 - frm % 9).tolist(),
+                              strict=True)):
+        if d in channel:
+            index[j] = frm[j] * RELATIVE_CHANNELS + channel[d] + promote[j]
+    return torch.from_numpy(index)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -110,9 +143,15 @@ class PolicyValueNet(nn.Module):
         self.stem = _conv_block(spec.norm, num_planes(spec.attack_planes), c, 3)
         self.tower = nn.Sequential(
             *(ResidualBlock(c, spec.norm, spec.squeeze_excitation) for _ in range(spec.blocks)))
+        if spec.policy_head not in ("relative", "absolute"):
+            raise ValueError(f"unknown policy head {spec.policy_head!r} "
+                             "(expected 'relative' or 'absolute')")
+        self.move_channels = RELATIVE_CHANNELS if spec.policy_head == "relative" else MOVE_CHANNELS
+        # Not part of the weights: a fixed table that follows the model to its device.
+        self.register_buffer("move_index", relative_move_index(), persistent=False)
         self.policy_head = nn.Sequential(
             _conv_block(spec.norm, c, c, 3),
-            nn.Conv2d(c, MOVE_CHANNELS + DROP_CHANNELS, 1),
+            nn.Conv2d(c, self.move_channels + DROP_CHANNELS, 1),
         )
         hidden = max(64, c)
         self.value_head = nn.Sequential(
@@ -128,10 +167,14 @@ class PolicyValueNet(nn.Module):
         """(policy logits [N, 13527], value [N]) of planes [N, 46 or 50, 9, 9]."""
         x = self.tower(self.stem(planes))
         n = x.shape[0]
-        # [N, 167, 9, 9] -> [N, 81 squares, 167]: square-major, then the channel within it.
+        # [N, C, 9, 9] -> [N, 81 squares, C]: square-major, then the channel within it.
         heads = self.policy_head(x).flatten(2).transpose(1, 2)
-        moves = heads[:, :, :MOVE_CHANNELS].reshape(n, 81 * MOVE_CHANNELS)
-        drops = heads[:, :, MOVE_CHANNELS:].reshape(n, 81 * DROP_CHANNELS)
+        m = self.move_channels
+        moves = heads[:, :, :m].reshape(n, 81 * m)
+        if self.spec.policy_head == "relative":
+            moves = torch.cat([moves, moves.new_zeros(n, 1)], dim=1).index_select(
+                1, self.move_index)
+        drops = heads[:, :, m:].reshape(n, 81 * DROP_CHANNELS)
         return torch.cat([moves, drops], dim=1), self.value_head(x).squeeze(1)
 
 
@@ -318,6 +361,12 @@ def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
             raise ValueError(f"the weights take {array.shape[1]} input planes, the model "
                              f"{target.shape[1]} (model.attack_planes: 46 planes without, 50 "
                              f"with)")
+        if name == "policy_head.1.weight" and array.shape[0] != target.shape[0]:
+            kind = {RELATIVE_CHANNELS + DROP_CHANNELS: "relative",
+                    MOVE_CHANNELS + DROP_CHANNELS: "absolute"}.get(array.shape[0], "unknown")
+            raise ValueError(f"the weights have the {kind} policy head ({array.shape[0]} "
+                             f"channels), the model {target.shape[0]} (model.policy_head: set "
+                             f"it to {kind!r} to load them)")
         if tuple(array.shape) != tuple(target.shape):
             raise ValueError(f"weight {name!r}: shape {list(array.shape)} does not match the "
                              f"model's {list(target.shape)}")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import keisei_ray.checkpoint as ckpt
 from actors.self_play import SelfPlayWorker
@@ -220,6 +221,11 @@ def test_incompatible_config_is_refused_naming_the_field() -> None:
         check_compatible(saved, tiny_config("model.size=small"), "x")
     with pytest.raises(CheckpointError, match="ppo.optimizer"):
         check_compatible(saved, tiny_config("ppo.optimizer=adamw"), "x")
+    with pytest.raises(CheckpointError, match="model.policy_head is 'relative' in the "
+                                              "checkpoint, 'absolute' now"):
+        check_compatible(saved, tiny_config("model.policy_head=absolute"), "x")
+    with pytest.raises(CheckpointError, match="model.attack_planes"):
+        check_compatible(saved, tiny_config("model.attack_planes=true"), "x")
     with pytest.raises(CheckpointError, match="ppo.amp"):
         check_compatible(saved, tiny_config("ppo.amp=fp16"), "x")
     assert check_compatible(saved, tiny_config("ppo.learning_rate=0.1"), "x") == []
@@ -355,3 +361,16 @@ def test_resumed_run_sets_aside_checkpoints_from_a_lost_future(
                                                            "ckpt-000000000096"]
     assert [p.name.split(".")[0] for p in (run_dir / "checkpoints").glob("*.abandoned-*")] == [
         "ckpt-000000000192"]
+
+
+def test_a_saved_config_from_before_the_policy_head_option_reads_as_the_absolute_head(
+        tmp_path: Path) -> None:
+    # Saved configs hold every field: one without model.policy_head predates the option.
+    config = load_config(None, ["model.size=tiny"])
+    data = config.model_dump(mode="json")
+    del data["model"]["policy_head"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert ckpt._read_config(tmp_path).model.policy_head == "absolute"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")),
+                                          encoding="utf-8")
+    assert ckpt._read_config(tmp_path).model.policy_head == "relative"

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from keisei_ray.bench_learner import bench_ppo, bench_weights, collect_experience
+from keisei_ray.bench_learner import (
+    bench_policy_head,
+    bench_ppo,
+    bench_weights,
+    collect_experience,
+    tactics_positions,
+)
 from keisei_ray.codec import ExperienceBatch, encode
 from keisei_ray.config import Config
 from learner import Learner
@@ -178,3 +184,18 @@ def test_benchmarks_return_their_figures() -> None:
     assert ppo["tiny samples per s"] > 0 and ppo["device"] == "cpu"
     weights = bench_weights("tiny", repeats=1)
     assert weights["weights() ms"] > 0 and weights["parameters"] > 0
+
+
+def test_tactics_positions_target_the_heuristic_choices() -> None:
+    states, legal, targets = tactics_positions(60, seed=3)
+    assert len(states) == len(legal) == len(targets) == 60
+    for state, actions, best in zip(states, legal, targets, strict=True):
+        assert len(state) == 1 and len(best) >= 1 and np.isin(best, actions).all()
+
+
+def test_policy_head_benchmark_returns_its_figures() -> None:
+    figures = bench_policy_head(positions=300, steps=4, size="tiny", minibatch_size=32,
+                                test_positions=40)
+    for head in ("relative", "absolute"):
+        assert 0.0 <= figures[f"{head} test accuracy @4"] <= 1.0
+        assert figures[f"{head} train s"] > 0

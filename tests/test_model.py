@@ -15,6 +15,7 @@ from learner.features import NUM_PLANES
 from learner.model import (
     DROP_CHANNELS,
     MOVE_CHANNELS,
+    RELATIVE_CHANNELS,
     SIZES,
     LegalPolicy,
     PolicyValueNet,
@@ -23,9 +24,10 @@ from learner.model import (
     choose_actions,
     export_weights,
     load_weights,
+    relative_move_index,
     spec_for,
 )
-from shogi import NUM_ACTIONS
+from shogi import NUM_ACTIONS, VecEnv
 
 
 def planes(n: int, seed: int = 0) -> torch.Tensor:
@@ -61,15 +63,19 @@ def test_large_has_about_ten_million_parameters() -> None:
 class KnownHead(nn.Module):
     """Policy-head stand-in: channel c at square s holds c * 1000 + s."""
 
+    def __init__(self, move_channels: int) -> None:
+        super().__init__()
+        self.channels = move_channels + DROP_CHANNELS
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = torch.arange(MOVE_CHANNELS + DROP_CHANNELS).view(1, -1, 1, 1) * 1000.0
+        channels = torch.arange(self.channels).view(1, -1, 1, 1) * 1000.0
         squares = torch.arange(81).view(1, 1, 9, 9).float()
         return (channels + squares).expand(x.shape[0], -1, -1, -1)
 
 
-def test_policy_logits_follow_the_action_layout() -> None:
-    model = build_model(ModelConfig(size="tiny")).eval()
-    model.policy_head = KnownHead()
+def test_absolute_policy_logits_follow_the_action_layout() -> None:
+    model = build_model(ModelConfig(size="tiny", policy_head="absolute")).eval()
+    model.policy_head = KnownHead(MOVE_CHANNELS)
     logits, _ = model(planes(2))
     # Move: from*160 + 2*k + promote <- channel 2*k + promote at the from-square.
     src, k, promote = 37, 52, 1
@@ -77,6 +83,52 @@ def test_policy_logits_follow_the_action_layout() -> None:
     # Drop: 12960 + to*7 + piece <- channel 160 + piece at the to-square.
     to, piece = 80, 6
     assert logits[0, 12960 + to * 7 + piece] == (160 + piece) * 1000 + to
+
+
+def board_action(frm: int, to: int, promote: int) -> int:
+    return frm * 160 + 2 * (to - (to > frm)) + promote
+
+
+def test_relative_policy_logits_are_the_same_channel_for_the_same_move_everywhere() -> None:
+    model = build_model(ModelConfig(size="tiny")).eval()
+    model.policy_head = KnownHead(RELATIVE_CHANNELS)
+    logits = model(planes(1))[0][0]
+
+    def channel_and_square(frm: int, to: int, promote: int) -> tuple[int, int]:
+        value = int(logits[board_action(frm, to, promote)])
+        return value // 1000, value % 1000
+
+    # One step forward (row - 1), from two squares: one channel, read at each from-square.
+    up_a, up_b = channel_and_square(40, 31, 0), channel_and_square(70, 61, 0)
+    assert up_a[0] == up_b[0] and (up_a[1], up_b[1]) == (40, 70)
+    # Its promoting twin is the next channel; other displacements use other channels.
+    assert channel_and_square(40, 31, 1)[0] == up_a[0] + 1
+    knight = channel_and_square(40, 21, 0)  # two rows up, one column right
+    long_diagonal = channel_and_square(80, 0, 0)  # 8 squares along the diagonal
+    assert len({up_a[0], knight[0], long_diagonal[0]}) == 3
+    assert all(c < RELATIVE_CHANNELS for c in (up_a[0], knight[0], long_diagonal[0]))
+    # A (from, to) pair no piece can move between gets the constant 0.
+    assert logits[board_action(40, 68, 0)] == 0  # 3 rows down and 1 right: no piece's move
+    # Drops: channel RELATIVE_CHANNELS + piece at the to-square.
+    to, piece = 80, 6
+    assert logits[12960 + to * 7 + piece] == (RELATIVE_CHANNELS + piece) * 1000 + to
+
+
+def test_every_legal_board_move_has_a_relative_channel() -> None:
+    index = relative_move_index().numpy()
+    unreachable = 81 * RELATIVE_CHANNELS
+    # Every channel entry is used by exactly one action; 68 displacements x 2 promote flags.
+    used = index[index < unreachable]
+    assert len(np.unique(used)) == len(used) and RELATIVE_CHANNELS == 136
+    env = VecEnv(32, seed=5)
+    seen = 0
+    for _ in range(200):
+        legal = env.observe().legal_actions.astype(np.int64)
+        board = legal[legal < 12960]
+        assert np.all(index[board] < unreachable)
+        seen += len(board)
+        env.step(env.random_actions())
+    assert seen > 50_000
 
 
 def masks() -> torch.Tensor:
@@ -244,3 +296,7 @@ def test_load_weights_names_the_mismatch() -> None:
     with pytest.raises(ValueError, match=f"take {NUM_PLANES + 4} input planes, the model "
                                          f"{NUM_PLANES}"):
         load_weights(model, with_attacks)
+    # And weights of the other policy head (model.policy_head).
+    absolute = export_weights(build_model(ModelConfig(size="tiny", policy_head="absolute")))
+    with pytest.raises(ValueError, match="the absolute policy head .* set it to 'absolute'"):
+        load_weights(model, absolute)

@@ -47,3 +47,26 @@ def test_bad_files(tmp_path: Path) -> None:
     save_model(mismatched, export_weights(build_model(config)), ModelConfig(size="small"))
     with pytest.raises(ModelFileError, match="do not match|does not match"):
         load_model(mismatched)
+
+
+def test_files_from_before_the_policy_head_option_load_with_the_absolute_head(
+        tmp_path: Path) -> None:
+    # A saved config holds every field; one without `policy_head` predates the option, when
+    # the head was the absolute one.
+    old = ModelConfig(size="tiny", policy_head="absolute")
+    torch.manual_seed(2)
+    weights = export_weights(build_model(old))
+    path = save_model(tmp_path / "old.pt", weights, old)
+    payload = torch.load(path, weights_only=True)
+    del payload["model_config"]["policy_head"]
+    torch.save(payload, path)
+    loaded = load_model(path)
+    assert loaded.config.policy_head == "absolute"
+    np.testing.assert_array_equal(export_weights(loaded.model)["policy_head.1.weight"],
+                                  weights["policy_head.1.weight"])
+    # A new file keeps its head; one whose head does not fit its weights says which it has.
+    assert load_model(save_model(tmp_path / "new.pt", export_weights(build_model(
+        ModelConfig(size="tiny"))), ModelConfig(size="tiny"))).config.policy_head == "relative"
+    save_model(tmp_path / "wrong.pt", weights, ModelConfig(size="tiny"))
+    with pytest.raises(ModelFileError, match="absolute policy head"):
+        load_model(tmp_path / "wrong.pt")
