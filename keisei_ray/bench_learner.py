@@ -284,8 +284,13 @@ def bench_policy_head(positions: int = 20_000, steps: int = 600, *, size: str = 
         return float(np.mean([a in targets for a, targets in zip(chosen, test_targets,
                                                                    strict=True)]))
 
-    figures: dict[str, Any] = {"train positions": positions, "test positions": test_positions,
-                               "size": size, "steps": steps, "minibatch": minibatch_size}
+    figures: dict[str, Any] = {
+        "train positions": positions, "test positions": test_positions, "size": size,
+        "steps": steps, "minibatch": minibatch_size,
+        # The baseline: what a uniformly random legal move scores on the same test.
+        "random move accuracy": float(np.mean([len(t) / len(a) for a, t in zip(
+            test_set[1], test_targets, strict=True)])),
+    }
     quarters = {max(1, steps * q // 4) for q in (1, 2, 3, 4)}
     for head in ("relative", "absolute"):
         torch.manual_seed(seed)

@@ -168,7 +168,8 @@ class EvaluationConfig(Section):
     enabled: bool = Field(True, description="evaluate the policy in the background during "
                           "training (never blocks collection or updates)")
     interval_timesteps: int = Field(50_000, ge=1, description="evaluate each time the timestep "
-                                    "counter crosses a multiple of this")
+                                    "counter crosses a multiple of this, and the final policy "
+                                    "of a completed run")
     games: int = Field(64, ge=1, le=100_000, description="games per opponent and evaluation "
                        "(colours alternate)")
     opponents: list[str] = Field(default_factory=lambda: ["random", "heuristic"],

@@ -206,6 +206,8 @@ class BackgroundEvaluation(Callback):
         self._pending: _Request | None = None
         self._previous: Contestant | None = None
         self._last_bucket: int | None = None
+        self._latest: _Request | None = None  # the newest policy, evaluated at the end
+        self._submitted_version: int | None = None
         self.skipped = 0  # evaluations replaced by a newer one before they could start
         self.failed = 0
 
@@ -222,14 +224,22 @@ class BackgroundEvaluation(Callback):
         bucket = event.timestep // self.settings.interval_timesteps
         if self._last_bucket is None:
             self._last_bucket = 0
-        if bucket > self._last_bucket and event.weights is not None:
+        if event.weights is None:
+            return
+        self._latest = _Request(f"ts-{event.timestep}", event.timestep, event.version,
+                                event.weights)
+        if bucket > self._last_bucket:
             self._last_bucket = bucket
-            self.submit(_Request(f"ts-{event.timestep}", event.timestep, event.version,
-                                 event.weights))
+            self.submit(self._latest)
 
     def on_train_end(self, event: TrainEnd) -> None:
         try:
-            if self._running is not None and event.reason == "completed":
+            completed = event.reason == "completed"
+            if (completed and self._latest is not None
+                    and self._latest.version != self._submitted_version):
+                # The final policy too (it may be the best), queued behind a running one.
+                self.submit(self._latest)
+            if self._running is not None and completed:
                 # The running evaluation, then the newest one that was waiting, within budget.
                 log.info("waiting up to %.0f s for the running evaluation of %s",
                          self.settings.final_wait_s, self._running.request.name)
@@ -250,6 +260,7 @@ class BackgroundEvaluation(Callback):
     # ---------------------------------------------------------------- work
     def submit(self, request: _Request) -> None:
         """Start an evaluation now, or queue it behind the running one (newest wins)."""
+        self._submitted_version = request.version
         if self._running is None:
             self._launch(request)
             return

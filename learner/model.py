@@ -5,12 +5,13 @@ the side to move. The policy head is fully convolutional. At every to-square it 
 channels ("drop piece", index 12960 + to*7 + piece). For board moves, the default `relative`
 head predicts at every from-square one channel per (displacement, promote flag): 68
 displacements (the 8 lines and diagonals up to 8 squares, 4 knight jumps) x 2 = 136 channels, so
-a channel means the same move everywhere (AlphaZero's encoding) and a 3x3 convolution sees the
-piece it would capture. A fixed gather puts them in the action layout (from*160 + 2*k +
-promote); the 65 (from, to) pairs per square no piece can ever move between get a constant 0,
-they are never legal. The `absolute` head (the older layout) predicts 160 channels "to square k"
-at every from-square: a shared 1x1 convolution then has to know where it is to rank targets,
-and learned captures far slower (README, "Does it learn?").
+a channel means the same move everywhere (AlphaZero's encoding) and the tower's features at the
+from-square, which see the squares around it, can tell what the move would capture. The
+`absolute` head (the older layout) predicts 160 channels "to square k" at every from-square: a
+shared 1x1 convolution then has to know where it stands to rank targets, and it learned
+captures far slower (README, "Does it learn?"). One gather (`action_index`) puts either head's
+output in the action layout (from*160 + 2*k + promote); the (from, to) pairs no piece can ever
+move between (64% of them) get a constant 0 from the relative head: they are never legal.
 
 `LegalPolicy` restricts the logits to each row's legal actions, sparsely and NaN-free.
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from keisei_ray.config import ModelConfig
@@ -75,19 +77,33 @@ def _displacements() -> list[tuple[int, int]]:
 RELATIVE_CHANNELS = 2 * len(_displacements())  # 136
 
 
-def relative_move_index() -> torch.Tensor:
-    """long [12960]: for each board action, its entry in the relative head's flattened
-    [81 from-squares x 136] output; 81 * 136 (an appended constant 0) where no piece can move."""
+def action_index(policy_head: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each of the 13527 actions' logits sits in the policy head's output [C, 9, 9]:
+    long [13527] indices into it flattened channel-major (NCHW) and square-major
+    (channels_last), C * 81 (an appended constant 0) for a board move no piece can make."""
     frm, rest = np.divmod(np.arange(81 * MOVE_CHANNELS), MOVE_CHANNELS)
-    k, promote = np.divmod(rest, 2)
-    to = k + (k >= frm)
-    channel = {d: 2 * i for i, d in enumerate(_displacements())}
-    index = np.full(len(frm), 81 * RELATIVE_CHANNELS, dtype=np.int64)
-    for j, d in enumerate(zip((to // 9 - frm // 9).tolist(), (to % 9 - frm % 9).tolist(),
-                              strict=True)):
-        if d in channel:
-            index[j] = frm[j] * RELATIVE_CHANNELS + channel[d] + promote[j]
-    return torch.from_numpy(index)
+    if policy_head == "relative":
+        k, promote = np.divmod(rest, 2)
+        to = k + (k >= frm)
+        first = {d: 2 * i for i, d in enumerate(_displacements())}
+        channel = np.array([first.get(d, -1) for d in zip(
+            (to // 9 - frm // 9).tolist(), (to % 9 - frm % 9).tolist(), strict=True)])
+        possible = channel >= 0
+        channel = channel + promote
+        move_channels = RELATIVE_CHANNELS
+    elif policy_head == "absolute":
+        channel, possible, move_channels = rest, np.ones(len(rest), bool), MOVE_CHANNELS
+    else:
+        raise ValueError(f"unknown policy head {policy_head!r} (expected 'relative' or "
+                         "'absolute')")
+    drop_to, piece = np.divmod(np.arange(81 * DROP_CHANNELS), DROP_CHANNELS)
+    channels = np.concatenate([channel, move_channels + piece])
+    squares = np.concatenate([frm, drop_to])
+    possible = np.concatenate([possible, np.ones(len(piece), bool)])
+    c = move_channels + DROP_CHANNELS
+    nchw = np.where(possible, channels * 81 + squares, c * 81)
+    nhwc = np.where(possible, squares * c + channels, c * 81)
+    return torch.from_numpy(nchw), torch.from_numpy(nhwc)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -136,6 +152,9 @@ class ResidualBlock(nn.Module):
 class PolicyValueNet(nn.Module):
     """Residual tower with a convolutional policy head and a tanh value head."""
 
+    index_nchw: torch.Tensor  # buffers: `action_index` of the head
+    index_nhwc: torch.Tensor
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
@@ -143,15 +162,14 @@ class PolicyValueNet(nn.Module):
         self.stem = _conv_block(spec.norm, num_planes(spec.attack_planes), c, 3)
         self.tower = nn.Sequential(
             *(ResidualBlock(c, spec.norm, spec.squeeze_excitation) for _ in range(spec.blocks)))
-        if spec.policy_head not in ("relative", "absolute"):
-            raise ValueError(f"unknown policy head {spec.policy_head!r} "
-                             "(expected 'relative' or 'absolute')")
-        self.move_channels = RELATIVE_CHANNELS if spec.policy_head == "relative" else MOVE_CHANNELS
-        # Not part of the weights: a fixed table that follows the model to its device.
-        self.register_buffer("move_index", relative_move_index(), persistent=False)
+        index_nchw, index_nhwc = action_index(spec.policy_head)
+        # Not part of the weights: fixed tables that follow the model to its device.
+        self.register_buffer("index_nchw", index_nchw, persistent=False)
+        self.register_buffer("index_nhwc", index_nhwc, persistent=False)
+        move_channels = RELATIVE_CHANNELS if spec.policy_head == "relative" else MOVE_CHANNELS
         self.policy_head = nn.Sequential(
             _conv_block(spec.norm, c, c, 3),
-            nn.Conv2d(c, self.move_channels + DROP_CHANNELS, 1),
+            nn.Conv2d(c, move_channels + DROP_CHANNELS, 1),
         )
         hidden = max(64, c)
         self.value_head = nn.Sequential(
@@ -167,15 +185,15 @@ class PolicyValueNet(nn.Module):
         """(policy logits [N, 13527], value [N]) of planes [N, 46 or 50, 9, 9]."""
         x = self.tower(self.stem(planes))
         n = x.shape[0]
-        # [N, C, 9, 9] -> [N, 81 squares, C]: square-major, then the channel within it.
-        heads = self.policy_head(x).flatten(2).transpose(1, 2)
-        m = self.move_channels
-        moves = heads[:, :, :m].reshape(n, 81 * m)
-        if self.spec.policy_head == "relative":
-            moves = torch.cat([moves, moves.new_zeros(n, 1)], dim=1).index_select(
-                1, self.move_index)
-        drops = heads[:, :, m:].reshape(n, 81 * DROP_CHANNELS)
-        return torch.cat([moves, drops], dim=1), self.value_head(x).squeeze(1)
+        # One gather puts every action's logit in place, reading the head's output in the
+        # order it lies in memory (a channels_last model's is square-major: no copy).
+        out = self.policy_head(x)
+        if out.is_contiguous():
+            flat, index = out.reshape(n, -1), self.index_nchw
+        else:
+            flat, index = out.permute(0, 2, 3, 1).reshape(n, -1), self.index_nhwc
+        logits = F.pad(flat, (0, 1)).index_select(1, index)
+        return logits, self.value_head(x).squeeze(1)
 
 
 def build_model(config: ModelConfig) -> PolicyValueNet:

@@ -82,6 +82,15 @@ def test_background_evaluation_rates_policies_and_writes_records(tmp_path: Path)
     assert evaluation._actor is None  # closed at the end of training
 
 
+def test_a_completed_run_ends_with_an_evaluation_of_its_final_policy(tmp_path: Path) -> None:
+    # No multiple of the interval is crossed: the only evaluation is the final policy's.
+    config = small_config(tmp_path, "evaluation.interval_timesteps=100000")
+    rec = Recorder()
+    run(config, tmp_path / "final", BackgroundEvaluation(config, tmp_path / "final"), rec)
+    last = [event for kind, _, event in rec.log if kind == "update"][-1]
+    assert [(e.timestep, e.version) for e in rec.evaluations] == [(last.timestep, last.version)]
+
+
 class GatedEvaluator(EvaluationActorImpl):
     """An evaluation actor that holds every evaluation until the test opens the gate."""
 

@@ -20,11 +20,11 @@ from learner.model import (
     LegalPolicy,
     PolicyValueNet,
     act,
+    action_index,
     build_model,
     choose_actions,
     export_weights,
     load_weights,
-    relative_move_index,
     spec_for,
 )
 from shogi import NUM_ACTIONS, VecEnv
@@ -114,21 +114,36 @@ def test_relative_policy_logits_are_the_same_channel_for_the_same_move_everywher
     assert logits[12960 + to * 7 + piece] == (RELATIVE_CHANNELS + piece) * 1000 + to
 
 
-def test_every_legal_board_move_has_a_relative_channel() -> None:
-    index = relative_move_index().numpy()
-    unreachable = 81 * RELATIVE_CHANNELS
-    # Every channel entry is used by exactly one action; 68 displacements x 2 promote flags.
-    used = index[index < unreachable]
-    assert len(np.unique(used)) == len(used) and RELATIVE_CHANNELS == 136
+@pytest.mark.parametrize("head", ["relative", "absolute"])
+def test_every_legal_action_has_its_own_head_entry(head: str) -> None:
+    channels = (RELATIVE_CHANNELS if head == "relative" else MOVE_CHANNELS) + DROP_CHANNELS
+    impossible = 81 * channels
+    for index in (t.numpy() for t in action_index(head)):
+        used = index[index < impossible]
+        assert len(np.unique(used)) == len(used)  # no two actions share a logit
+    nchw, _ = action_index(head)
     env = VecEnv(32, seed=5)
     seen = 0
     for _ in range(200):
         legal = env.observe().legal_actions.astype(np.int64)
-        board = legal[legal < 12960]
-        assert np.all(index[board] < unreachable)
-        seen += len(board)
+        assert np.all(nchw.numpy()[legal] < impossible)
+        seen += len(legal)
         env.step(env.random_actions())
     assert seen > 50_000
+
+
+@pytest.mark.parametrize("head", ["relative", "absolute"])
+def test_channels_last_gives_the_same_logits(head: str) -> None:
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(size="tiny", policy_head=head)).eval()
+    x = planes(4, seed=7)
+    expected = model(x)[0]
+    model = model.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert not model.policy_head(model.tower(model.stem(x))).is_contiguous()
+    # The same logits up to the convolutions' rounding in the other memory order.
+    torch.testing.assert_close(model(x)[0], expected, rtol=1e-5, atol=1e-5)
 
 
 def masks() -> torch.Tensor:
