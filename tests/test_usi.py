@@ -27,9 +27,9 @@ MATE_IN_ONE = "3nkn3/9/4P4/9/9/9/9/9/4K4 b G 1"  # G*5b mates
 IMPASSE = "RBGGGGSS1/PPPPPPPPP/4K4/9/9/9/9/9/4k4 b RB2S4N4L9p 1"  # Black may declare
 
 
-def tiny_contestant(seed: int = 0) -> Contestant:
+def tiny_contestant(seed: int = 0, policy_head: str = "relative") -> Contestant:
     torch.manual_seed(seed)
-    config = ModelConfig(size="tiny")
+    config = ModelConfig(size="tiny", policy_head=policy_head)
     return Contestant("tiny.pt", config, export_weights(build_model(config)))
 
 
@@ -100,9 +100,9 @@ def test_sfen_positions_and_game_ends() -> None:
 
 
 def test_avoid_repetition_option() -> None:
-    # A tiny network pushed towards 2h1h: its policy channel (action % 160), which no other
-    # legal move of the start position shares, gets a large bias.
-    contestant = tiny_contestant()
+    # A tiny network pushed towards 2h1h: with the absolute head its policy channel (action %
+    # 160, "to 1h") is shared by no other legal move of the start position; it gets a large bias.
+    contestant = tiny_contestant(policy_head="absolute")
     action = move_to_action(Move.from_usi("2h1h"), Color.BLACK)
     contestant.weights["policy_head.1.bias"][action % 160] = 50.0
     s = Session(contestant)
