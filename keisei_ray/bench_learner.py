@@ -23,7 +23,7 @@ from learner.gae import compute_gae
 from learner.learner import Learner
 from learner.model import LegalPolicy, PolicyValueNet, act, build_model
 from shogi import CompactState, Position, RandomPlayer, VecEnv, move_to_action
-from shogi.players import PIECE_VALUES
+from shogi.players import most_valuable_captures
 
 log = logging.getLogger(__name__)
 
@@ -230,14 +230,8 @@ def tactics_positions(count: int, seed: int) -> tuple[list[CompactState], list[n
         position = Position()
         while not position.is_game_over() and len(states) < count:
             mate = position.mate_in_one()
-            if mate is not None:
-                best = [mate]
-            else:
-                captures = [(PIECE_VALUES[target.upper()], move) for move in position.legal_moves()
-                            if not move.is_drop
-                            and (target := position.piece_at(move.to_square)) is not None]
-                top = max((value for value, _ in captures), default=0)
-                best = [move for value, move in captures if value == top]
+            best = ([mate] if mate is not None
+                    else most_valuable_captures(position, position.legal_moves()))
             if best:
                 states.append(position.compact())
                 legal.append(position.legal_actions())

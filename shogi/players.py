@@ -34,6 +34,24 @@ class RandomPlayer:
         return moves[int(self.rng.integers(len(moves)))]
 
 
+def most_valuable_captures(position: Position, moves: list[Move]) -> list[Move]:
+    """Those of `moves` (the position's legal moves) that capture the most valuable piece the
+    side to move can take, in order (empty without a capture): the heuristic player's choice
+    when it has no mate."""
+    best_value = 0
+    best: list[Move] = []
+    for move in moves:
+        target = position.piece_at(move.to_square)
+        if target is None or move.is_drop:
+            continue
+        value = PIECE_VALUES[target.upper()]
+        if value > best_value:
+            best_value, best = value, [move]
+        elif value == best_value:
+            best.append(move)
+    return best
+
+
 class HeuristicPlayer:
     """Mate in one when cshogi finds it, else the most valuable capture, else a promotion,
     else a random move (ties broken at random)."""
@@ -46,17 +64,7 @@ class HeuristicPlayer:
         mate = position.mate_in_one()
         if mate is not None:
             return mate
-        best_value = 0
-        best: list[Move] = []
-        for move in moves:
-            target = position.piece_at(move.to_square)
-            if target is None or move.is_drop:
-                continue
-            value = PIECE_VALUES[target.upper()]
-            if value > best_value:
-                best_value, best = value, [move]
-            elif value == best_value:
-                best.append(move)
+        best = most_valuable_captures(position, moves)
         if not best:
             best = [move for move in moves if move.promotion] or moves
         return best[int(self.rng.integers(len(best)))]
