@@ -28,9 +28,9 @@ import numpy as np
 import ray
 import torch
 
+from actors.metrics import WorkerMetrics
 from keisei_ray.codec import ExperienceBatch, encode, summarize_games
 from keisei_ray.config import Config
-from keisei_ray.metrics import WorkerMetrics
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
 from learner.model import act, build_model, load_weights

@@ -117,7 +117,7 @@ def bench_env_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """VecEnv random-policy plies/s vs the raw cshogi random-playout rate (one process)."""
-    from keisei_ray.bench_env import bench_env
+    from keisei_ray.bench.env import bench_env
 
     _print_figures("VecEnv throughput (one process)",
                    bench_env(num_games=games, seconds=seconds, seed=seed), as_json)
@@ -126,7 +126,7 @@ def bench_env_cmd(
 @bench_app.command("codec")
 def bench_codec_cmd(games: int = 64, steps: int = 64, as_json: JsonOpt = False) -> None:
     """Experience wire format: bytes per transition, encode+decode ms per 1,000."""
-    from keisei_ray.bench_learner import bench_codec
+    from keisei_ray.bench.learner import bench_codec
 
     _print_figures("Experience codec", bench_codec(num_games=games, steps=steps), as_json)
 
@@ -135,7 +135,7 @@ def bench_codec_cmd(games: int = 64, steps: int = 64, as_json: JsonOpt = False) 
 def bench_features_cmd(batch: int = 1024, device: str = "cpu", attack_planes: bool = False,
                        as_json: JsonOpt = False) -> None:
     """Compact state -> planes + legal mask, positions per second."""
-    from keisei_ray.bench_learner import bench_features
+    from keisei_ray.bench.learner import bench_features
 
     _print_figures("Features", bench_features(batch, device=device,
                                               attack_planes=attack_planes), as_json)
@@ -154,7 +154,7 @@ def bench_ppo_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """PPO update throughput (samples/s) per model size."""
-    from keisei_ray.bench_learner import bench_ppo
+    from keisei_ray.bench.learner import bench_ppo
 
     _print_figures("PPO learner", bench_ppo(tuple(sizes.split(",")), transitions=transitions,
                                             device=device, amp=amp, compile=compile_model,
@@ -167,7 +167,7 @@ def bench_ppo_cmd(
 def bench_policy_head_cmd(positions: int = 20_000, steps: int = 600, size: str = "small",
                           as_json: JsonOpt = False) -> None:
     """Supervised proxy: how fast each policy head learns mate-in-one and best captures."""
-    from keisei_ray.bench_learner import bench_policy_head
+    from keisei_ray.bench.learner import bench_policy_head
 
     _print_figures("Policy head (supervised tactics)",
                    bench_policy_head(positions, steps, size=size), as_json)
@@ -177,7 +177,7 @@ def bench_policy_head_cmd(positions: int = 20_000, steps: int = 600, size: str =
 def bench_weights_cmd(size: str = "large", half: bool = False, device: str = "cpu",
                       as_json: JsonOpt = False) -> None:
     """Time of Learner.weights() (export for the broadcast)."""
-    from keisei_ray.bench_learner import bench_weights
+    from keisei_ray.bench.learner import bench_weights
 
     _print_figures("Weights export", bench_weights(size, half=half, device=device), as_json)
 
@@ -187,7 +187,7 @@ def bench_worker_cmd(size: str = "small", games: int = 64, steps: int = 32,
                      seconds: float = 5.0, attack_planes: bool = False,
                      policy_head: PolicyHeadOpt = "relative", as_json: JsonOpt = False) -> None:
     """Self-play worker decisions/s vs pure batched inference of the same model (roofline)."""
-    from keisei_ray.bench_train import bench_worker
+    from keisei_ray.bench.train import bench_worker
 
     _print_figures("Worker roofline", bench_worker(size, games, steps, seconds,
                                                    attack_planes=attack_planes,
@@ -197,7 +197,7 @@ def bench_worker_cmd(size: str = "small", games: int = 64, steps: int = 32,
 @bench_app.command("broadcast")
 def bench_broadcast_cmd(workers: int = 8, half: bool = False, as_json: JsonOpt = False) -> None:
     """ray.put -> all workers holding the new weights, small and large models."""
-    from keisei_ray.bench_train import bench_broadcast
+    from keisei_ray.bench.train import bench_broadcast
 
     _print_figures("Weight broadcast", bench_broadcast(workers=workers, half=half), as_json)
 
@@ -211,7 +211,7 @@ def bench_train_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """End-to-end training steps/s with N workers; learner and worker idle shares."""
-    from keisei_ray.bench_train import bench_training
+    from keisei_ray.bench.train import bench_training
 
     counts = tuple(int(w) for w in workers.split(","))
     _print_figures("End-to-end training", bench_training(preset, counts, timesteps,
@@ -236,7 +236,7 @@ def bench_eval_cmd(
 ) -> None:
     """Evaluation games/s per worker, training with background evaluation on vs off, USI go
     latency."""
-    from keisei_ray.bench_eval import (
+    from keisei_ray.bench.eval import (
         bench_games,
         bench_training_with_evaluation,
         bench_usi_latency,
@@ -259,7 +259,7 @@ def bench_checkpoint_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Checkpoint save/load seconds by model size, and the stall a checkpoint causes."""
-    from keisei_ray.bench_checkpoint import bench_checkpoint
+    from keisei_ray.bench.checkpoint import bench_checkpoint
 
     names = tuple(s.strip() for s in sizes.split(",") if s.strip())
     bad = [n for n in names if n not in ("tiny", "small", "large")]
@@ -280,7 +280,7 @@ def bench_cluster_cmd(
 ) -> None:
     """On a simulated multi-node cluster: steps/s by node count, node loss -> full strength,
     node join -> first batch."""
-    from keisei_ray.bench_cluster import bench_cluster
+    from keisei_ray.bench.cluster import bench_cluster
 
     try:
         counts = tuple(int(n) for n in nodes.split(","))
@@ -311,7 +311,7 @@ def train_cmd(
         "checkpoint (otherwise that is refused).")] = False,
 ) -> None:
     """Train by PPO self-play: the actor-learner loop on Ray (local or a cluster)."""
-    from keisei_ray.driver import new_run_dir
+    from keisei_ray.training.driver import new_run_dir
 
     extra = [f"train.address={address}"] if address is not None else []
     snapshot = None
@@ -332,7 +332,7 @@ def train_cmd(
 
 def _resume_point(path: Path, overrides: list[str], allow_fresh: bool) -> tuple[Config, Path, Any]:
     """(effective config, run folder, RunSnapshot or None) of `--resume PATH`."""
-    from keisei_ray.checkpoint import CheckpointError, check_compatible, find_resume_point
+    from keisei_ray.store.checkpoint import CheckpointError, check_compatible, find_resume_point
 
     try:
         point = find_resume_point(path, allow_fresh=allow_fresh)
@@ -353,8 +353,8 @@ def _resume_point(path: Path, overrides: list[str], allow_fresh: bool) -> tuple[
 def _train(cfg: Config, run_dir: Path, snapshot: Any, user_callbacks: list[Callback], *,
            run_id: str | None = None) -> None:
     """Run training in `run_dir` (new, or resumed from `snapshot`) and report how it ended."""
-    from keisei_ray.checkpoint import RUN_FILE, create_run_id
-    from keisei_ray.driver import Trainer, TrainingError, connect_ray, write_run_files
+    from keisei_ray.store.checkpoint import RUN_FILE, create_run_id
+    from keisei_ray.training.driver import Trainer, TrainingError, connect_ray, write_run_files
 
     write_run_files(cfg, run_dir)
     if not (run_dir / RUN_FILE).exists():
@@ -395,8 +395,8 @@ def export_cmd(
                                            show_default=False)],
 ) -> None:
     """Write a small inference-only model file (weights + model config) from a checkpoint."""
-    from keisei_ray.checkpoint import CheckpointError, model_checkpoint
-    from keisei_ray.model_file import ModelFileError, load_model, save_model
+    from keisei_ray.store.checkpoint import CheckpointError, model_checkpoint
+    from keisei_ray.store.model_file import ModelFileError, load_model, save_model
     from learner.model import export_weights
 
     try:
@@ -424,8 +424,8 @@ def sweep_agent_cmd(
     overrides: OverridesArg = None,
 ) -> None:
     """W&B sweep trials: each applies wandb.config (after wandb.init, validated) and trains."""
-    from keisei_ray.driver import new_run_dir
-    from keisei_ray.tracking import sweep_trial
+    from keisei_ray.training.driver import new_run_dir
+    from keisei_ray.training.tracking import sweep_trial
 
     cfg = load_config(config, overrides or [], preset=preset)
     user_callbacks = [load_callback(spec) for spec in cfg.train.callbacks]
@@ -447,7 +447,7 @@ def sweep_agent_cmd(
 
 def _resume_hint(run_dir: Path) -> str:
     """Where a failed run can go on from, as the exact command."""
-    from keisei_ray.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
+    from keisei_ray.store.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
 
     for path in list_checkpoints(run_dir):
         try:
@@ -462,22 +462,22 @@ def _resume_hint(run_dir: Path) -> str:
 
 def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback]) -> list[Callback]:
     """The callbacks of a `keisei-ray train` run, in the order they see each event."""
-    from keisei_ray.progress import ProgressView
+    from keisei_ray.training.progress import ProgressView
 
     callbacks: list[Callback] = [ProgressView(cfg.train.total_timesteps)]
     if cfg.evaluation.enabled:
         # Before the checkpoint and metrics callbacks: evaluations that finish at the end of
         # training reach them before their own TrainEnd.
-        from keisei_ray.evaluation import BackgroundEvaluation
+        from keisei_ray.arena.evaluation import BackgroundEvaluation
 
         callbacks.append(BackgroundEvaluation(cfg, run_dir))
-    from keisei_ray.checkpoint import CheckpointCallback
-    from keisei_ray.metrics import MetricsLog, RayMetrics
+    from keisei_ray.store.checkpoint import CheckpointCallback
+    from keisei_ray.training.metrics import MetricsLog, RayMetrics
 
     # The checkpoint callback before the loggers: its final save reaches them before TrainEnd.
     callbacks += [CheckpointCallback(cfg), MetricsLog(), RayMetrics()]
     if cfg.wandb.mode != "disabled":
-        from keisei_ray.tracking import WandbCallback
+        from keisei_ray.training.tracking import WandbCallback
 
         callbacks.append(WandbCallback(cfg))
     return callbacks + user
@@ -492,7 +492,7 @@ ThreadsOpt = Annotated[int, typer.Option(help="Torch threads (1 is fastest for s
 
 def _contestant(spec: str) -> Any:
     """Load a player by name or path; a bad one is a one-line usage error."""
-    from keisei_ray.evaluation import load_contestant
+    from keisei_ray.arena.evaluation import load_contestant
 
     try:
         return load_contestant(spec)
@@ -525,8 +525,8 @@ def evaluate_cmd(
     """Play a match (colours alternated) and print the score with a 95% interval."""
     import torch
 
-    from keisei_ray.evaluation import MatchSummary, run_match
-    from keisei_ray.records import write_record
+    from keisei_ray.arena.evaluation import MatchSummary, run_match
+    from keisei_ray.arena.records import write_record
 
     cfg = load_config(config, overrides or [], preset=preset)
     if games is not None and games < 1:
@@ -538,7 +538,7 @@ def evaluate_cmd(
     if a.name == b.name:
         _fail(f"a match needs two different players, got {a.name!r} twice", EXIT_USAGE)
     if workers > 1:
-        from keisei_ray.driver import connect_ray
+        from keisei_ray.training.driver import connect_ray
 
         connect_ray(None, num_cpus=workers, include_dashboard=False)
     result = run_match(cfg, a, b, games or cfg.evaluation.games, workers=workers, seed=seed)
@@ -595,8 +595,8 @@ def ladder_cmd(
     """Rate every checkpoint of a run: Elo table and a PNG plot of Elo over timesteps."""
     import torch
 
-    from keisei_ray.elo import ANCHOR
-    from keisei_ray.evaluation import ladder, plot_ladder, run_models
+    from keisei_ray.arena.elo import ANCHOR
+    from keisei_ray.arena.evaluation import ladder, plot_ladder, run_models
 
     if config is None and (run_dir / "config.yaml").is_file():
         config = run_dir / "config.yaml"
@@ -609,7 +609,7 @@ def ladder_cmd(
     if not models:
         _fail(f"run folder {run_dir}: no checkpoints or model files to rate", EXIT_USAGE)
     if workers > 1:
-        from keisei_ray.driver import connect_ray
+        from keisei_ray.training.driver import connect_ray
 
         connect_ray(None, num_cpus=workers, include_dashboard=False)
     log.info("rating %d model(s) of %s", len(models), run_dir)
@@ -647,7 +647,7 @@ def usi_cmd(
     """Run the agent as a USI engine on stdin/stdout (for Shogi GUIs and match runners)."""
     import torch
 
-    from keisei_ray.usi import serve
+    from keisei_ray.arena.usi import serve
 
     # stdout is the protocol; keep stderr quiet too (a GUI may never read it).
     root = logging.getLogger()
@@ -678,7 +678,7 @@ def play_cmd(
     import torch
 
     from actors.evaluation import BaselinePlayer, Player, PolicyPlayer
-    from keisei_ray.play import TerminalGame
+    from keisei_ray.arena.play import TerminalGame
     from shogi import Color
 
     if color not in ("black", "white", "random"):

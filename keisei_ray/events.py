@@ -102,7 +102,7 @@ class UpdateDone:
     learner_busy: float = 0.0  # fraction of the wall time the learner spent updating
     # Captures the run at this update (a consistent cut: the learner is idle and no worker is
     # collecting while handlers run) and returns `fetch`; `fetch()` -> RunSnapshot (see
-    # keisei_ray.checkpoint) completes it, blocking, from any thread. Capturing is cheap: the
+    # keisei_ray.store.checkpoint) completes it, blocking, from any thread. Capturing is cheap: the
     # actors' states are requested, not waited for. None: no consistent cut.
     snapshot: Callable[[], Callable[[], Any]] | None = field(default=None, repr=False)
 

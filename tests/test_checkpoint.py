@@ -13,9 +13,19 @@ import pytest
 import torch
 import yaml
 
-import keisei_ray.checkpoint as ckpt
+import keisei_ray.store.checkpoint as ckpt
 from actors.self_play import SelfPlayWorker
-from keisei_ray.checkpoint import (
+from keisei_ray.config import Config, load_config
+from keisei_ray.events import (
+    CheckpointSaved,
+    EvaluationDone,
+    EventBus,
+    GameStats,
+    TrainEnd,
+    TrainStart,
+    UpdateDone,
+)
+from keisei_ray.store.checkpoint import (
     CheckpointCallback,
     CheckpointError,
     RunSnapshot,
@@ -27,17 +37,7 @@ from keisei_ray.checkpoint import (
     verify_checkpoint,
     write_checkpoint,
 )
-from keisei_ray.config import Config, load_config
-from keisei_ray.events import (
-    CheckpointSaved,
-    EvaluationDone,
-    EventBus,
-    GameStats,
-    TrainEnd,
-    TrainStart,
-    UpdateDone,
-)
-from keisei_ray.model_file import ModelFileError, load_model
+from keisei_ray.store.model_file import ModelFileError, load_model
 from learner import Learner
 from learner.model import export_weights
 

@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keisei_ray.bench_learner import bench_codec, collect_experience
+from keisei_ray.bench.learner import bench_codec, collect_experience
 from keisei_ray.codec import (
     FORMAT_VERSION,
     TERMINATIONS,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from keisei_ray.elo import (
+from keisei_ray.arena.elo import (
     ANCHOR,
     ELO_PER_NAT,
     Z95,

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from actors.evaluation import MatchResult
+from keisei_ray.arena.elo import elo_difference
+from keisei_ray.arena.evaluation import MatchSummary, run_models, wilson_interval
 from keisei_ray.config import ModelConfig
-from keisei_ray.elo import elo_difference
-from keisei_ray.evaluation import MatchSummary, run_models, wilson_interval
-from keisei_ray.model_file import save_model
+from keisei_ray.store.model_file import save_model
 from learner.model import build_model, export_weights
 from tests.test_cli import run_cli
 

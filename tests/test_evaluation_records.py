@@ -10,7 +10,7 @@ import cshogi.KIF
 import pytest
 
 from actors.evaluation import BaselinePlayer, GameRecord, play_match
-from keisei_ray.records import record_kif, record_svg, wandb_media, write_record
+from keisei_ray.arena.records import record_kif, record_svg, wandb_media, write_record
 
 
 def test_records_of_a_match_are_written_and_reread(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from keisei_ray.bench_learner import bench_features
+from keisei_ray.bench.learner import bench_features
 from learner.features import (
     ATTACK_PLANES,
     HAND_MAX,

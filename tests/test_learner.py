@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from keisei_ray.bench_learner import (
+from keisei_ray.bench.learner import (
     bench_policy_head,
     bench_ppo,
     bench_weights,

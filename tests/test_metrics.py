@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from keisei_ray.checkpoint import CheckpointCallback
 from keisei_ray.config import load_config
-from keisei_ray.driver import Trainer
 from keisei_ray.events import (
     CheckpointSaved,
     EvaluationDone,
@@ -24,7 +22,9 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
-from keisei_ray.metrics import METRICS_FILE, MetricsLog, RayMetrics, read_metrics
+from keisei_ray.store.checkpoint import CheckpointCallback
+from keisei_ray.training.driver import Trainer
+from keisei_ray.training.metrics import METRICS_FILE, MetricsLog, RayMetrics, read_metrics
 
 
 def update(timestep: int, version: int, **metrics: float) -> UpdateDone:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from keisei_ray.config import ModelConfig
-from keisei_ray.model_file import ModelFileError, load_model, save_model
+from keisei_ray.store.model_file import ModelFileError, load_model, save_model
 from learner.model import build_model, export_weights
 
 

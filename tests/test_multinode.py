@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import ray
 
-from keisei_ray.bench_cluster import (
+from keisei_ray.bench.cluster import (
     SimulatedCluster,
     Timeline,
     cluster_config,
@@ -34,8 +34,8 @@ from keisei_ray.bench_cluster import (
     wait_for,
 )
 from keisei_ray.config import Config, load_config
-from keisei_ray.driver import Trainer, worker_room
 from keisei_ray.events import BatchCollected, Callback, UpdateDone
+from keisei_ray.training.driver import Trainer, worker_room
 
 
 def test_worker_room_counts_cpus_on_the_nodes_with_the_worker_resource() -> None:
@@ -134,7 +134,7 @@ def test_losing_a_selfplay_node_keeps_training_on_the_others(
         done = len(timeline.updates)
         wait_for(timeline, lambda: len(timeline.updates) >= done + 3, 60, "three more updates")
 
-    caplog.set_level(logging.WARNING, logger="keisei_ray.driver")
+    caplog.set_level(logging.WARNING, logger="keisei_ray.training.driver")
     run = run_with(config(tmp_path), tmp_path, controller, callbacks=[remover])
     state = run.result.state
     after = [batch for batch in run.timeline.batches if batch.at > run.marks["loss"]]

@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 
 from actors.evaluation import BaselinePlayer
-from keisei_ray.play import TerminalGame, hands_of, hint, render_board
+from keisei_ray.arena.play import TerminalGame, hands_of, hint, render_board
 from shogi import Color, Position
 
 MATE_IN_ONE = "3nkn3/9/4P4/9/9/9/9/9/4K4 b G 1"  # G*5b mates

@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keisei_ray.checkpoint import (
+from keisei_ray.config import Config, load_config
+from keisei_ray.events import Callback, CheckpointSaved, UpdateDone
+from keisei_ray.store.checkpoint import (
     CheckpointCallback,
     find_resume_point,
     list_checkpoints,
     read_checkpoint,
     run_id_of,
 )
-from keisei_ray.config import Config, load_config
-from keisei_ray.driver import Trainer, TrainResult
-from keisei_ray.events import Callback, CheckpointSaved, UpdateDone
+from keisei_ray.training.driver import Trainer, TrainResult
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

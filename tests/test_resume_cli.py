@@ -16,7 +16,10 @@ import pytest
 import ray
 import torch
 
-from keisei_ray.checkpoint import (
+from keisei_ray.cli import main
+from keisei_ray.config import dump, load_config
+from keisei_ray.events import Callback, CheckpointSaved, UpdateDone
+from keisei_ray.store.checkpoint import (
     CHECKPOINTS,
     RunSnapshot,
     create_run_id,
@@ -24,11 +27,8 @@ from keisei_ray.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from keisei_ray.cli import main
-from keisei_ray.config import dump, load_config
-from keisei_ray.events import Callback, CheckpointSaved, UpdateDone
-from keisei_ray.metrics import METRICS_FILE, read_metrics
-from keisei_ray.model_file import load_model
+from keisei_ray.store.model_file import load_model
+from keisei_ray.training.metrics import METRICS_FILE, read_metrics
 from learner import Learner
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keisei_ray.bench_env import bench_env
+from keisei_ray.bench.env import bench_env
 
 
 def test_bench_env_returns_positive_figures() -> None:

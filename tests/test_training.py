@@ -11,8 +11,8 @@ import pytest
 import ray
 
 from keisei_ray.config import Config, load_config
-from keisei_ray.driver import Trainer, TrainResult
 from keisei_ray.events import BatchCollected, Callback, UpdateDone
+from keisei_ray.training.driver import Trainer, TrainResult
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -16,9 +16,9 @@ import torch
 from cshogi.usi import Engine
 
 from actors.evaluation import Contestant
+from keisei_ray.arena.usi import UsiEngine, value_to_cp
 from keisei_ray.config import ModelConfig
-from keisei_ray.model_file import save_model
-from keisei_ray.usi import UsiEngine, value_to_cp
+from keisei_ray.store.model_file import save_model
 from learner.model import build_model, export_weights
 from shogi import Color, Move, Position, move_to_action
 

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import yaml
 
-from keisei_ray.checkpoint import RunSnapshot, create_run_id, run_id_of, write_checkpoint
 from keisei_ray.config import Config, ConfigError, load_config
 from keisei_ray.events import (
     CheckpointSaved,
@@ -28,7 +27,8 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
-from keisei_ray.tracking import RetryQueue, WandbCallback, apply_sweep, sweep_trial
+from keisei_ray.store.checkpoint import RunSnapshot, create_run_id, run_id_of, write_checkpoint
+from keisei_ray.training.tracking import RetryQueue, WandbCallback, apply_sweep, sweep_trial
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -391,7 +391,7 @@ def test_a_real_training_run_logs_offline_to_its_own_run_id(tmp_path: Path) -> N
     import subprocess
     import sys
 
-    from keisei_ray.metrics import METRICS_FILE, read_metrics
+    from keisei_ray.training.metrics import METRICS_FILE, read_metrics
 
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "WANDB_DIR": str(tmp_path), "WANDB_CACHE_DIR": str(tmp_path / "cache"),

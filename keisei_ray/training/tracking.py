@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from keisei_ray.checkpoint import run_id_of
+from keisei_ray.arena.records import wandb_media
 from keisei_ray.config import Config, ConfigError, deep_merge, validate
 from keisei_ray.events import (
     Callback,
@@ -35,7 +35,7 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
-from keisei_ray.records import wandb_media
+from keisei_ray.store.checkpoint import run_id_of
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,11 @@
 the start and end of each session) — a run's history, readable with any JSON tool. On resume
 it first drops the lines past the resumed timestep: that work is redone, and its lines with it.
 
-`RayMetrics` (driver), `LearnerMetrics` and `WorkerMetrics` (inside the actors) record
-`ray.util.metrics` gauges and counters, named `keisei_*`. Ray's metrics agent on each node
-exports them in Prometheus text (`ray_keisei_*`, counters with `_total`) on the node's metrics
-export port, which the Ray dashboard's Grafana panels and any Prometheus scrape read.
+`RayMetrics` (driver) and `LearnerMetrics` (inside the learner actor; the workers' own are in
+`actors/metrics.py`) record `ray.util.metrics` gauges and counters, named `keisei_*`. Ray's
+metrics agent on each node exports them in Prometheus text (`ray_keisei_*`, counters with
+`_total`) on the node's metrics export port, which the Ray dashboard's Grafana panels and any
+Prometheus scrape read.
 """
 
 from __future__ import annotations
@@ -218,26 +219,3 @@ class LearnerMetrics:
             self.transitions.inc(float(accepted))
         if dropped:
             self.dropped.inc(float(dropped))
-
-
-class WorkerMetrics:
-    """Recorded by a self-play actor after each collect, tagged with its worker id."""
-
-    def __init__(self, worker_id: int) -> None:
-        m = ray_metrics
-        tags = {"worker": str(worker_id)}
-        self.collect_s = m.Gauge("keisei_worker_collect_seconds", tag_keys=("worker",),
-                                 description="seconds of the last collect")
-        self.transitions = m.Counter("keisei_worker_transitions", tag_keys=("worker",),
-                                     description="transitions a worker shipped")
-        self.games = m.Counter("keisei_worker_games", tag_keys=("worker",),
-                               description="games a worker finished")
-        for metric in (self.collect_s, self.transitions, self.games):
-            metric.set_default_tags(tags)
-
-    def record(self, collect_s: float, transitions: int, games: int) -> None:
-        self.collect_s.set(collect_s)
-        if transitions:
-            self.transitions.inc(float(transitions))
-        if games:
-            self.games.inc(float(games))

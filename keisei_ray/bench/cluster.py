@@ -26,8 +26,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from keisei_ray.config import Config, load_config
-from keisei_ray.driver import Trainer, TrainResult
 from keisei_ray.events import BatchCollected, Callback, UpdateDone
+from keisei_ray.training.driver import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 

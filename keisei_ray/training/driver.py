@@ -42,7 +42,6 @@ from ray.exceptions import (
 )
 
 from actors.self_play import BatchSummary, SelfPlayActor
-from keisei_ray.checkpoint import RunSnapshot
 from keisei_ray.config import Config, ConfigError, dump
 from keisei_ray.events import (
     BatchCollected,
@@ -54,7 +53,8 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
-from keisei_ray.learner_actor import LearnerActor, Published, UpdateResult
+from keisei_ray.store.checkpoint import RunSnapshot
+from keisei_ray.training.learner_actor import LearnerActor, Published, UpdateResult
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 
 from actors.self_play import SelfPlayWorker
 from keisei_ray.config import Config, load_config
-from keisei_ray.driver import Trainer
+from keisei_ray.training.driver import Trainer
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.model import act, build_model, export_weights, load_weights
 

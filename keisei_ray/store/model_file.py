@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from keisei_ray.checkpoint import CheckpointError, read_model_state
 from keisei_ray.config import ModelConfig, saved_model_config
+from keisei_ray.store.checkpoint import CheckpointError, read_model_state
 from learner.model import PolicyValueNet, build_model, load_weights
 
 FORMAT = "keisei-ray-model/1"

@@ -16,7 +16,7 @@ import ray
 import torch
 
 from keisei_ray.config import Config
-from keisei_ray.metrics import LearnerMetrics
+from keisei_ray.training.metrics import LearnerMetrics
 from learner import Learner
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from actors.self_play import SelfPlayWorker
-from keisei_ray.checkpoint import RunSnapshot, read_checkpoint, write_checkpoint
 from keisei_ray.config import Config, load_config
+from keisei_ray.store.checkpoint import RunSnapshot, read_checkpoint, write_checkpoint
 from learner import Learner
 from learner.model import export_weights
 
@@ -64,8 +64,8 @@ def bench_stall(size: str = "small", updates: int = 12) -> dict[str, float]:
     """Driver stall per checkpoint with a checkpoint after every update, vs no checkpoints."""
     import ray  # noqa: PLC0415 (only the stall part needs Ray)
 
-    from keisei_ray.checkpoint import CheckpointCallback  # noqa: PLC0415
-    from keisei_ray.driver import Trainer, connect_ray  # noqa: PLC0415
+    from keisei_ray.store.checkpoint import CheckpointCallback  # noqa: PLC0415
+    from keisei_ray.training.driver import Trainer, connect_ray  # noqa: PLC0415
 
     session = connect_ray(None, num_cpus=2, include_dashboard=False)
     figures: dict[str, float] = {}

@@ -19,11 +19,11 @@ import ray
 import torch
 
 from actors.evaluation import Contestant, Evaluator
+from keisei_ray.arena.evaluation import BackgroundEvaluation
 from keisei_ray.config import Config, load_config
-from keisei_ray.driver import Trainer
-from keisei_ray.evaluation import BackgroundEvaluation
 from keisei_ray.events import Callback, EvaluationDone, UpdateDone
-from keisei_ray.model_file import save_model
+from keisei_ray.store.model_file import save_model
+from keisei_ray.training.driver import Trainer
 from learner.model import build_model, export_weights
 from shogi import Position, RandomPlayer
 

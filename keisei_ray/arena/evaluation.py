@@ -31,9 +31,9 @@ import ray
 from ray.exceptions import RayError
 
 from actors.evaluation import BASELINES, Contestant, EvaluationActor, Evaluator, MatchResult
-from keisei_ray.checkpoint import CHECKPOINTS, list_checkpoints
+from keisei_ray.arena.elo import ANCHOR, Z95, EloStore, Rating
+from keisei_ray.arena.records import write_record, write_text_atomic
 from keisei_ray.config import Config, ConfigError
-from keisei_ray.elo import ANCHOR, Z95, EloStore, Rating
 from keisei_ray.events import (
     Callback,
     EvaluationDone,
@@ -42,8 +42,8 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
-from keisei_ray.model_file import ModelFileError, load_model
-from keisei_ray.records import write_record, write_text_atomic
+from keisei_ray.store.checkpoint import CHECKPOINTS, list_checkpoints
+from keisei_ray.store.model_file import ModelFileError, load_model
 from learner.model import export_weights
 
 log = logging.getLogger(__name__)
