@@ -1,0 +1,1 @@
+"""Playing and rating: matches, background evaluation, Elo, the ladder, USI, terminal play."""

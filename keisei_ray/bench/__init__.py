@@ -1,0 +1,1 @@
+"""Benchmarks behind `keisei-ray bench ...`: each prints its figures beside a baseline."""

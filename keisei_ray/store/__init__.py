@@ -1,0 +1,1 @@
+"""What a run leaves on disk: checkpoints (atomic, verified, resumable) and model files."""
