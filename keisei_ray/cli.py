@@ -636,6 +636,22 @@ def ladder_cmd(
     out.print(f"plot written to {path}", markup=False)
 
 
+PLAYER_OVERRIDES = ("evaluation.greedy", "evaluation.avoid_repetition",
+                    "evaluation.temperature", "evaluation.sample_plies", "evaluation.seed",
+                    "env.max_moves", "env.impasse")
+"""The overrides `usi` and `play` apply (how the player plays); any other is refused."""
+
+
+def _player_overrides(command: str, overrides: list[str] | None) -> list[str]:
+    """The overrides, refused by name if `command` cannot apply them."""
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        if key not in PLAYER_OVERRIDES:
+            raise ConfigError(f"{command}: override {key!r} does not apply here (it "
+                              f"takes {', '.join(PLAYER_OVERRIDES)})")
+    return list(overrides or [])
+
+
 @app.command("usi")
 def usi_cmd(
     model: PlayerArg,
@@ -652,19 +668,21 @@ def usi_cmd(
     # stdout is the protocol; keep stderr quiet too (a GUI may never read it).
     root = logging.getLogger()
     root.setLevel(max(root.level, logging.WARNING))
-    cfg = load_config(config, overrides or [], preset=preset)
+    cfg = load_config(config, _player_overrides("usi", overrides), preset=preset)
     torch.set_num_threads(threads)
-    serve(_contestant(model), max_moves=cfg.env.max_moves, stdin=sys.stdin.buffer,
-          stdout=sys.stdout)
+    serve(_contestant(model), config=cfg, stdin=sys.stdin.buffer, stdout=sys.stdout,
+          threads=threads)
 
 
 @app.command("play")
 def play_cmd(
     model: PlayerArg,
     color: Annotated[str, typer.Option(help="Your colour: black, white or random.")] = "black",
-    greedy: Annotated[bool, typer.Option(help="The agent plays its most likely move; "
-                                         "--no-greedy samples.")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of the agent's sampling.")] = 0,
+    greedy: Annotated[bool | None, typer.Option(
+        help="The agent plays its most likely move; --no-greedy samples (default: "
+        "evaluation.greedy).", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the agent's sampling (default: "
+                                             "evaluation.seed).", show_default=False)] = None,
     save: Annotated[Path | None, typer.Option(help="Write the game as KIF here at the end.",
                                               dir_okay=False)] = None,
     threads: ThreadsOpt = 1,
@@ -677,28 +695,27 @@ def play_cmd(
 
     import torch
 
-    from actors.evaluation import BaselinePlayer, Player, PolicyPlayer
+    from actors.evaluation import close_player, make_player
     from keisei_ray.play import TerminalGame
-    from shogi import Color
+    from shogi import Color, Position
 
     if color not in ("black", "white", "random"):
         raise ConfigError(f"--color: expected black, white or random, got {color!r}")
-    cfg = load_config(config, overrides or [], preset=preset)
+    options = _player_overrides("play", overrides)
+    options += [f"evaluation.{k}={str(v).lower()}" for k, v in
+                (("greedy", greedy), ("seed", seed)) if v is not None]
+    cfg = load_config(config, options, preset=preset)
     torch.set_num_threads(threads)
-    c = _contestant(model)
-    agent: Player
-    if c.model is None:
-        agent = BaselinePlayer(c.name, seed)
-    else:
-        agent = PolicyPlayer.from_weights(c.name, c.model, c.weights,
-                                          c.max_moves or cfg.env.max_moves, greedy=greedy,
-                                          seed=seed,
-                                          avoid_repetition=cfg.evaluation.avoid_repetition)
+    agent = make_player(_contestant(model), cfg)
     if color == "random":
-        color = random.Random(seed).choice(["black", "white"])
+        color = random.Random(cfg.evaluation.seed).choice(["black", "white"])
     human = Color.BLACK if color == "black" else Color.WHITE
-    game = TerminalGame(agent, human, out)
-    result = game.run(out.input)
+    game = TerminalGame(agent, human, out, position=Position(
+        max_moves=cfg.env.max_moves, impasse=cfg.env.impasse == "27"))
+    try:
+        result = game.run(out.input)
+    finally:
+        close_player(agent)
     if save is not None:
         out.print(f"game saved to {game.save_kif(save)}", markup=False)
     log.debug("play finished: %s", result)

@@ -189,7 +189,7 @@ def test_evaluator_plays_a_network_against_baselines() -> None:
 def test_evaluator_errors_name_the_problem() -> None:
     cfg = config()
     evaluator = Evaluator(cfg)
-    with pytest.raises(ValueError, match="unknown baseline player 'stockfish'"):
+    with pytest.raises(ValueError, match="unknown scripted player 'stockfish'"):
         Contestant.baseline("stockfish")
     with pytest.raises(ValueError, match="two different players, got 'random' twice"):
         evaluator.match(Contestant.baseline("random"), Contestant.baseline("random"), 2, seed=0)
