@@ -486,7 +486,8 @@ def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback]) -> list[Ca
 # ----------------------------------------------------------------------------- playing the agent
 
 PlayerArg = Annotated[str, typer.Argument(
-    help="A model file or checkpoint directory, or 'random' / 'heuristic'.", show_default=False)]
+    help="A model file or checkpoint directory, 'random' / 'heuristic' / 'mate', or a USI "
+    "engine (usi:COMMAND,depth=N,... or an alias such as sf-d1).", show_default=False)]
 ThreadsOpt = Annotated[int, typer.Option(help="Torch threads (1 is fastest for small batches).")]
 
 
@@ -634,6 +635,119 @@ def ladder_cmd(
         out.print(f"heuristic: Elo {h.elo:+.0f} ± {h.ci95:.0f}", markup=False)
     path = plot_ladder(rows, store, plot or run_dir / "ladder.png")
     out.print(f"plot written to {path}", markup=False)
+
+
+@app.command("gauntlet")
+def gauntlet_cmd(
+    target: Annotated[str | None, typer.Argument(
+        help="A model file, a run folder (its newest model plays), or any player spec.",
+        show_default=False)] = None,
+    games: Annotated[int, typer.Option("--games", "-n", help="Games per rung (per pair with "
+                                       "--rate-ladder).")] = 20,
+    workers: Annotated[int, typer.Option(help="Evaluation workers (Ray actors above 1).")] = 1,
+    plot: Annotated[Path | None, typer.Option(help="PNG of the scores (default: "
+                                              "gauntlet.png beside the model).")] = None,
+    rate_ladder: Annotated[bool, typer.Option(
+        "--rate-ladder", help="Play the rungs against each other and write their ratings "
+        "(the file the gauntlet reads) instead.")] = False,
+    reach: Annotated[int, typer.Option(help="--rate-ladder: pair each rung with the next "
+                                       "N rungs.")] = 2,
+    output: Annotated[Path | None, typer.Option(help="--rate-ladder: where to write the "
+                                                "ratings (default: the package's file).",
+                                                dir_okay=False)] = None,
+    threads: ThreadsOpt = 1,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    overrides: OverridesArg = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Play the fixed gauntlet (random, scripted players, Fairy-Stockfish at rising levels):
+    score and Elo on the stored ladder scale per rung, plus a PNG."""
+    import torch
+
+    from keisei_ray.evaluation import run_models
+    from keisei_ray.gauntlet import (
+        GauntletError,
+        gauntlet,
+        plot_gauntlet,
+        ratings_path,
+    )
+    from keisei_ray.gauntlet import rate_ladder as play_ladder
+
+    if games < 1:
+        raise ConfigError(f"--games must be at least 1, got {games}")
+    cfg = load_config(config, overrides or [], preset=preset)
+    torch.set_num_threads(threads)
+    if workers > 1:
+        from keisei_ray.driver import connect_ray
+
+        connect_ray(None, num_cpus=workers, include_dashboard=False)
+
+    def progress(r: Any) -> None:
+        log.info("%s vs %s: +%d =%d -%d (%.0f s)", r.player, r.opponent, r.wins, r.draws,
+                 r.losses, r.seconds)
+
+    if rate_ladder:
+        if target is not None:
+            _fail("--rate-ladder rates the rungs themselves: give no MODEL", EXIT_USAGE)
+        try:
+            document = play_ladder(cfg, games, reach=reach, workers=workers, progress=progress)
+        except ValueError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        path = output or ratings_path()
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        for name, entry in document["ratings"].items():
+            out.print(f"{name}: Elo {entry['elo']:+.0f} ± {entry['ci95']}", markup=False)
+        out.print(f"ratings written to {path}", markup=False)
+        return
+    if target is None:
+        _fail("give a MODEL file or RUN_DIR (or --rate-ladder)", EXIT_USAGE)
+    spec, where = target, Path(target)
+    if where.is_dir() and not (where / "model.pt").is_file() and not (where / "manifest.json")\
+            .is_file():
+        try:
+            models = run_models(where)
+        except FileNotFoundError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        if not models:
+            _fail(f"run folder {where}: no checkpoints or model files", EXIT_USAGE)
+        spec = str(models[-1].path)
+        log.info("gauntlet of %s (the newest model of %s)", spec, where)
+    player = _contestant(spec)
+    try:
+        result = gauntlet(cfg, player, games, workers=workers, progress=progress)
+    except GauntletError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "player": result.player, "elo": result.rating.elo, "elo_ci95": result.rating.ci95,
+            "seconds": result.seconds,
+            "rungs": [{"rung": row.rung, "rung_elo": row.rung_elo, "games": row.result.games,
+                       "wins": row.result.wins, "draws": row.result.draws,
+                       "losses": row.result.losses, "score": row.result.score,
+                       "score_ci95": list(row.score_ci), "elo": row.elo.elo,
+                       "elo_ci95": row.elo.ci95, "reasons": row.result.reasons}
+                      for row in result.rows]}, indent=2) + "\n")
+    else:
+        table = Table(title=f"Gauntlet of {result.player} (Elo: random = 0, rungs at their "
+                      "stored ratings)", header_style="bold")
+        for column in ("rung", "rung Elo", "games", "+/=/-", "score", "95%", "Elo", "±"):
+            table.add_column(column, justify="left" if column == "rung" else "right")
+        for row in result.rows:
+            r = row.result
+            table.add_row(row.rung, f"{row.rung_elo:+.0f}", str(r.games),
+                          f"{r.wins}/{r.draws}/{r.losses}", f"{100 * r.score:.0f}%",
+                          f"{100 * row.score_ci[0]:.0f}-{100 * row.score_ci[1]:.0f}%",
+                          f"{row.elo.elo:+.0f}", f"{row.elo.ci95:.0f}")
+        out.print(table)
+        out.print(f"{result.player}: gauntlet Elo {result.rating.elo:+.0f} ± "
+                  f"{result.rating.ci95:.0f} (95%), {sum(r.result.games for r in result.rows)} "
+                  f"games in {result.seconds:.0f} s", markup=False)
+    default_plot = (where.parent if where.is_file() else where if where.is_dir()
+                    else Path.cwd()) / "gauntlet.png"
+    path = plot_gauntlet(result, plot or default_plot)
+    if not as_json:
+        out.print(f"plot written to {path}", markup=False)
 
 
 PLAYER_OVERRIDES = ("evaluation.greedy", "evaluation.avoid_repetition",

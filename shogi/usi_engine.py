@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "usi:"
 FAIRY_STOCKFISH = "/usr/games/fairy-stockfish"
-GPSUSI = "/usr/games/gpsusi"
 INSTALL_HINT = "apt-get install fairy-stockfish gpsshogi"
 
 ENGINE_ALIASES: dict[str, str] = {
@@ -60,8 +59,6 @@ ENGINE_ALIASES: dict[str, str] = {
     "sf-d1": f"usi:{FAIRY_STOCKFISH},depth=1,name=sf-d1",
     "sf-d2": f"usi:{FAIRY_STOCKFISH},depth=2,name=sf-d2",
     "sf-d4": f"usi:{FAIRY_STOCKFISH},depth=4,name=sf-d4",
-    # GPSShogi at its lowest search depth.
-    "gps-d4": f"usi:{GPSUSI},depth=4,LimitDepth=4,name=gps-d4",
 }
 """Short names of engine players (the gauntlet's rungs): name -> spec."""
 
