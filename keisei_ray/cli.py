@@ -250,6 +250,26 @@ def bench_eval_cmd(
     _print_figures("Evaluation", figures, as_json)
 
 
+@bench_app.command("engine")
+def bench_engine_cmd(
+    engine: Annotated[list[str] | None, typer.Option(
+        help="Engine rungs or usi: specs (repeat the option).")] = None,
+    games: Annotated[int, typer.Option(help="Games per match.")] = 20,
+    size: str = "small",
+    max_moves: Annotated[int, typer.Option(help="env.max_moves of the games.")] = 512,
+    as_json: JsonOpt = False,
+) -> None:
+    """External-engine games/s of one evaluation worker (vs random, vs a fresh network)."""
+    from keisei_ray.bench_engine import bench_engine_games
+
+    try:
+        figures = bench_engine_games(tuple(engine or ("sf-skill-20", "sf-d1")), games, size,
+                                     max_moves)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    _print_figures("External engine games (one evaluation worker)", figures, as_json)
+
+
 @bench_app.command("checkpoint")
 def bench_checkpoint_cmd(
     sizes: Annotated[str, typer.Option(help="Comma-separated model sizes to save and load.")] = (

@@ -514,6 +514,19 @@ def plot_ladder(rows: Sequence[LadderRow], store: EloStore, path: Path) -> Path:
     if "heuristic" in ratings:
         axes.axhline(ratings["heuristic"].elo, color="tab:red", linestyle="--",
                      label="heuristic")
+    # The gauntlet's external rungs (stored ratings, the same random = 0 scale) near the curve.
+    from keisei_ray.gauntlet import GauntletError, load_ratings  # noqa: PLC0415
+
+    try:
+        rungs = load_ratings()
+    except GauntletError as exc:
+        log.warning("ladder plot without the gauntlet rungs: %s", exc)
+        rungs = {}
+    low, high = min(elos) - 300.0, max(elos) + 300.0
+    for k, (rung, elo) in enumerate(sorted((r, e) for r, e in rungs.items()
+                                           if r.startswith("sf-") and low <= e <= high)):
+        axes.axhline(elo, color=f"C{3 + k % 6}", linestyle="-.", linewidth=0.8,
+                     label=f"{rung} (gauntlet)")
     axes.set_xlabel("timestep")
     axes.set_ylabel(f"Elo ({ANCHOR} = {ratings[ANCHOR].elo:.0f})")
     axes.set_title("Elo over training (Bradley-Terry, 95% intervals)")

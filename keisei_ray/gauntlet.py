@@ -29,7 +29,7 @@ from keisei_ray.evaluation import load_contestant, run_match, wilson_interval
 from shogi.usi_engine import ENGINE_ALIASES
 
 RUNGS: tuple[str, ...] = ("random", "sf-skill-20", "heuristic", "sf-skill-5", "mate",
-                          "sf-skill-3", "sf-skill0", "sf-d1", "sf-d2")
+                          "sf-skill-3", "sf-skill0", "sf-d1", "sf-d4")
 """The ladder, weakest first (engine rungs: `shogi.usi_engine.ENGINE_ALIASES`)."""
 RATINGS_FILE = "gauntlet_ratings.json"
 CHEAP_RUNGS = ("random", "heuristic", "mate")
@@ -128,6 +128,7 @@ def gauntlet(config: Config, player: Contestant, games: int, *,
     import time  # noqa: PLC0415
 
     ratings = load_ratings() if ratings is None else ratings
+    rungs = [r for r in rungs if r != player.name]  # a scripted player meets itself: no match
     missing = [r for r in rungs if r not in ratings]
     if missing:
         raise GauntletError(f"rungs without a stored rating: {', '.join(missing)} (rate them "
