@@ -188,7 +188,9 @@ class EvaluationConfig(Section):
     games: int = Field(64, ge=1, le=100_000, description="games per opponent and evaluation "
                        "(colours alternate)")
     opponents: list[str] = Field(default_factory=lambda: ["random", "heuristic"],
-                                 description="fixed opponents: random, heuristic, or model files")
+                                 description="fixed opponents: random, heuristic, mate, "
+                                 "USI engines (usi:... or a gauntlet rung such as sf-d1) "
+                                 "or model files")
     previous: bool = Field(True, description="also play the previously evaluated policy of the "
                            "run (rates checkpoints against each other)")
     greedy: bool = Field(True, description="network players take their most likely move "

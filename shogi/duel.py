@@ -21,7 +21,7 @@ from shogi.players import HeuristicPlayer, RandomPlayer
 from shogi.position import Position
 from shogi.rules import Outcome, Termination
 from shogi.tactics import MatePlayer
-from shogi.usi_engine import EnginePlayer
+from shogi.usi_engine import INSTALL_HINT, EnginePlayer, EngineSpecError
 from shogi.vecenv import FinishedGame, Observation
 
 
@@ -37,6 +37,10 @@ class EngineOpponent:
 
     def __init__(self, spec: str) -> None:
         self.engine = EnginePlayer(spec)
+        if not self.engine.spec.available():
+            raise EngineSpecError(f"train.opponent {spec!r}: program "
+                                  f"{self.engine.spec.command[0]!r} not found (install it "
+                                  f"with `{INSTALL_HINT}`)")
 
     def choose(self, position: Position) -> Move | Outcome:
         return self.engine.choose_one(position)
