@@ -202,12 +202,13 @@ def test_a_missing_training_opponent_engine_is_refused_by_name() -> None:
 @pytest.mark.timeout(300)
 def test_self_play_worker_trains_against_the_real_engine() -> None:
     from actors.self_play import SelfPlayWorker
+    from learner.model import export_weights
 
     cfg = load_config(None, ["model.size=tiny", "train.rollout_steps=8",
                              "train.games_per_worker=4", "train.opponent_share=0.5",
                              "train.opponent=sf-d1", "env.max_moves=12"])
     worker = SelfPlayWorker(cfg, worker_id=0)
-    summary, _ = worker.collect(None, worker.version)
+    summary, _ = worker.collect(export_weights(worker.model), 0)
     assert summary.transitions > 0 and summary.opponent_games > 0  # games at the cap ended
     assert worker.duels is not None and isinstance(worker.duels.opponent.engine, EnginePlayer)
     assert worker.duels.opponent.engine.process.running
