@@ -758,7 +758,8 @@ def gauntlet_cmd(
             table.add_row(row.rung, f"{row.rung_elo:+.0f}", str(r.games),
                           f"{r.wins}/{r.draws}/{r.losses}", f"{100 * r.score:.0f}%",
                           f"{100 * row.score_ci[0]:.0f}-{100 * row.score_ci[1]:.0f}%",
-                          f"{row.elo.elo:+.0f}", f"{row.elo.ci95:.0f}")
+                          *_rung_elo(row.result.score, row.rung_elo, row.elo.elo,
+                                     row.elo.ci95))
         out.print(table)
         out.print(f"{result.player}: gauntlet Elo {result.rating.elo:+.0f} ± "
                   f"{result.rating.ci95:.0f} (95%), {sum(r.result.games for r in result.rows)} "
@@ -768,6 +769,15 @@ def gauntlet_cmd(
     path = plot_gauntlet(result, plot or default_plot)
     if not as_json:
         out.print(f"plot written to {path}", markup=False)
+
+
+def _rung_elo(score: float, rung: float, elo: float, ci95: float) -> tuple[str, str]:
+    """One rung's Elo cells: a score of 0% or 100% only says below / above the rung."""
+    if score == 0.0:
+        return f"< {rung:+.0f}", "-"
+    if score == 1.0:
+        return f"> {rung:+.0f}", "-"
+    return f"{elo:+.0f}", f"{ci95:.0f}"
 
 
 PLAYER_OVERRIDES = ("evaluation.greedy", "evaluation.avoid_repetition",
