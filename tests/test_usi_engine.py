@@ -213,3 +213,13 @@ def test_self_play_worker_trains_against_the_real_engine() -> None:
     assert worker.duels is not None and isinstance(worker.duels.opponent.engine, EnginePlayer)
     assert worker.duels.opponent.engine.process.running
     worker.duels.opponent.close()
+
+
+@needs_stockfish
+@pytest.mark.timeout(300)
+def test_engine_opponent_inside_ray_evaluation_actors(ray_local: None) -> None:
+    from keisei_ray.evaluation import run_match
+
+    cfg = load_config(None, ["evaluation.games_at_once=2", "env.max_moves=200"])
+    result = run_match(cfg, load_contestant("sf-d1"), load_contestant("random"), 4, workers=2)
+    assert result.games == 4 and result.wins == 4, result.reasons
