@@ -1,6 +1,8 @@
 """Evaluation workers: matches between a policy and an opponent, many games at once.
 
-A *player* chooses one move for each of a batch of positions. Network players run one batched
+A *player* chooses one move for each of a batch of positions (an external engine may instead
+end a game: an Outcome in place of the move, e.g. it resigned or crashed; see
+`shogi.usi_engine`). Network players run one batched
 forward over every game in which it is their turn (so a match costs about one forward per ply,
 whatever the number of games); `random` and `heuristic` choose per game. `play_match` keeps up
 to `games_at_once` games going, alternates colours (even games: the player is Black), and
@@ -19,7 +21,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,31 +42,39 @@ from shogi import (
     RandomPlayer,
     action_to_move,
 )
+from shogi.tactics import MatePlayer
+from shogi.usi_engine import EnginePlayer
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("random", "heuristic")
-"""Opponents that need no model."""
+"""Opponents that need no model (the ladder plays both)."""
+SCRIPTED = ("random", "heuristic", "mate")
+"""Every scripted player: the baselines and `mate` (`shogi.tactics.MatePlayer`)."""
 
 
 class Player(Protocol):
-    """Chooses one legal move for each position of a batch (none of them finished)."""
+    """Chooses one legal move for each position of a batch (none of them finished), or the
+    Outcome that ends a game there (only engines do: resignation, crash, illegal answer)."""
 
     name: str
 
-    def choose(self, positions: Sequence[Position]) -> list[Move]: ...
+    def choose(self, positions: Sequence[Position]) -> Sequence[Move | Outcome]: ...
 
 
 class BaselinePlayer:
-    """`random` or `heuristic` (see `shogi.players`), one move per position."""
+    """`random`, `heuristic` (see `shogi.players`) or `mate` (`shogi.tactics`), one move per
+    position."""
 
     def __init__(self, kind: str, seed: int = 0, name: str | None = None) -> None:
         if kind == "random":
-            self._player: RandomPlayer | HeuristicPlayer = RandomPlayer(seed)
+            self._player: RandomPlayer | HeuristicPlayer | MatePlayer = RandomPlayer(seed)
         elif kind == "heuristic":
             self._player = HeuristicPlayer(seed)
+        elif kind == "mate":
+            self._player = MatePlayer(seed)
         else:
-            raise ValueError(f"unknown baseline player {kind!r} (expected one of {BASELINES})")
+            raise ValueError(f"unknown scripted player {kind!r} (expected one of {SCRIPTED})")
         self.kind = kind
         self.name = name or kind
 
@@ -261,6 +271,7 @@ def play_match(player: Player, opponent: Player, games: int, *, max_moves: int,
     result = MatchResult(player.name, opponent.name)
     numbers = iter(range(first_game, first_game + games))
     active: dict[int, Position] = {}
+    ended: dict[int, Outcome] = {}  # games a player ended instead of moving (engines)
     kept: dict[int, GameRecord] = {}
 
     def start_next() -> None:
@@ -276,7 +287,7 @@ def play_match(player: Player, opponent: Player, games: int, *, max_moves: int,
     while active:
         # Finished games leave; their slot takes the next game.
         for number, position in list(active.items()):
-            outcome = position.outcome()
+            outcome = ended.pop(number, None) or position.outcome()
             if outcome is None:
                 continue
             color = player_color(number)
@@ -298,7 +309,10 @@ def play_match(player: Player, opponent: Player, games: int, *, max_moves: int,
             if numbers_to_move:
                 moves = who.choose([active[n] for n in numbers_to_move])
                 for n, move in zip(numbers_to_move, moves, strict=True):
-                    active[n].push(move)
+                    if isinstance(move, Outcome):
+                        ended[n] = move
+                    else:
+                        active[n].push(move)
     result.records = [kept[n] for n in sorted(kept)]
     result.seconds = time.perf_counter() - start
     return result
@@ -309,27 +323,65 @@ def play_match(player: Player, opponent: Player, games: int, *, max_moves: int,
 
 @dataclass(frozen=True)
 class Contestant:
-    """Who plays: a baseline (`random`, `heuristic`) or a network.
+    """Who plays: a scripted player (`random`, `heuristic`, `mate`), a network, or an external
+    USI engine.
 
     A network has its model config and weights: a dict of arrays, or (through Ray) a list
     holding one ObjectRef to such a dict, resolved by the evaluation actor. `max_moves` is the
-    ply cap the network was trained with (it scales an input plane); None: the env's.
+    ply cap the network was trained with (it scales an input plane); None: the env's. An
+    engine has its spec (`usi:...` or an alias, see `shogi.usi_engine`); its process is
+    started by the player, where the games are played.
     """
 
     name: str
     model: ModelConfig | None = None
     weights: Any = None
     max_moves: int | None = None
+    engine: str | None = None
 
     @property
     def is_baseline(self) -> bool:
-        return self.model is None
+        return self.model is None and self.engine is None
 
     @classmethod
     def baseline(cls, kind: str) -> Contestant:
-        if kind not in BASELINES:
-            raise ValueError(f"unknown baseline player {kind!r} (expected one of {BASELINES})")
+        if kind not in SCRIPTED:
+            raise ValueError(f"unknown scripted player {kind!r} (expected one of {SCRIPTED})")
         return cls(kind)
+
+
+def make_player(contestant: Contestant, config: Config, *, seed: int | None = None,
+                model: nn.Module | None = None) -> Player:
+    """The one place a contestant becomes a player (evaluation, gauntlet, `usi`, `play`).
+
+    Every setting comes from `config`: a network plays with `evaluation.greedy`,
+    `temperature`, `sample_plies` and `avoid_repetition`, and scales its ply plane by the
+    contestant's `max_moves` or else `env.max_moves`; `seed` defaults to `evaluation.seed`.
+    `model` is an already built network for the contestant (saves rebuilding it).
+    """
+    seed = config.evaluation.seed if seed is None else seed
+    if contestant.engine is not None:
+        return EnginePlayer(contestant.engine, name=contestant.name)
+    if contestant.model is None:
+        return BaselinePlayer(contestant.name, seed)
+    s = config.evaluation
+    max_moves = contestant.max_moves or config.env.max_moves
+    options: dict[str, Any] = {"greedy": s.greedy, "temperature": s.temperature,
+                               "sample_plies": s.sample_plies, "seed": seed,
+                               "avoid_repetition": s.avoid_repetition}
+    if model is not None:
+        return PolicyPlayer(contestant.name, model, max_moves, **options)
+    if contestant.weights is None:
+        raise ValueError(f"network player {contestant.name!r} has no weights")
+    return PolicyPlayer.from_weights(contestant.name, contestant.model, contestant.weights,
+                                     max_moves, **options)
+
+
+def close_player(player: Player) -> None:
+    """Stop what a player runs (an engine's process); nothing for the others."""
+    close = getattr(player, "close", None)
+    if callable(close):
+        close()
 
 
 class Evaluator:
@@ -340,16 +392,7 @@ class Evaluator:
         self.settings = config.evaluation
 
     def player(self, contestant: Contestant, seed: int) -> Player:
-        if contestant.model is None:
-            return BaselinePlayer(contestant.name, seed)
-        if contestant.weights is None:
-            raise ValueError(f"network player {contestant.name!r} has no weights")
-        s = self.settings
-        return PolicyPlayer.from_weights(
-            contestant.name, contestant.model, contestant.weights,
-            contestant.max_moves or self.config.env.max_moves, greedy=s.greedy,
-            temperature=s.temperature, sample_plies=s.sample_plies, seed=seed,
-            avoid_repetition=s.avoid_repetition)
+        return make_player(contestant, self.config, seed=seed)
 
     def match(self, player: Contestant, opponent: Contestant, games: int, *, seed: int,
               first_game: int = 0, records: int | None = None) -> MatchResult:
@@ -358,12 +401,17 @@ class Evaluator:
             raise ValueError(f"a match needs two different players, got {player.name!r} twice")
         player_seed, opponent_seed = np.random.SeedSequence([seed, first_game]).generate_state(2)
         env = self.config.env
-        result = play_match(
-            self.player(player, int(player_seed)), self.player(opponent, int(opponent_seed)),
-            games, max_moves=env.max_moves, impasse=env.impasse == "27",
-            games_at_once=self.settings.games_at_once,
-            records=self.settings.records if records is None else records,
-            first_game=first_game)
+        players = (self.player(player, int(player_seed)),
+                   self.player(opponent, int(opponent_seed)))
+        try:
+            result = play_match(
+                *players, games, max_moves=env.max_moves, impasse=env.impasse == "27",
+                games_at_once=self.settings.games_at_once,
+                records=self.settings.records if records is None else records,
+                first_game=first_game)
+        finally:
+            for p in players:
+                close_player(p)
         log.debug("%s vs %s: +%d =%d -%d in %.1f s", result.player, result.opponent,
                   result.wins, result.draws, result.losses, result.seconds)
         return result
@@ -381,8 +429,7 @@ class Evaluator:
 def resolve(contestant: Contestant) -> Contestant:
     """The contestant with boxed weights ([ObjectRef]) fetched from the object store."""
     if isinstance(contestant.weights, list):
-        weights = ray.get(contestant.weights[0])
-        return Contestant(contestant.name, contestant.model, weights, contestant.max_moves)
+        return replace(contestant, weights=ray.get(contestant.weights[0]))
     return contestant
 
 

@@ -38,14 +38,12 @@ from shogi import (
     Color,
     CompactState,
     FinishedGame,
-    HeuristicPlayer,
     Observation,
-    RandomPlayer,
     Termination,
     VecEnv,
     material_balance,
 )
-from shogi.duel import OpponentEnv
+from shogi.duel import OpponentEnv, duel_opponent
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +106,8 @@ class SelfPlayWorker:
         self.env = VecEnv(self.num_self, self.max_moves, seed=env_seed, impasse=impasse)
         self.duels: OpponentEnv | None = None
         if duels:
-            player_cls = HeuristicPlayer if train.opponent == "heuristic" else RandomPlayer
-            self.duels = OpponentEnv(duels, player_cls(env_seed), self.max_moves, impasse=impasse)
+            self.duels = OpponentEnv(duels, duel_opponent(train.opponent, env_seed),
+                                     self.max_moves, impasse=impasse)
         torch.manual_seed(torch_seed)
         self.model = build_model(config.model).eval()
         self.generator = torch.Generator().manual_seed(torch_seed)

@@ -250,6 +250,26 @@ def bench_eval_cmd(
     _print_figures("Evaluation", figures, as_json)
 
 
+@bench_app.command("engine")
+def bench_engine_cmd(
+    engine: Annotated[list[str] | None, typer.Option(
+        help="Engine rungs or usi: specs (repeat the option).")] = None,
+    games: Annotated[int, typer.Option(help="Games per match.")] = 20,
+    size: str = "small",
+    max_moves: Annotated[int, typer.Option(help="env.max_moves of the games.")] = 512,
+    as_json: JsonOpt = False,
+) -> None:
+    """External-engine games/s of one evaluation worker (vs random, vs a fresh network)."""
+    from keisei_ray.bench.engine import bench_engine_games
+
+    try:
+        figures = bench_engine_games(tuple(engine or ("sf-skill-20", "sf-d1")), games, size,
+                                     max_moves)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    _print_figures("External engine games (one evaluation worker)", figures, as_json)
+
+
 @bench_app.command("checkpoint")
 def bench_checkpoint_cmd(
     sizes: Annotated[str, typer.Option(help="Comma-separated model sizes to save and load.")] = (
@@ -486,7 +506,8 @@ def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback]) -> list[Ca
 # ----------------------------------------------------------------------------- playing the agent
 
 PlayerArg = Annotated[str, typer.Argument(
-    help="A model file or checkpoint directory, or 'random' / 'heuristic'.", show_default=False)]
+    help="A model file or checkpoint directory, 'random' / 'heuristic' / 'mate', or a USI "
+    "engine (usi:COMMAND,depth=N,... or an alias such as sf-d1).", show_default=False)]
 ThreadsOpt = Annotated[int, typer.Option(help="Torch threads (1 is fastest for small batches).")]
 
 
@@ -636,6 +657,145 @@ def ladder_cmd(
     out.print(f"plot written to {path}", markup=False)
 
 
+@app.command("gauntlet")
+def gauntlet_cmd(
+    target: Annotated[str | None, typer.Argument(
+        help="A model file, a run folder (its newest model plays), or any player spec.",
+        show_default=False)] = None,
+    games: Annotated[int, typer.Option("--games", "-n", help="Games per rung (per pair with "
+                                       "--rate-ladder).")] = 20,
+    workers: Annotated[int, typer.Option(help="Evaluation workers (Ray actors above 1).")] = 1,
+    plot: Annotated[Path | None, typer.Option(help="PNG of the scores (default: "
+                                              "gauntlet.png beside the model).")] = None,
+    rate_ladder: Annotated[bool, typer.Option(
+        "--rate-ladder", help="Play the rungs against each other and write their ratings "
+        "(the file the gauntlet reads) instead.")] = False,
+    reach: Annotated[int, typer.Option(help="--rate-ladder: pair each rung with the next "
+                                       "N rungs.")] = 2,
+    output: Annotated[Path | None, typer.Option(help="--rate-ladder: where to write the "
+                                                "ratings (default: the package's file).",
+                                                dir_okay=False)] = None,
+    threads: ThreadsOpt = 1,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    overrides: OverridesArg = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Play the fixed gauntlet (random, scripted players, Fairy-Stockfish at rising levels):
+    score and Elo on the stored ladder scale per rung, plus a PNG."""
+    import torch
+
+    from keisei_ray.arena.evaluation import run_models
+    from keisei_ray.arena.gauntlet import (
+        GauntletError,
+        gauntlet,
+        plot_gauntlet,
+        ratings_path,
+    )
+    from keisei_ray.arena.gauntlet import rate_ladder as play_ladder
+
+    if games < 1:
+        raise ConfigError(f"--games must be at least 1, got {games}")
+    cfg = load_config(config, overrides or [], preset=preset)
+    torch.set_num_threads(threads)
+    if workers > 1:
+        from keisei_ray.training.driver import connect_ray
+
+        connect_ray(None, num_cpus=workers, include_dashboard=False)
+
+    def progress(r: Any) -> None:
+        log.info("%s vs %s: +%d =%d -%d (%.0f s)", r.player, r.opponent, r.wins, r.draws,
+                 r.losses, r.seconds)
+
+    if rate_ladder:
+        if target is not None:
+            _fail("--rate-ladder rates the rungs themselves: give no MODEL", EXIT_USAGE)
+        try:
+            document = play_ladder(cfg, games, reach=reach, workers=workers, progress=progress)
+        except ValueError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        path = output or ratings_path()
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        for name, entry in document["ratings"].items():
+            out.print(f"{name}: Elo {entry['elo']:+.0f} ± {entry['ci95']}", markup=False)
+        out.print(f"ratings written to {path}", markup=False)
+        return
+    if target is None:
+        _fail("give a MODEL file or RUN_DIR (or --rate-ladder)", EXIT_USAGE)
+    spec, where = target, Path(target)
+    if where.is_dir() and not (where / "model.pt").is_file() and not (where / "manifest.json")\
+            .is_file():
+        try:
+            models = run_models(where)
+        except FileNotFoundError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        if not models:
+            _fail(f"run folder {where}: no checkpoints or model files", EXIT_USAGE)
+        spec = str(models[-1].path)
+        log.info("gauntlet of %s (the newest model of %s)", spec, where)
+    player = _contestant(spec)
+    try:
+        result = gauntlet(cfg, player, games, workers=workers, progress=progress)
+    except GauntletError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "player": result.player, "elo": result.rating.elo, "elo_ci95": result.rating.ci95,
+            "seconds": result.seconds,
+            "rungs": [{"rung": row.rung, "rung_elo": row.rung_elo, "games": row.result.games,
+                       "wins": row.result.wins, "draws": row.result.draws,
+                       "losses": row.result.losses, "score": row.result.score,
+                       "score_ci95": list(row.score_ci), "elo": row.elo.elo,
+                       "elo_ci95": row.elo.ci95, "reasons": row.result.reasons}
+                      for row in result.rows]}, indent=2) + "\n")
+    else:
+        table = Table(title=f"Gauntlet of {result.player} (Elo: random = 0, rungs at their "
+                      "stored ratings)", header_style="bold")
+        for column in ("rung", "rung Elo", "games", "+/=/-", "score", "95%", "Elo", "±"):
+            table.add_column(column, justify="left" if column == "rung" else "right")
+        for row in result.rows:
+            r = row.result
+            table.add_row(row.rung, f"{row.rung_elo:+.0f}", str(r.games),
+                          f"{r.wins}/{r.draws}/{r.losses}", f"{100 * r.score:.0f}%",
+                          f"{100 * row.score_ci[0]:.0f}-{100 * row.score_ci[1]:.0f}%",
+                          *_rung_elo(row.result.score, row.rung_elo, row.elo.elo,
+                                     row.elo.ci95))
+        out.print(table)
+        out.print(f"{result.player}: gauntlet Elo {result.rating.elo:+.0f} ± "
+                  f"{result.rating.ci95:.0f} (95%), {sum(r.result.games for r in result.rows)} "
+                  f"games in {result.seconds:.0f} s", markup=False)
+    default_plot = (where.parent if where.is_file() else where if where.is_dir()
+                    else Path.cwd()) / "gauntlet.png"
+    path = plot_gauntlet(result, plot or default_plot)
+    if not as_json:
+        out.print(f"plot written to {path}", markup=False)
+
+
+def _rung_elo(score: float, rung: float, elo: float, ci95: float) -> tuple[str, str]:
+    """One rung's Elo cells: a score of 0% or 100% only says below / above the rung."""
+    if score == 0.0:
+        return f"< {rung:+.0f}", "-"
+    if score == 1.0:
+        return f"> {rung:+.0f}", "-"
+    return f"{elo:+.0f}", f"{ci95:.0f}"
+
+
+PLAYER_OVERRIDES = ("evaluation.greedy", "evaluation.avoid_repetition",
+                    "evaluation.temperature", "evaluation.sample_plies", "evaluation.seed",
+                    "env.max_moves", "env.impasse")
+"""The overrides `usi` and `play` apply (how the player plays); any other is refused."""
+
+
+def _player_overrides(command: str, overrides: list[str] | None) -> list[str]:
+    """The overrides, refused by name if `command` cannot apply them."""
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        if key not in PLAYER_OVERRIDES:
+            raise ConfigError(f"{command}: override {key!r} does not apply here (it "
+                              f"takes {', '.join(PLAYER_OVERRIDES)})")
+    return list(overrides or [])
+
+
 @app.command("usi")
 def usi_cmd(
     model: PlayerArg,
@@ -652,19 +812,21 @@ def usi_cmd(
     # stdout is the protocol; keep stderr quiet too (a GUI may never read it).
     root = logging.getLogger()
     root.setLevel(max(root.level, logging.WARNING))
-    cfg = load_config(config, overrides or [], preset=preset)
+    cfg = load_config(config, _player_overrides("usi", overrides), preset=preset)
     torch.set_num_threads(threads)
-    serve(_contestant(model), max_moves=cfg.env.max_moves, stdin=sys.stdin.buffer,
-          stdout=sys.stdout)
+    serve(_contestant(model), config=cfg, stdin=sys.stdin.buffer, stdout=sys.stdout,
+          threads=threads)
 
 
 @app.command("play")
 def play_cmd(
     model: PlayerArg,
     color: Annotated[str, typer.Option(help="Your colour: black, white or random.")] = "black",
-    greedy: Annotated[bool, typer.Option(help="The agent plays its most likely move; "
-                                         "--no-greedy samples.")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of the agent's sampling.")] = 0,
+    greedy: Annotated[bool | None, typer.Option(
+        help="The agent plays its most likely move; --no-greedy samples (default: "
+        "evaluation.greedy).", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the agent's sampling (default: "
+                                             "evaluation.seed).", show_default=False)] = None,
     save: Annotated[Path | None, typer.Option(help="Write the game as KIF here at the end.",
                                               dir_okay=False)] = None,
     threads: ThreadsOpt = 1,
@@ -677,28 +839,27 @@ def play_cmd(
 
     import torch
 
-    from actors.evaluation import BaselinePlayer, Player, PolicyPlayer
+    from actors.evaluation import close_player, make_player
     from keisei_ray.arena.play import TerminalGame
-    from shogi import Color
+    from shogi import Color, Position
 
     if color not in ("black", "white", "random"):
         raise ConfigError(f"--color: expected black, white or random, got {color!r}")
-    cfg = load_config(config, overrides or [], preset=preset)
+    options = _player_overrides("play", overrides)
+    options += [f"evaluation.{k}={str(v).lower()}" for k, v in
+                (("greedy", greedy), ("seed", seed)) if v is not None]
+    cfg = load_config(config, options, preset=preset)
     torch.set_num_threads(threads)
-    c = _contestant(model)
-    agent: Player
-    if c.model is None:
-        agent = BaselinePlayer(c.name, seed)
-    else:
-        agent = PolicyPlayer.from_weights(c.name, c.model, c.weights,
-                                          c.max_moves or cfg.env.max_moves, greedy=greedy,
-                                          seed=seed,
-                                          avoid_repetition=cfg.evaluation.avoid_repetition)
+    agent = make_player(_contestant(model), cfg)
     if color == "random":
-        color = random.Random(seed).choice(["black", "white"])
+        color = random.Random(cfg.evaluation.seed).choice(["black", "white"])
     human = Color.BLACK if color == "black" else Color.WHITE
-    game = TerminalGame(agent, human, out)
-    result = game.run(out.input)
+    game = TerminalGame(agent, human, out, position=Position(
+        max_moves=cfg.env.max_moves, impasse=cfg.env.impasse == "27"))
+    try:
+        result = game.run(out.input)
+    finally:
+        close_player(agent)
     if save is not None:
         out.print(f"game saved to {game.save_kif(save)}", markup=False)
     log.debug("play finished: %s", result)

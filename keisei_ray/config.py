@@ -132,8 +132,10 @@ class TrainConfig(Section):
     games_per_worker: int = Field(32, ge=1, le=4096, description="games each worker plays at once")
     rollout_steps: int = Field(32, ge=1, le=4096, description="plies of every game per collect")
     seed: int = Field(0, ge=0, description="seed of the model init, PPO minibatches and workers")
-    opponent: Literal["heuristic", "random"] = Field(
-        "heuristic", description="the fixed opponent of the games that are not self-play")
+    opponent: str = Field(
+        "heuristic", description="the fixed opponent of the games that are not self-play: "
+        "heuristic, random, mate, or a USI engine (usi:COMMAND,depth=N,... or an alias such "
+        "as sf-d1)")
     opponent_share: float = Field(
         0.0, ge=0.0, lt=1.0, description="share of each worker's games played against "
         "train.opponent instead of itself (its colour alternating); 0 = pure self-play")
@@ -157,6 +159,19 @@ class TrainConfig(Section):
     runs_dir: str = Field("runs", description="folder that holds one folder per run")
     run_name: str | None = Field(None, description="run folder name (None: timestamp + short id)")
 
+    @field_validator("opponent")
+    @classmethod
+    def _known_opponent(cls, value: str) -> str:
+        from shogi.usi_engine import EngineSpec, is_engine_spec  # noqa: PLC0415
+
+        if value in ("heuristic", "random", "mate"):
+            return value
+        if is_engine_spec(value):
+            EngineSpec.parse(value)  # EngineSpecError (a ValueError) names what is wrong
+            return value
+        raise ValueError(f"expected heuristic, random, mate or a USI engine (usi:... or an "
+                         f"alias such as sf-d1), got {value!r}")
+
     @property
     def transitions_per_worker(self) -> int:
         return self.games_per_worker * self.rollout_steps
@@ -173,7 +188,9 @@ class EvaluationConfig(Section):
     games: int = Field(64, ge=1, le=100_000, description="games per opponent and evaluation "
                        "(colours alternate)")
     opponents: list[str] = Field(default_factory=lambda: ["random", "heuristic"],
-                                 description="fixed opponents: random, heuristic, or model files")
+                                 description="fixed opponents: random, heuristic, mate, "
+                                 "USI engines (usi:... or a gauntlet rung such as sf-d1) "
+                                 "or model files")
     previous: bool = Field(True, description="also play the previously evaluated policy of the "
                            "run (rates checkpoints against each other)")
     greedy: bool = Field(True, description="network players take their most likely move "

@@ -17,13 +17,47 @@ import numpy as np
 
 from shogi.compact import CompactState
 from shogi.moves import Color, Move
+from shogi.players import HeuristicPlayer, RandomPlayer
 from shogi.position import Position
-from shogi.rules import Termination
+from shogi.rules import Outcome, Termination
+from shogi.tactics import MatePlayer
+from shogi.usi_engine import INSTALL_HINT, EnginePlayer, EngineSpecError
 from shogi.vecenv import FinishedGame, Observation
 
 
 class Player(Protocol):
-    def choose(self, position: Position) -> Move: ...
+    """A scripted player, or an engine (`shogi.usi_engine`) that may end the game instead of
+    moving (it crashed, hung, resigned ...): the Outcome then ends that game."""
+
+    def choose(self, position: Position) -> Move | Outcome: ...
+
+
+class EngineOpponent:
+    """An `EnginePlayer` as a one-position duel opponent (its failures end the game)."""
+
+    def __init__(self, spec: str) -> None:
+        self.engine = EnginePlayer(spec)
+        if not self.engine.spec.available():
+            raise EngineSpecError(f"train.opponent {spec!r}: program "
+                                  f"{self.engine.spec.command[0]!r} not found (install it "
+                                  f"with `{INSTALL_HINT}`)")
+
+    def choose(self, position: Position) -> Move | Outcome:
+        return self.engine.choose_one(position)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def duel_opponent(spec: str, seed: int) -> Player:
+    """`train.opponent` as a player: random, heuristic, mate or a USI engine spec."""
+    if spec == "random":
+        return RandomPlayer(seed)
+    if spec == "heuristic":
+        return HeuristicPlayer(seed)
+    if spec == "mate":
+        return MatePlayer(seed)
+    return EngineOpponent(spec)
 
 
 @dataclass
@@ -58,7 +92,13 @@ class OpponentEnv:
     def _new_game(self, slot: int) -> Position:
         position = Position(self.start_sfen, max_moves=self.max_moves, impasse=self.impasse)
         if position.turn != self.agent_colors[slot]:
-            position.push(self.opponent.choose(position))  # the opponent opens
+            opening = self.opponent.choose(position)  # the opponent opens
+            if isinstance(opening, Outcome):
+                # An engine that fails on the first move: the agent would win a game it never
+                # played; the slot starts with a random opening move instead.
+                moves = position.legal_moves()
+                opening = moves[len(self.agent_colors) * 7919 % len(moves)]
+            position.push(opening)
         return position
 
     def observe(self) -> Observation:
@@ -89,8 +129,12 @@ class OpponentEnv:
             position.push_action(int(action))  # IllegalMoveError names the action
             outcome = position.outcome()
             if outcome is None:
-                position.push(self.opponent.choose(position))
-                outcome = position.outcome()
+                reply = self.opponent.choose(position)
+                if isinstance(reply, Outcome):
+                    outcome = reply  # an engine resigned or failed: it loses this game
+                else:
+                    position.push(reply)
+                    outcome = position.outcome()
             if outcome is None:
                 continue
             if outcome.winner is not None:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from shogi.position import Position
 
 _KIF_SIDE = {Color.BLACK: "先手", Color.WHITE: "後手"}
+FORFEITS = (Termination.ENGINE_CRASH, Termination.ENGINE_TIMEOUT, Termination.ILLEGAL_MOVE)
 _CSA_SIDE = {Color.BLACK: "+", Color.WHITE: "-"}
 
 
@@ -61,6 +62,10 @@ def _kif_ending(outcome: Outcome, plies: int) -> list[str]:
         return [f"{number} 入玉宣言", f"まで{plies}手で{_KIF_SIDE[winner]}の入玉勝ち"]
     if reason is Termination.SENNICHITE:
         return [f"{number} 千日手", f"まで{plies}手で千日手"]
+    if reason is Termination.RESIGN and winner is not None:
+        return [f"{number} 投了", f"まで{plies}手で{_KIF_SIDE[winner]}の勝ち"]
+    if reason in FORFEITS and winner is not None:
+        return [f"{number} 反則負け", f"まで{plies}手で{_KIF_SIDE[winner.opponent()]}の反則負け"]
     return [f"{number} 持将棋", f"まで{plies}手で持将棋"]
 
 
@@ -90,8 +95,10 @@ def to_csa(position: Position, names: tuple[str, str] = ("Black", "White")) -> s
 
 def _csa_ending(outcome: Outcome) -> str:
     reason = outcome.reason
-    if reason in (Termination.CHECKMATE, Termination.NO_LEGAL_MOVES):
+    if reason in (Termination.CHECKMATE, Termination.NO_LEGAL_MOVES, Termination.RESIGN):
         return "%TORYO"
+    if reason in FORFEITS and outcome.winner is not None:
+        return f"%{_CSA_SIDE[outcome.winner.opponent()]}ILLEGAL_ACTION"
     if reason is Termination.PERPETUAL_CHECK and outcome.winner is not None:
         return f"%{_CSA_SIDE[outcome.winner.opponent()]}ILLEGAL_ACTION"
     if reason is Termination.IMPASSE:

@@ -21,6 +21,11 @@ class Termination(str, Enum):
     PERPETUAL_CHECK = "perpetual_check"
     IMPASSE = "impasse"
     MAX_MOVES = "max_moves"
+    # Ends that only an external engine brings (see shogi.usi_engine): the side to move lost.
+    RESIGN = "resign"
+    ENGINE_CRASH = "engine_crash"
+    ENGINE_TIMEOUT = "engine_timeout"
+    ILLEGAL_MOVE = "illegal_move"
 
 
 @dataclass(frozen=True)

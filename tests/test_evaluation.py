@@ -189,13 +189,13 @@ def test_evaluator_plays_a_network_against_baselines() -> None:
 def test_evaluator_errors_name_the_problem() -> None:
     cfg = config()
     evaluator = Evaluator(cfg)
-    with pytest.raises(ValueError, match="unknown baseline player 'stockfish'"):
+    with pytest.raises(ValueError, match="unknown scripted player 'stockfish'"):
         Contestant.baseline("stockfish")
     with pytest.raises(ValueError, match="two different players, got 'random' twice"):
         evaluator.match(Contestant.baseline("random"), Contestant.baseline("random"), 2, seed=0)
     with pytest.raises(ValueError, match="'net' has no weights"):
         evaluator.match(Contestant("net", cfg.model), Contestant.baseline("random"), 2, seed=0)
-    with pytest.raises(ValueError, match="unknown baseline player 'x'"):
+    with pytest.raises(ValueError, match="unknown scripted player 'x'"):
         BaselinePlayer("x")
     with pytest.raises(ValueError, match="temperature must be > 0"):
         tiny_network("n", temperature=0.0)

@@ -91,7 +91,7 @@ def test_the_layout_has_the_role_folders() -> None:
         assert (ROOT / "keisei_ray" / folder / "__init__.py").is_file(), folder
 
 
-@pytest.mark.parametrize("path", all_modules(), ids=lambda p: module_name(p))
+@pytest.mark.parametrize("path", all_modules(), ids=module_name)
 def test_imports_point_down(path: Path) -> None:
     own = rank(module_name(path))
     assert own is not None

@@ -75,9 +75,13 @@ def test_handshake_and_a_legal_move() -> None:
     for usi in ("7g7f", "3c3d"):
         position.push_usi(usi)
     assert move in {m.usi() for m in position.legal_moves()}
-    # Greedy by default: the same position gives the same move.
-    s.send("position startpos moves 7g7f 3c3d")
-    assert bestmove(s.send("go byoyomi 100")) == move
+    # Greedy by default, after evaluation.sample_plies (8) sampled plies: from ply 8 on the
+    # same position gives the same move.
+    line = "position startpos moves 7g7f 3c3d 2g2f 8c8d 2f2e 8d8e 6i7h 4a3b"
+    s.send(line)
+    first = bestmove(s.send("go byoyomi 100"))
+    s.send(line)
+    assert bestmove(s.send("go byoyomi 100")) == first
 
 
 def test_sfen_positions_and_game_ends() -> None:

@@ -22,7 +22,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,14 @@ import numpy as np
 import ray
 from ray.exceptions import RayError
 
-from actors.evaluation import BASELINES, Contestant, EvaluationActor, Evaluator, MatchResult
+from actors.evaluation import (
+    BASELINES,
+    SCRIPTED,
+    Contestant,
+    EvaluationActor,
+    Evaluator,
+    MatchResult,
+)
 from keisei_ray.arena.elo import ANCHOR, Z95, EloStore, Rating
 from keisei_ray.arena.records import write_record, write_text_atomic
 from keisei_ray.config import Config, ConfigError
@@ -45,6 +52,7 @@ from keisei_ray.events import (
 from keisei_ray.store.checkpoint import CHECKPOINTS, list_checkpoints
 from keisei_ray.store.model_file import ModelFileError, load_model
 from learner.model import export_weights
+from shogi.usi_engine import INSTALL_HINT, EngineSpec, is_engine_spec
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +61,21 @@ log = logging.getLogger(__name__)
 
 
 def load_contestant(spec: str, name: str | None = None) -> Contestant:
-    """`random`, `heuristic`, or a model file: the one place that turns a name into a player.
+    """`random`, `heuristic`, `mate`, an engine (`usi:...` or an alias such as `sf-d1`, see
+    `shogi.usi_engine`) or a model file: the one place that turns a name into a contestant.
 
     A model's name defaults to its file name; its `max_moves` (which scales an input plane)
-    comes from the file's metadata when the file records it.
+    comes from the file's metadata when the file records it. An engine whose program is not
+    installed is refused here (ValueError naming the install command).
     """
-    if spec in BASELINES:
+    if spec in SCRIPTED:
         return Contestant.baseline(spec)
+    if is_engine_spec(spec):
+        engine = EngineSpec.parse(spec)
+        if not engine.available():
+            raise ValueError(f"engine {spec!r}: program {engine.command[0]!r} not found "
+                             f"(install it with `{INSTALL_HINT}`)")
+        return Contestant(name or engine.name, engine=spec)
     loaded = load_model(spec)
     max_moves = loaded.meta.get("max_moves")
     return Contestant(name or Path(spec).name, loaded.config, export_weights(loaded.model),
@@ -70,8 +86,7 @@ def boxed(contestant: Contestant) -> Contestant:
     """The contestant with its weights put in the object store once (for many Ray calls)."""
     if contestant.weights is None or isinstance(contestant.weights, list):
         return contestant
-    return Contestant(contestant.name, contestant.model, [ray.put(contestant.weights)],
-                      contestant.max_moves)
+    return replace(contestant, weights=[ray.put(contestant.weights)])
 
 
 # ----------------------------------------------------------------------------- intervals
@@ -499,6 +514,19 @@ def plot_ladder(rows: Sequence[LadderRow], store: EloStore, path: Path) -> Path:
     if "heuristic" in ratings:
         axes.axhline(ratings["heuristic"].elo, color="tab:red", linestyle="--",
                      label="heuristic")
+    # The gauntlet's external rungs (stored ratings, the same random = 0 scale) near the curve.
+    from keisei_ray.arena.gauntlet import GauntletError, load_ratings  # noqa: PLC0415
+
+    try:
+        rungs = load_ratings()
+    except GauntletError as exc:
+        log.warning("ladder plot without the gauntlet rungs: %s", exc)
+        rungs = {}
+    low, high = min(elos) - 300.0, max(elos) + 300.0
+    for k, (rung, elo) in enumerate(sorted((r, e) for r, e in rungs.items()
+                                           if r.startswith("sf-") and low <= e <= high)):
+        axes.axhline(elo, color=f"C{3 + k % 6}", linestyle="-.", linewidth=0.8,
+                     label=f"{rung} (gauntlet)")
     axes.set_xlabel("timestep")
     axes.set_ylabel(f"Elo ({ANCHOR} = {ratings[ANCHOR].elo:.0f})")
     axes.set_title("Elo over training (Bradley-Terry, 95% intervals)")

@@ -148,6 +148,8 @@ class TerminalGame:
                 return self._announce(outcome)
             if position.turn != self.human:
                 move = self.agent.choose([position])[0]
+                if isinstance(move, Outcome):  # an engine resigned or failed
+                    return self._announce(move)
                 position.push(move)
                 self.last = move
                 self.console.print(f"{self.agent.name} plays [bold]{move.usi()}[/bold]")

@@ -7,6 +7,10 @@ illegal move: malformed or illegal commands get an `info string error: ...` line
 a valid position, or in a lost position, answers `bestmove resign`; a valid 27-point impasse
 declaration (option `Impasse`) answers `bestmove win`. `go infinite` and `go ponder` hold their
 move until `stop` (or `ponderhit`), as the protocol requires.
+
+The options start from the config (`evaluation.greedy`, `avoid_repetition`, `temperature`,
+`sample_plies`, `seed`; `env.impasse`), so `keisei-ray usi MODEL evaluation.greedy=false`
+takes effect, and the player is built by `actors.evaluation.make_player` as in evaluation.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from typing import BinaryIO, TextIO
 
 import torch
 
-from actors.evaluation import BaselinePlayer, Contestant, Player, PolicyPlayer
+from actors.evaluation import Contestant, Player, PolicyPlayer, make_player
 from keisei_ray import __version__
+from keisei_ray.config import Config
 from learner.model import build_model, load_weights
-from shogi import STARTING_SFEN, Position, RandomPlayer, ShogiError, Termination
+from shogi import STARTING_SFEN, Outcome, Position, RandomPlayer, ShogiError, Termination
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +38,48 @@ CP_PER_NAT = 600.0
 
 @dataclass
 class Options:
-    """The engine's USI options (names as the GUI shows them)."""
+    """The engine's USI options (names as the GUI shows them); defaults from the config."""
 
-    greedy: bool = True
-    avoid_repetition: bool = True
-    temperature: float = 1.0
-    seed: int = 0
-    impasse: bool = False
-    threads: int = 1
+    greedy: bool
+    avoid_repetition: bool
+    temperature: float
+    sample_plies: int
+    seed: int
+    impasse: bool
+    threads: int = 1  # torch threads: set by the command line, not the config
 
+    @classmethod
+    def from_config(cls, config: Config, threads: int = 1) -> Options:
+        e = config.evaluation
+        return cls(e.greedy, e.avoid_repetition, e.temperature, e.sample_plies, e.seed,
+                   config.env.impasse == "27", threads)
 
-_OPTION_LINES = (
-    "option name USI_Ponder type check default false",
-    "option name USI_Hash type spin default 16 min 1 max 1024",
-    "option name Greedy type check default true",
-    "option name AvoidRepetition type check default true",
-    "option name Temperature type string default 1.0",
-    "option name Seed type spin default 0 min 0 max 2147483647",
-    "option name Impasse type check default false",
-    "option name Threads type spin default 1 min 1 max 256",
-)
+    def lines(self) -> list[str]:
+        """The `option` lines of the `usi` answer, with these values as defaults."""
+
+        def check(flag: bool) -> str:
+            return "true" if flag else "false"
+
+        return [
+            "option name USI_Ponder type check default false",
+            "option name USI_Hash type spin default 16 min 1 max 1024",
+            f"option name Greedy type check default {check(self.greedy)}",
+            f"option name AvoidRepetition type check default {check(self.avoid_repetition)}",
+            f"option name Temperature type string default {self.temperature}",
+            f"option name SamplePlies type spin default {self.sample_plies} min 0 max 512",
+            f"option name Seed type spin default {self.seed} min 0 max 2147483647",
+            f"option name Impasse type check default {check(self.impasse)}",
+            f"option name Threads type spin default {self.threads} min 1 max 256",
+        ]
+
+    def apply(self, config: Config) -> Config:
+        """`config` with these options in its evaluation and env sections."""
+        evaluation = config.evaluation.model_copy(update={
+            "greedy": self.greedy, "avoid_repetition": self.avoid_repetition,
+            "temperature": self.temperature, "sample_plies": self.sample_plies,
+            "seed": self.seed})
+        env = config.env.model_copy(update={"impasse": "27" if self.impasse else "off"})
+        return config.model_copy(update={"evaluation": evaluation, "env": env})
 
 
 class UsiError(ValueError):
@@ -73,15 +100,21 @@ class UsiEngine:
     """The protocol state machine: feed it lines, it writes answers through `write`."""
 
     def __init__(self, contestant: Contestant, write: Callable[[str], None], *,
-                 max_moves: int) -> None:
+                 max_moves: int | None = None, config: Config | None = None,
+                 threads: int = 1) -> None:
         self.contestant = contestant
         # ASCII only: clients decode some answers as ASCII or Shift-JIS, so quoted input with
         # other characters is escaped (\uXXXX) rather than allowed to break them.
         self.write: Callable[[str], None] = lambda line: write(
             line.encode("ascii", "backslashreplace").decode("ascii"))
-        self.max_moves = contestant.max_moves or max_moves  # scales the ply plane
-        self.options = Options()
-        self.position: Position | None = Position()
+        config = config or Config()
+        if max_moves is not None:
+            config = config.model_copy(update={
+                "env": config.env.model_copy(update={"max_moves": max_moves})})
+        self.config = config
+        self.max_moves = contestant.max_moves or config.env.max_moves  # scales the ply plane
+        self.options = Options.from_config(config, threads)
+        self.position: Position | None = Position(impasse=self.options.impasse)
         self.player: Player | None = None
         self.held: list[str] | None = None  # bestmove output of `go infinite`/`go ponder`
         self.quit = False
@@ -125,7 +158,7 @@ class UsiEngine:
     def cmd_usi(self, args: list[str]) -> None:
         self.write(f"id name keisei-ray {__version__} ({self.contestant.name})")
         self.write("id author keisei-ray developers")
-        for line in _OPTION_LINES:
+        for line in self.options.lines():
             self.write(line)
         self.write("usiok")
 
@@ -155,6 +188,8 @@ class UsiEngine:
             if not 0.0 < t <= 100.0:
                 raise UsiError(f"option Temperature must be in (0, 100], got {value!r}")
             o.temperature = t
+        elif key == "sampleplies":
+            o.sample_plies = _parse_int(name, value, 0, 512)
         elif key == "seed":
             o.seed = _parse_int(name, value, 0, 2**31 - 1)
         elif key == "impasse":
@@ -239,20 +274,15 @@ class UsiEngine:
     # ---------------------------------------------------------------- thinking
     def _ensure_player(self) -> Player:
         if self.player is None:
-            o = self.options
             c = self.contestant
-            if c.model is None:
-                self.player = BaselinePlayer(c.name, o.seed)
-            else:
-                if self._model is None:
-                    self._model = build_model(c.model)
-                    load_weights(self._model, c.weights)
-                    self._model.eval()
-                player = PolicyPlayer(c.name, self._model, self.max_moves, greedy=o.greedy,
-                                      temperature=o.temperature, seed=o.seed,
-                                      avoid_repetition=o.avoid_repetition)
+            if c.model is not None and self._model is None:
+                self._model = build_model(c.model)
+                load_weights(self._model, c.weights)
+                self._model.eval()
+            player = make_player(c, self.options.apply(self.config), model=self._model)
+            if isinstance(player, PolicyPlayer):
                 player.decide([Position()])  # warm-up: the first real `go` is then fast
-                self.player = player
+            self.player = player
         return self.player
 
     def _answer(self, started: float) -> list[str]:
@@ -281,8 +311,10 @@ class UsiEngine:
             cp = value_to_cp(float(decision.values[0]))
             return [f"info depth 1 seldepth 1 time {elapsed} nodes 1 score cp {cp} "
                     f"pv {move.usi()}", f"bestmove {move.usi()}"]
-        move = player.choose([position])[0]
-        return [f"bestmove {move.usi()}"]
+        choice = player.choose([position])[0]
+        if isinstance(choice, Outcome):  # an engine behind us resigned or failed
+            return ["bestmove resign"]
+        return [f"bestmove {choice.usi()}"]
 
     def _go_mate(self) -> None:
         position = self.position
@@ -375,14 +407,15 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def serve(contestant: Contestant, *, max_moves: int, stdin: BinaryIO, stdout: TextIO) -> None:
+def serve(contestant: Contestant, *, config: Config, stdin: BinaryIO, stdout: TextIO,
+          threads: int = 1) -> None:
     """Run the engine on byte lines from `stdin` (bad bytes replaced), answering on `stdout`."""
 
     def write(line: str) -> None:
         stdout.write(line + "\n")
         stdout.flush()
 
-    engine = UsiEngine(contestant, write, max_moves=max_moves)
+    engine = UsiEngine(contestant, write, config=config, threads=threads)
     lines = (raw.decode("utf-8", errors="replace") for raw in iter(stdin.readline, b""))
     try:
         engine.run(lines)

@@ -1,0 +1,308 @@
+"""External USI engines as players: a USI *client* that drives an engine subprocess.
+
+An engine is named by a spec string, `usi:COMMAND[,key=value]...`:
+
+- COMMAND is the engine's program (split like a shell line, so it may carry arguments);
+- `depth=N`, `nodes=N` or `movetime=MS` is the search limit sent with every `go` (default
+  `depth=1`; prefer depth or nodes: they do not depend on the machine's load);
+- `timeout=S` is the wall-clock safety net per move in seconds (default 10): an engine that
+  has not answered by then is killed and loses the game;
+- `name=TEXT` is the player's display name (default: the spec itself);
+- any other key is an engine option, sent as `setoption name KEY value VALUE`. Keys and values
+  are URL-decoded, so `+` is a space: `Skill+Level=-20` sets the option `Skill Level`.
+
+Commas and `+` need no shell quoting and no YAML quoting, e.g.
+`usi:/usr/games/fairy-stockfish,depth=1,Skill+Level=-20`. `ENGINE_ALIASES` gives the gauntlet's
+engines short names (`sf-d1`, ...).
+
+One engine process serves a player; the positions of a batch are asked one after the other
+(each `position` command carries the game's whole move list, so games never mix). The process
+starts lazily, is killed on `close()`, and after any failure is restarted for the next move.
+A failure never raises out of `choose`: it becomes the end of that game, lost by the engine
+(`Termination.ENGINE_CRASH`, `ENGINE_TIMEOUT`, `ILLEGAL_MOVE`); `bestmove resign` is
+`Termination.RESIGN`; `bestmove win` is judged by our 27-point rule (a false declaration is an
+illegal move).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shlex
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import unquote_plus
+
+import cshogi
+
+from shogi.errors import ShogiError
+from shogi.moves import Move
+from shogi.position import Position, impasse_declaration_wins
+from shogi.rules import Outcome, Termination
+from shogi.sfen import STARTING_SFEN
+
+log = logging.getLogger(__name__)
+
+PREFIX = "usi:"
+FAIRY_STOCKFISH = "/usr/games/fairy-stockfish"
+INSTALL_HINT = "apt-get install fairy-stockfish gpsshogi"
+
+ENGINE_ALIASES: dict[str, str] = {
+    # Fairy-Stockfish 11.1 (shogi is its default variant), limited by depth, weakened by skill.
+    "sf-skill-20": f"usi:{FAIRY_STOCKFISH},depth=1,Skill+Level=-20,name=sf-skill-20",
+    "sf-skill-5": f"usi:{FAIRY_STOCKFISH},depth=1,Skill+Level=-5,name=sf-skill-5",
+    "sf-skill-3": f"usi:{FAIRY_STOCKFISH},depth=1,Skill+Level=-3,name=sf-skill-3",
+    "sf-skill0": f"usi:{FAIRY_STOCKFISH},depth=1,Skill+Level=0,name=sf-skill0",
+    "sf-d1": f"usi:{FAIRY_STOCKFISH},depth=1,name=sf-d1",
+    "sf-d2": f"usi:{FAIRY_STOCKFISH},depth=2,name=sf-d2",
+    "sf-d4": f"usi:{FAIRY_STOCKFISH},depth=4,name=sf-d4",
+}
+"""Short names of engine players (the gauntlet's rungs): name -> spec."""
+
+_LIMITS = ("depth", "nodes", "movetime")
+STARTUP_TIMEOUT_S = 20.0
+
+
+class EngineSpecError(ValueError):
+    """A malformed `usi:` spec (the message quotes the part that is wrong)."""
+
+
+class EngineFailure(RuntimeError):
+    """The engine crashed, hung or could not be started; `reason` is the Termination."""
+
+    def __init__(self, reason: Termination, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def is_engine_spec(spec: str) -> bool:
+    return spec.startswith(PREFIX) or spec in ENGINE_ALIASES
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """A parsed `usi:` spec (see the module docstring)."""
+
+    command: tuple[str, ...]
+    options: tuple[tuple[str, str], ...] = ()
+    limit: tuple[str, int] = ("depth", 1)
+    timeout_s: float = 10.0
+    name: str = ""
+
+    @classmethod
+    def parse(cls, spec: str) -> EngineSpec:
+        text = ENGINE_ALIASES.get(spec, spec)
+        if not text.startswith(PREFIX):
+            raise EngineSpecError(f"engine spec {spec!r} must start with {PREFIX!r} or be one "
+                                  f"of {', '.join(ENGINE_ALIASES)}")
+        head, *parts = text[len(PREFIX):].split(",")
+        try:
+            command = tuple(shlex.split(unquote_plus(head)))
+        except ValueError as exc:
+            raise EngineSpecError(f"engine spec {spec!r}: bad command ({exc})") from None
+        if not command:
+            raise EngineSpecError(f"engine spec {spec!r} names no command")
+        options: list[tuple[str, str]] = []
+        limit: tuple[str, int] | None = None
+        timeout_s = 10.0
+        name = spec
+        for part in parts:
+            key, sep, value = part.partition("=")
+            key, value = unquote_plus(key).strip(), unquote_plus(value).strip()
+            if not sep or not key:
+                raise EngineSpecError(f"engine spec {spec!r}: expected key=value, got {part!r}")
+            if key in _LIMITS:
+                if limit is not None:
+                    raise EngineSpecError(f"engine spec {spec!r}: give one of "
+                                          f"{'/'.join(_LIMITS)}, not two")
+                try:
+                    number = int(value)
+                except ValueError:
+                    number = 0
+                if number < 1:
+                    raise EngineSpecError(f"engine spec {spec!r}: {key} must be a positive "
+                                          f"integer, got {value!r}")
+                limit = (key, number)
+            elif key == "timeout":
+                try:
+                    timeout_s = float(value)
+                except ValueError:
+                    timeout_s = 0.0
+                if not timeout_s > 0:
+                    raise EngineSpecError(f"engine spec {spec!r}: timeout must be a positive "
+                                          f"number of seconds, got {value!r}")
+            elif key == "name":
+                name = value
+            else:
+                options.append((key, value))
+        return cls(command, tuple(options), limit or ("depth", 1), timeout_s, name)
+
+    def available(self) -> bool:
+        """Whether the engine's program exists (on PATH or as a path)."""
+        import shutil  # noqa: PLC0415
+
+        return shutil.which(self.command[0]) is not None
+
+
+@dataclass
+class EngineProcess:
+    """One running engine: lines in through stdin, lines out read by a thread into a queue."""
+
+    spec: EngineSpec
+    _proc: subprocess.Popen[str] | None = None
+    _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        self.close()
+        try:
+            proc = subprocess.Popen(
+                list(self.spec.command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True, bufsize=1, encoding="utf-8",
+                errors="replace")
+        except OSError as exc:
+            raise EngineFailure(Termination.ENGINE_CRASH,
+                                f"engine {self.spec.name}: cannot start "
+                                f"{self.spec.command[0]!r} ({exc}); install it with "
+                                f"`{INSTALL_HINT}`") from None
+        self._proc = proc
+        self._lines = queue.Queue()
+        threading.Thread(target=_pump, args=(proc, self._lines), daemon=True,
+                         name=f"usi-{self.spec.name}").start()
+        self.send("usi")
+        self.wait_for("usiok", STARTUP_TIMEOUT_S)
+        for key, value in self.spec.options:
+            self.send(f"setoption name {key} value {value}")
+        self.send("isready")
+        self.wait_for("readyok", STARTUP_TIMEOUT_S)
+        self.send("usinewgame")
+
+    def send(self, line: str) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise EngineFailure(Termination.ENGINE_CRASH, f"engine {self.spec.name}: not running")
+        try:
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise EngineFailure(Termination.ENGINE_CRASH,
+                                f"engine {self.spec.name} died (writing {line!r}: {exc})") from None
+
+    def wait_for(self, word: str, timeout_s: float) -> str:
+        """The first line starting with `word` (others are skipped), within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise EngineFailure(Termination.ENGINE_TIMEOUT,
+                                    f"engine {self.spec.name}: no {word!r} within {timeout_s:g} s")
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                code = self._proc.wait() if self._proc is not None else None
+                raise EngineFailure(Termination.ENGINE_CRASH,
+                                    f"engine {self.spec.name} exited (code {code}) while we "
+                                    f"waited for {word!r}")
+            if line.split(maxsplit=1)[:1] == [word]:
+                return line
+
+    def best_move(self, start_sfen: str, moves: Sequence[str]) -> str:
+        """The engine's answer for a position: a USI move, `resign` or `win`."""
+        start = "startpos" if start_sfen == STARTING_SFEN else f"sfen {start_sfen}"
+        self.send(f"position {start}" + (" moves " + " ".join(moves) if moves else ""))
+        kind, number = self.spec.limit
+        self.send(f"go {kind} {number}")
+        words = self.wait_for("bestmove", self.spec.timeout_s).split()
+        if len(words) < 2:
+            raise EngineFailure(Termination.ILLEGAL_MOVE,
+                                f"engine {self.spec.name}: empty bestmove")
+        return words[1]
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                if proc.stdin is not None:
+                    proc.stdin.write("quit\n")
+                    proc.stdin.flush()
+                proc.wait(timeout=1.0)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
+        if proc.stdin is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                log.debug("engine %s: stdin already closed", self.spec.name)
+
+
+def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.put(line.strip())
+    lines.put(None)
+
+
+class EnginePlayer:
+    """A USI engine choosing one move per position; failures end that game (module docstring).
+
+    `choose` returns, per position, a legal Move or the Outcome that ends the game there.
+    `failures` counts the games lost by crash, hang or illegal answer.
+    """
+
+    def __init__(self, spec: EngineSpec | str, name: str | None = None) -> None:
+        self.spec = spec if isinstance(spec, EngineSpec) else EngineSpec.parse(spec)
+        self.name = name or self.spec.name
+        self.process = EngineProcess(self.spec)
+        self.failures: dict[str, int] = {}
+
+    def choose(self, positions: Sequence[Position]) -> list[Move | Outcome]:
+        return [self.choose_one(p) for p in positions]
+
+    def choose_one(self, position: Position) -> Move | Outcome:
+        me = position.turn
+        loss = me.opponent()
+        try:
+            if not self.process.running:
+                self.process.start()
+            answer = self.process.best_move(position.start_sfen,
+                                            [m.usi() for m in position.moves])
+        except EngineFailure as exc:
+            log.warning("%s; the engine loses this game and restarts", exc)
+            self.process.close()
+            self.failures[exc.reason.value] = self.failures.get(exc.reason.value, 0) + 1
+            return Outcome(loss, exc.reason)
+        if answer == "resign":
+            return Outcome(loss, Termination.RESIGN)
+        if answer == "win":
+            if impasse_declaration_wins(cshogi.Board(position.sfen())):
+                return Outcome(me, Termination.IMPASSE)
+            return self._illegal(position, "a false impasse declaration ('bestmove win')")
+        try:
+            move = Move.from_usi(answer)
+        except ShogiError:
+            return self._illegal(position, f"a malformed move {answer!r}")
+        legal = {m.usi(): m for m in position.legal_moves()}
+        if move.usi() not in legal:
+            return self._illegal(position, f"the illegal move {answer!r}")
+        return legal[move.usi()]
+
+    def _illegal(self, position: Position, what: str) -> Outcome:
+        log.warning("engine %s answered %s in %r; it loses this game", self.name, what,
+                    position.sfen())
+        key = Termination.ILLEGAL_MOVE.value
+        self.failures[key] = self.failures.get(key, 0) + 1
+        return Outcome(position.turn.opponent(), Termination.ILLEGAL_MOVE)
+
+    def close(self) -> None:
+        self.process.close()

@@ -1,0 +1,77 @@
+"""A tiny USI engine for tests: `python fake_usi_engine.py MODE [N]`.
+
+MODE: legal (the first legal move), crash (exit at the N-th `go`, default 1), illegal (a
+well-formed move that is not legal), garbage (a malformed move), hang (never answer `go`),
+resign, win (a false impasse declaration), silent (never answer `usi`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import cshogi
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    limit = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    board = cshogi.Board()
+    goes = 0
+
+    def say(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    for raw in sys.stdin:
+        words = raw.split()
+        if not words:
+            continue
+        command = words[0]
+        if command == "usi":
+            if mode == "silent":
+                continue
+            say("id name fake")
+            say("option name Skill type spin default 0 min 0 max 9")
+            say("usiok")
+        elif command == "isready":
+            say("readyok")
+        elif command == "position":
+            rest = words[1:]
+            if rest[0] == "startpos":
+                board = cshogi.Board()
+                rest = rest[1:]
+            else:
+                board = cshogi.Board(" ".join(rest[1:5]))
+                rest = rest[5:]
+            for usi in rest[1:]:
+                board.push_usi(usi)
+        elif command == "go":
+            goes += 1
+            legal = [cshogi.move_to_usi(m) for m in board.legal_moves]
+            if mode == "crash" and goes >= limit:
+                sys.exit(3)
+            if mode == "hang":
+                time.sleep(3600)
+            if mode == "legal":
+                say("info depth 1 score cp 0 pv " + legal[0])
+                say("bestmove " + legal[0])
+            elif mode == "crash":
+                say("bestmove " + legal[0])
+            elif mode == "illegal":
+                candidates = (f"{f}{r}{g}{s}" for f in range(1, 10) for r in "abcdefghi"
+                              for g in range(1, 10) for s in "abcdefghi")
+                say("bestmove " + next(m for m in candidates if m not in legal and
+                                       m[:2] != m[2:]))
+            elif mode == "garbage":
+                say("bestmove zz")
+            elif mode == "resign":
+                say("bestmove resign")
+            elif mode == "win":
+                say("bestmove win")
+        elif command == "quit":
+            return
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""External USI engines as players (shogi/usi_engine.py): a fake engine that crashes, hangs or
+answers illegally (tests/fake_usi_engine.py), the real Fairy-Stockfish where installed, and
+the engine as train.opponent and evaluation opponent."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actors.evaluation import Contestant, Evaluator, MatchResult, make_player, play_match
+from keisei_ray.arena.evaluation import load_contestant
+from keisei_ray.config import Config, ConfigError, load_config
+from shogi import Color, Move, Outcome, Position, RandomPlayer, Termination
+from shogi.duel import OpponentEnv, duel_opponent
+from shogi.usi_engine import (
+    FAIRY_STOCKFISH,
+    INSTALL_HINT,
+    EnginePlayer,
+    EngineSpec,
+    EngineSpecError,
+)
+
+FAKE = Path(__file__).with_name("fake_usi_engine.py")
+needs_stockfish = pytest.mark.skipif(
+    shutil.which(FAIRY_STOCKFISH) is None,
+    reason=f"Fairy-Stockfish is not installed (`{INSTALL_HINT}`)")
+
+
+def fake(mode: str, *extra: str) -> str:
+    return f"usi:{sys.executable} {FAKE} {mode}," + ",".join(("timeout=5", *extra))
+
+
+class Random:
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.player = RandomPlayer(seed)
+
+    def choose(self, positions: Sequence[Position]) -> list[Move]:
+        return [self.player.choose(p) for p in positions]
+
+
+def match(spec: str, games: int = 4) -> tuple[MatchResult, EnginePlayer]:
+    engine = EnginePlayer(spec, name="engine")
+    try:
+        result = play_match(Random(), engine, games, max_moves=40, games_at_once=2)
+    finally:
+        engine.close()
+    return result, engine
+
+
+# ----------------------------------------------------------------------------- specs
+
+
+def test_spec_syntax() -> None:
+    spec = EngineSpec.parse("usi:/usr/games/fairy-stockfish,nodes=500,Skill+Level=-20,"
+                            "UCI_Elo=1400,name=weak,timeout=2.5")
+    assert spec.command == ("/usr/games/fairy-stockfish",)
+    assert spec.limit == ("nodes", 500)
+    assert spec.options == (("Skill Level", "-20"), ("UCI_Elo", "1400"))
+    assert spec.name == "weak" and spec.timeout_s == 2.5
+    assert EngineSpec.parse("usi:engine --fast").command == ("engine", "--fast")
+    assert EngineSpec.parse("usi:engine").limit == ("depth", 1)
+    assert EngineSpec.parse("sf-d2").limit == ("depth", 2) and EngineSpec.parse("sf-d2").name \
+        == "sf-d2"
+    for bad, message in (("usi:", "names no command"), ("usi:x,depth=0", "positive integer"),
+                         ("usi:x,depth=1,nodes=3", "not two"), ("usi:x,Hash", "key=value"),
+                         ("usi:x,timeout=-1", "timeout"), ("stockfish", "must start with")):
+        with pytest.raises(EngineSpecError, match=message):
+            EngineSpec.parse(bad)
+
+
+def test_config_accepts_engine_opponents_and_names_bad_ones() -> None:
+    assert load_config(None, ["train.opponent=sf-d1"]).train.opponent == "sf-d1"
+    assert load_config(None, ["train.opponent=mate"]).train.opponent == "mate"
+    with pytest.raises(ConfigError, match="train.opponent"):
+        load_config(None, ["train.opponent=stockfish"])
+    with pytest.raises(ConfigError, match="depth must be a positive integer"):
+        load_config(None, ["train.opponent=usi:x,depth=no"])
+
+
+def test_missing_engine_is_refused_with_the_install_command() -> None:
+    with pytest.raises(ValueError, match="apt-get install fairy-stockfish"):
+        load_contestant("usi:/nonexistent/engine,depth=1")
+
+
+# ----------------------------------------------------------------------------- fake engine
+
+
+def test_fake_engine_plays_legal_games() -> None:
+    result, engine = match(fake("legal"))
+    assert result.games == 4 and not engine.failures
+    assert not any("engine" in k or "illegal" in k for k in result.reasons)
+
+
+@pytest.mark.parametrize(("mode", "reason"), [
+    ("crash 3", "engine_crash"), ("illegal", "illegal_move"), ("garbage", "illegal_move"),
+    ("resign", "resign"), ("win", "illegal_move")])
+def test_engine_failures_lose_the_game_and_the_next_game_goes_on(mode: str, reason: str) -> None:
+    result, engine = match(fake(mode))
+    # Every game ends, lost by the engine for the reason named; the match is not stopped.
+    assert result.games == 4 and result.wins == 4
+    assert result.reasons == {f"win_{reason}": 4}
+    if reason != "resign":
+        assert engine.failures == {reason: 4}
+
+
+def test_engine_crash_restarts_the_process() -> None:
+    engine = EnginePlayer(fake("crash", "name=x").replace("crash,", "crash 2,"))
+    position = Position()
+    assert not isinstance(engine.choose_one(position), Outcome)  # first go answered
+    first = engine.process._proc
+    lost = engine.choose_one(position)
+    assert lost == Outcome(Color.WHITE, Termination.ENGINE_CRASH)
+    assert not isinstance(engine.choose_one(position), Outcome)  # a new process answers
+    assert engine.process._proc is not first
+    engine.close()
+    assert not engine.process.running
+
+
+@pytest.mark.timeout(120)
+def test_a_hanging_engine_times_out_and_is_killed() -> None:
+    engine = EnginePlayer(fake("hang").replace("timeout=5", "timeout=0.5"))
+    proc = None
+    try:
+        engine.process.start()
+        proc = engine.process._proc
+        assert engine.choose_one(Position()) == Outcome(Color.WHITE, Termination.ENGINE_TIMEOUT)
+        assert proc is not None and proc.poll() is not None  # killed
+    finally:
+        engine.close()
+
+
+def test_an_engine_that_never_starts_loses_without_hanging() -> None:
+    engine = EnginePlayer(f"usi:{sys.executable} -c pass")
+    assert engine.choose_one(Position()).reason in (
+        Termination.ENGINE_CRASH, Termination.ENGINE_TIMEOUT)
+    engine.close()
+
+
+def test_duel_against_a_crashing_engine_keeps_training_games_going() -> None:
+    opponent = duel_opponent(fake("crash", "name=c").replace("crash,", "crash 4,"), 0)
+    env = OpponentEnv(4, opponent, max_moves=60)
+    finished = []
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        obs = env.observe()
+        actions = [int(obs.legal_actions[lo + rng.integers(hi - lo)])
+                   for lo, hi in zip(obs.legal_offsets[:-1], obs.legal_offsets[1:], strict=True)]
+        step = env.step(np.array(actions))
+        finished += [(g.outcome, c) for g, c in zip(step.finished, step.agent_colors,
+                                                    strict=True)]
+    opponent.close()
+    crashes = [o for o, c in finished if o.reason is Termination.ENGINE_CRASH]
+    assert crashes and all(o.winner == c for o, c in finished
+                           if o.reason is Termination.ENGINE_CRASH)
+
+
+# ----------------------------------------------------------------------------- real engines
+
+
+@needs_stockfish
+def test_fairy_stockfish_beats_random_in_evaluation() -> None:
+    cfg = load_config(None, ["evaluation.games_at_once=2", "env.max_moves=200"])
+    sf = load_contestant("sf-d1")
+    assert sf == Contestant("sf-d1", engine="sf-d1")
+    result = Evaluator(cfg).match(sf, load_contestant("random"), 2, seed=0)
+    assert result.wins == 2, result.reasons
+    assert result.as_black[0] == result.as_white[0] == 1  # colours alternated
+
+
+@needs_stockfish
+def test_stockfish_skill_option_reaches_the_engine() -> None:
+    # Skill Level -20 plays much worse than full strength at the same depth.
+    cfg = load_config(None, ["evaluation.games_at_once=4", "env.max_moves=256"])
+    result = Evaluator(cfg).match(load_contestant("sf-d1"), load_contestant("sf-skill-20"), 4,
+                                  seed=1)
+    assert result.wins >= 3, result.reasons
+
+
+@needs_stockfish
+def test_make_player_builds_engines_and_closes_them() -> None:
+    player = make_player(load_contestant("sf-d1"), Config())
+    assert isinstance(player, EnginePlayer)
+    move = player.choose([Position()])[0]
+    assert not isinstance(move, Outcome) and player.process.running
+    player.close()
+    assert not player.process.running
+
+
+def test_a_missing_training_opponent_engine_is_refused_by_name() -> None:
+    with pytest.raises(EngineSpecError, match="train.opponent 'usi:/nonexistent/sf'.*apt-get"):
+        duel_opponent("usi:/nonexistent/sf", 0)
+
+
+@needs_stockfish
+@pytest.mark.timeout(300)
+def test_self_play_worker_trains_against_the_real_engine() -> None:
+    from actors.self_play import SelfPlayWorker
+    from learner.model import export_weights
+
+    cfg = load_config(None, ["model.size=tiny", "train.rollout_steps=8",
+                             "train.games_per_worker=4", "train.opponent_share=0.5",
+                             "train.opponent=sf-d1", "env.max_moves=12"])
+    worker = SelfPlayWorker(cfg, worker_id=0)
+    summary, _ = worker.collect(export_weights(worker.model), 0)
+    assert summary.transitions > 0 and summary.opponent_games > 0  # games at the cap ended
+    assert worker.duels is not None and isinstance(worker.duels.opponent.engine, EnginePlayer)
+    assert worker.duels.opponent.engine.process.running
+    worker.duels.opponent.close()
+
+
+@needs_stockfish
+@pytest.mark.timeout(300)
+def test_engine_opponent_inside_ray_evaluation_actors(ray_local: None) -> None:
+    from keisei_ray.arena.evaluation import run_match
+
+    cfg = load_config(None, ["evaluation.games_at_once=2", "env.max_moves=200"])
+    result = run_match(cfg, load_contestant("sf-d1"), load_contestant("random"), 4, workers=2)
+    assert result.games == 4 and result.wins == 4, result.reasons
