@@ -31,7 +31,7 @@ from keisei_ray.events import Callback, load_callback
 from keisei_ray.logs import run_log_file
 
 if TYPE_CHECKING:
-    from actors.evaluation import MatchResult
+    from actors.evaluation import Contestant, MatchResult
     from keisei_ray.checkpoint import RunSnapshot
     from keisei_ray.driver import TrainResult
 
@@ -233,22 +233,29 @@ def graceful_interrupt(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def evaluate(player: str, opponent: str, *, games: int | None = None,
+def evaluate(player: str | Path, opponent: str | Path, *, games: int | None = None,
              config: ConfigLike = None, workers: int = 1,
              seed: int | None = None) -> MatchResult:
-    """A match of `player` vs `opponent` (model files, checkpoint directories, `random` or
-    `heuristic`), colours alternated: wins, draws, losses, score. `games` defaults to
-    `evaluation.games`; with `workers` > 1 the games are split over Ray actors (an embedded
-    local Ray is started, and shut down again, when none is running)."""
+    """A match of `player` vs `opponent` (model files, checkpoint directories, run folders:
+    their best, else newest good, checkpoint; or `random`, `heuristic`), colours alternated:
+    wins, draws, losses, score. `games` defaults to `evaluation.games`; with `workers` > 1 the
+    games are split over Ray actors (an embedded local Ray is started, and shut down again,
+    when none is running)."""
+    from keisei_ray.checkpoint import model_checkpoint
     from keisei_ray.driver import connect_ray
     from keisei_ray.evaluation import load_contestant, run_match
+
+    def contestant(spec: str | Path) -> Contestant:
+        path = model_checkpoint(Path(spec))  # a run folder -> its checkpoint, else unchanged
+        return load_contestant(str(spec) if path == Path(spec) else str(path),
+                               name=None if path == Path(spec) else Path(spec).name)
 
     cfg = as_config(config)
     if games is not None and games < 1:
         raise ConfigError(f"games must be at least 1, got {games}")
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
-    a, b = load_contestant(player), load_contestant(opponent)
+    a, b = contestant(player), contestant(opponent)
     if a.name == b.name:
         raise ConfigError(f"a match needs two different players, got {a.name!r} twice")
     if workers == 1:

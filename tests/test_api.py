@@ -34,6 +34,7 @@ def test_import_stays_light() -> None:
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_train_smoke_in_process_then_resume(ray_local: None, tmp_path: Path) -> None:
     config = load_config(preset="smoke", overrides=[f"train.runs_dir={tmp_path}",
                                                     "train.run_name=lib",
@@ -50,6 +51,8 @@ def test_train_smoke_in_process_then_resume(ray_local: None, tmp_path: Path) -> 
     assert "completed" in (result.run_dir / "train.log").read_text()
     newest = read_checkpoint(list_checkpoints(result.run_dir)[0])
     assert newest.timestep == result.timestep
+    match = evaluate(result.run_dir, "random", games=2, config={"env": {"max_moves": 16}})
+    assert (match.player, match.games) == ("lib", 2)
 
     # The same run, resumed with more timesteps: it goes on from its checkpoint.
     more = result.timestep + 512

@@ -18,7 +18,7 @@ from keisei_ray.elo import ANCHOR
 from keisei_ray.evaluation import BackgroundEvaluation, run_match
 from keisei_ray.events import Callback, EvaluationDone, EventBus, TrainStart, UpdateDone
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]  # Ray training runs
 
 
 def small_config(tmp_path: Path, *extra: str) -> Config:
