@@ -7,13 +7,10 @@ exit code (2 for config and usage errors), never a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -22,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from keisei_ray import __version__
+from keisei_ray.api import RunResult, train
 from keisei_ray.config import Config, ConfigError, dump, load_config
-from keisei_ray.events import Callback, CallbackImportError, load_callback
+from keisei_ray.events import CallbackImportError, load_callback
 from keisei_ray.logs import setup_logging
 
 log = logging.getLogger("keisei_ray")
@@ -331,77 +329,22 @@ def train_cmd(
         "checkpoint (otherwise that is refused).")] = False,
 ) -> None:
     """Train by PPO self-play: the actor-learner loop on Ray (local or a cluster)."""
-    from keisei_ray.training.driver import new_run_dir
-
     extra = [f"train.address={address}"] if address is not None else []
-    snapshot = None
-    if resume is None:
-        if allow_fresh:
-            raise ConfigError("--allow-fresh only goes with --resume")
-        cfg = load_config(config, [*(overrides or []), *extra], preset=preset)
-        user_callbacks = [load_callback(spec) for spec in cfg.train.callbacks]  # before any I/O
-        run_dir = new_run_dir(cfg)
-    else:
-        if config is not None or preset is not None:
-            raise ConfigError("--resume continues a run with its own config: give changes as "
-                              "dotted overrides, not --config/--preset")
-        cfg, run_dir, snapshot = _resume_point(resume, [*(overrides or []), *extra], allow_fresh)
-        user_callbacks = [load_callback(spec) for spec in cfg.train.callbacks]
-    _train(cfg, run_dir, snapshot, user_callbacks)
+    _run_training(lambda: train(config, preset=preset, overrides=[*(overrides or []), *extra],
+                                resume=resume, allow_fresh=allow_fresh))
 
 
-def _resume_point(path: Path, overrides: list[str], allow_fresh: bool) -> tuple[Config, Path, Any]:
-    """(effective config, run folder, RunSnapshot or None) of `--resume PATH`."""
-    from keisei_ray.store.checkpoint import CheckpointError, check_compatible, find_resume_point
+def _run_training(run: Callable[[], RunResult]) -> None:
+    """Run `train(...)`; its failures become the one-line exits of `keisei-ray train`."""
+    from keisei_ray.store.checkpoint import CheckpointError
+    from keisei_ray.training.driver import TrainingError
 
     try:
-        point = find_resume_point(path, allow_fresh=allow_fresh)
-        snapshot = point.snapshot
-        if snapshot is None:
-            return load_config(point.run_dir / "config.yaml", overrides), point.run_dir, None
-        cfg = load_config(None, overrides, base=snapshot.config.model_dump(mode="json"))
-        stale = check_compatible(snapshot.config, cfg, point.path or path)
+        result = run()
     except CheckpointError as exc:
         _fail(str(exc), EXIT_USAGE)
-    if stale:
-        log.warning("%s changed: the saved games are dropped and the workers start new ones",
-                    ", ".join(stale))
-        snapshot.workers = {}
-    return cfg, point.run_dir, snapshot
-
-
-def _train(cfg: Config, run_dir: Path, snapshot: Any, user_callbacks: list[Callback], *,
-           run_id: str | None = None) -> None:
-    """Run training in `run_dir` (new, or resumed from `snapshot`) and report how it ended."""
-    from keisei_ray.store.checkpoint import RUN_FILE, create_run_id
-    from keisei_ray.training.driver import Trainer, TrainingError, connect_ray, write_run_files
-
-    write_run_files(cfg, run_dir)
-    if not (run_dir / RUN_FILE).exists():
-        create_run_id(run_dir, run_id)
-    setup_logging(logging.getLogger().level, log_file=run_dir / "train.log")
-    log.info("run folder %s%s", run_dir, "" if snapshot is None else
-             f" (resumed at timestep {snapshot.timestep})")
-    stop = threading.Event()
-    with _graceful_interrupt(stop):
-        session = connect_ray(cfg.train.address)
-        try:
-            callbacks = train_callbacks(cfg, run_dir, user_callbacks)
-            trainer = Trainer(cfg, run_dir, callbacks=callbacks, stop=stop, resume=snapshot)
-            result = trainer.run()
-        except TrainingError as exc:
-            hint = _resume_hint(run_dir)
-            log.error("training failed: %s; %s", exc, hint)
-            _fail(f"training failed: {exc}; {hint}", EXIT_FAILURE)
-        finally:
-            if session.started_here:
-                import ray
-
-                ray.shutdown()
-    log.info("%s: %d timesteps, %d updates, %.0f steps/s, learner busy %.0f%%, workers busy "
-             "%.0f%%, %d worker restart(s), run folder %s", result.reason, result.state.timestep,
-             result.state.updates, result.steps_per_s, 100 * result.learner_busy,
-             100 * result.worker_busy, result.worker_restarts, run_dir)
+    except TrainingError as exc:
+        _fail(f"training failed: {exc}", EXIT_FAILURE)
     if result.reason == "interrupted":
         raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -444,63 +387,25 @@ def sweep_agent_cmd(
     overrides: OverridesArg = None,
 ) -> None:
     """W&B sweep trials: each applies wandb.config (after wandb.init, validated) and trains."""
-    from keisei_ray.training.driver import new_run_dir
     from keisei_ray.training.tracking import sweep_trial
 
     cfg = load_config(config, overrides or [], preset=preset)
-    user_callbacks = [load_callback(spec) for spec in cfg.train.callbacks]
+    for spec in cfg.train.callbacks:  # a bad callback is a config error before any trial
+        load_callback(spec)
 
-    def train(trial_cfg: Config, run_id: str) -> None:
-        _train(trial_cfg, new_run_dir(trial_cfg), None, user_callbacks, run_id=run_id)
+    def trial_train(trial_cfg: Config, run_id: str) -> None:
+        _run_training(lambda: train(trial_cfg, run_id=run_id))
 
     if trial:
-        sweep_trial(cfg, train)
+        sweep_trial(cfg, trial_train)
         return
     if sweep_id is None:
         raise ConfigError("sweep-agent: give the SWEEP_ID that `wandb sweep` printed (or "
                           "--trial when started by `wandb agent`)")
     import wandb
 
-    wandb.agent(sweep_id, function=lambda: sweep_trial(cfg, train), count=count,
+    wandb.agent(sweep_id, function=lambda: sweep_trial(cfg, trial_train), count=count,
                 project=cfg.wandb.project, entity=cfg.wandb.entity)
-
-
-def _resume_hint(run_dir: Path) -> str:
-    """Where a failed run can go on from, as the exact command."""
-    from keisei_ray.store.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
-
-    for path in list_checkpoints(run_dir):
-        try:
-            info = verify_checkpoint(path)
-        except CheckpointError:
-            continue
-        return (f"the last good checkpoint is {path} (timestep {info.timestep:,}); continue "
-                f"with: keisei-ray train --resume {run_dir}")
-    return (f"no checkpoint was saved; start the run over with: keisei-ray train --resume "
-            f"{run_dir} --allow-fresh")
-
-
-def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback]) -> list[Callback]:
-    """The callbacks of a `keisei-ray train` run, in the order they see each event."""
-    from keisei_ray.training.progress import ProgressView
-
-    callbacks: list[Callback] = [ProgressView(cfg.train.total_timesteps)]
-    if cfg.evaluation.enabled:
-        # Before the checkpoint and metrics callbacks: evaluations that finish at the end of
-        # training reach them before their own TrainEnd.
-        from keisei_ray.arena.evaluation import BackgroundEvaluation
-
-        callbacks.append(BackgroundEvaluation(cfg, run_dir))
-    from keisei_ray.store.checkpoint import CheckpointCallback
-    from keisei_ray.training.metrics import MetricsLog, RayMetrics
-
-    # The checkpoint callback before the loggers: its final save reaches them before TrainEnd.
-    callbacks += [CheckpointCallback(cfg), MetricsLog(), RayMetrics()]
-    if cfg.wandb.mode != "disabled":
-        from keisei_ray.training.tracking import WandbCallback
-
-        callbacks.append(WandbCallback(cfg))
-    return callbacks + user
 
 
 # ----------------------------------------------------------------------------- playing the agent
@@ -863,27 +768,6 @@ def play_cmd(
     if save is not None:
         out.print(f"game saved to {game.save_kif(save)}", markup=False)
     log.debug("play finished: %s", result)
-
-
-@contextlib.contextmanager
-def _graceful_interrupt(stop: threading.Event) -> Iterator[None]:
-    """First Ctrl-C asks the loop to finish cleanly; a second one interrupts at once."""
-
-    def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        log.warning("interrupt: finishing the current update, then stopping "
-                    "(Ctrl-C again to abort)")
-        stop.set()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # e.g. a W&B sweep agent's trial thread: signals only reach the main thread
-        return
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: list[str] | None = None) -> None:

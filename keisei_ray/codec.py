@@ -26,6 +26,7 @@ import msgpack
 import numpy as np
 
 from shogi import HAND_MAX, NUM_ACTIONS, Color, CompactState, FinishedGame, Termination
+from shogi.compact import STATE_FIELDS, STATE_LAYOUT
 
 FORMAT_VERSION = 1
 MAX_ENCODED_BYTES = 256 << 20
@@ -35,7 +36,6 @@ TERMINATIONS: tuple[Termination, ...] = tuple(Termination)
 
 _HEADER = struct.Struct("<BII")  # version, crc32, uncompressed msgpack size
 _HAND_MAX = np.array(HAND_MAX, dtype=np.uint8)
-_MAX_REPETITION = 3
 
 
 class CodecError(ValueError):
@@ -72,15 +72,17 @@ class ExperienceBatch:
         return int(self.action.shape[0])
 
 
-# The schema: name -> (dtype, shape given (n, m, g), where it lives in the batch).
-_STATE_FIELDS = ("board", "hands", "color", "ply", "repetition", "in_check")
-_SCHEMA: dict[str, tuple[np.dtype, Callable[[int, int, int], tuple[int, ...]]]] = {
-    "board": (np.dtype(np.int8), lambda n, m, g: (n, 81)),
-    "hands": (np.dtype(np.uint8), lambda n, m, g: (n, 2, 7)),
-    "color": (np.dtype(np.uint8), lambda n, m, g: (n,)),
-    "ply": (np.dtype(np.int16), lambda n, m, g: (n,)),
-    "repetition": (np.dtype(np.uint8), lambda n, m, g: (n,)),
-    "in_check": (np.dtype(np.uint8), lambda n, m, g: (n,)),
+# The schema: name -> (dtype, shape given (n, m, g)). The compact state's arrays come first, as
+# shogi.compact.STATE_LAYOUT declares them (the order is part of the wire bytes).
+_Shape = Callable[[int, int, int], tuple[int, ...]]
+
+
+def _per_row(shape: tuple[int, ...]) -> _Shape:
+    return lambda n, m, g: (n, *shape)
+
+
+_SCHEMA: dict[str, tuple[np.dtype, _Shape]] = {
+    **{f.name: (f.dtype, _per_row(f.shape)) for f in STATE_LAYOUT},
     "action": (np.dtype(np.int16), lambda n, m, g: (n,)),
     "log_prob": (np.dtype(np.float32), lambda n, m, g: (n,)),
     "value": (np.dtype(np.float32), lambda n, m, g: (n,)),
@@ -96,8 +98,8 @@ _HEADER_KEYS = ("policy_version", "worker_id", "n", "m", "g")
 
 
 def _arrays(batch: ExperienceBatch) -> dict[str, np.ndarray]:
-    state = {name: getattr(batch.state, name) for name in _STATE_FIELDS}
-    rest = {name: getattr(batch, name) for name in _SCHEMA if name not in _STATE_FIELDS}
+    state = {name: getattr(batch.state, name) for name in STATE_FIELDS}
+    rest = {name: getattr(batch, name) for name in _SCHEMA if name not in STATE_FIELDS}
     return {**state, **rest}
 
 
@@ -213,7 +215,7 @@ def _from_message(message: Any) -> ExperienceBatch:
                                             _checked_offsets(arrays["legal_offsets"],
                                                              header["m"]))
     _validate(header, arrays)
-    state = CompactState(**{name: arrays.pop(name) for name in _STATE_FIELDS})
+    state = CompactState(**{name: arrays.pop(name) for name in STATE_FIELDS})
     return ExperienceBatch(state=state, policy_version=header["policy_version"],
                            worker_id=header["worker_id"], **arrays)
 
@@ -255,13 +257,10 @@ def _validate(header: dict[str, int], arrays: dict[str, np.ndarray]) -> None:
                              f"{array.dtype} {list(array.shape)}")
     offsets, legal = arrays["legal_offsets"], arrays["legal_actions"]
     _checked_offsets(offsets, m)
-    _check_range("board", arrays["board"], -14, 14)
     if np.any(arrays["hands"] > _HAND_MAX):
         raise CodecError("hands: a count exceeds the most pieces of its type (18 4 4 4 4 2 2)")
-    _check_range("color", arrays["color"], 0, 1)
-    _check_range("in_check", arrays["in_check"], 0, 1)
-    _check_range("repetition", arrays["repetition"], 0, _MAX_REPETITION)
-    _check_range("ply", arrays["ply"], 0, np.iinfo(np.int16).max)
+    for f in STATE_LAYOUT:
+        _check_range(f.name, arrays[f.name], f.low, f.high)
     _check_range("action", arrays["action"], 0, NUM_ACTIONS - 1)
     _check_range("legal_actions", legal, 0, NUM_ACTIONS - 1)
     for name in ("log_prob", "value", "advantage", "returns"):

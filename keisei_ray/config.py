@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -34,7 +35,6 @@ class EnvConfig(Section):
     max_moves: int = Field(512, ge=1, le=32_767, description="ply cap: a draw for statistics, "
                            "a truncation (bootstrapped) for learning")
     impasse: Literal["off", "27"] = Field("off", description="entering-king declaration rule")
-    seed: int = Field(0, ge=0, description="seed of game randomness")
 
     @field_validator("impasse", mode="before")
     @classmethod
@@ -171,10 +171,6 @@ class TrainConfig(Section):
             return value
         raise ValueError(f"expected heuristic, random, mate or a USI engine (usi:... or an "
                          f"alias such as sf-d1), got {value!r}")
-
-    @property
-    def transitions_per_worker(self) -> int:
-        return self.games_per_worker * self.rollout_steps
 
 
 class EvaluationConfig(Section):
@@ -401,8 +397,31 @@ def saved_model_config(data: Mapping[str, Any]) -> dict[str, Any]:
     return {**_ADDED_MODEL_FIELDS, **data}
 
 
+# Fields removed from the schema, and why: configs that still name them (older files, the
+# config saved in older checkpoints) load with a warning; the schema forbids unknown keys.
+REMOVED_FIELDS: dict[tuple[str, str], str] = {
+    ("env", "seed"): "it never seeded anything (the games' randomness comes from train.seed "
+                     "in self-play and evaluation.seed in evaluation)",
+}
+
+
+def _drop_removed_fields(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    removed = [(section, key) for section, key in REMOVED_FIELDS
+               if isinstance(data.get(section), Mapping) and key in data[section]]
+    if not removed:
+        return data
+    out = copy.deepcopy(dict(data))
+    for section, key in removed:
+        del out[section][key]
+        warnings.warn(f"config: {section}.{key} is no longer a setting and is ignored: "
+                      f"{REMOVED_FIELDS[section, key]}; remove it from the file",
+                      FutureWarning, stacklevel=3)
+    return out
+
+
 def validate(data: Mapping[str, Any]) -> Config:
     """Validate a nested dict against the schema; errors name the field path."""
+    data = _drop_removed_fields(data)
     try:
         return Config.model_validate(data)
     except ValidationError as err:

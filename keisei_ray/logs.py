@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -43,3 +45,34 @@ def setup_logging(level: int | str = logging.INFO, log_file: Path | None = None)
 def is_interactive() -> bool:
     """True when the terminal can show a live view (stderr is a TTY)."""
     return sys.stderr.isatty()
+
+
+_PACKAGES = ("keisei_ray", "actors", "learner", "shogi")
+
+
+@contextlib.contextmanager
+def run_log_file(path: Path) -> Iterator[None]:
+    """Also write log records to `path` (a run's train.log) while the block runs.
+
+    The project's own loggers log at INFO at least meanwhile, so the file has the run's story
+    even for a library caller who never set logging up (the root logger's WARNING default);
+    what reaches the caller's own handlers is up to their levels.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FILE_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    raised = []
+    for name in _PACKAGES:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() > logging.INFO:
+            raised.append((logger, logger.level))
+            logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in raised:
+            logger.setLevel(level)
+        root.removeHandler(handler)
+        handler.close()

@@ -15,6 +15,7 @@ import torch
 
 from keisei_ray.codec import ExperienceBatch
 from learner.features import StateTensors, encode_planes, from_numpy, gather_csr
+from shogi.compact import STATE_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,7 @@ class ExperienceBuffer:
         def alloc(*shape: int, dtype: torch.dtype) -> torch.Tensor:
             return torch.zeros(*shape, dtype=dtype, device=device)
 
-        self.state = StateTensors(
-            board=alloc(capacity, 81, dtype=torch.int8),
-            hands=alloc(capacity, 2, 7, dtype=torch.uint8),
-            color=alloc(capacity, dtype=torch.uint8),
-            ply=alloc(capacity, dtype=torch.int16),
-            repetition=alloc(capacity, dtype=torch.uint8),
-            in_check=alloc(capacity, dtype=torch.uint8),
-        )
+        self.state = StateTensors.zeros(capacity, device)  # shogi.compact.STATE_LAYOUT
         self.actions = alloc(capacity, dtype=torch.int16)
         self.log_probs = alloc(capacity, dtype=torch.float32)
         self.values = alloc(capacity, dtype=torch.float32)
@@ -81,7 +75,7 @@ class ExperienceBuffer:
         if self.num_legal + m > len(self.legal_actions):
             self._grow_legal(self.num_legal + m)
         rows = slice(self.size, self.size + n)
-        for name in ("board", "hands", "color", "ply", "repetition", "in_check"):
+        for name in STATE_FIELDS:
             _copy_into(getattr(self.state, name)[rows], getattr(batch.state, name))
         _copy_into(self.actions[rows], batch.action)
         _copy_into(self.log_probs[rows], batch.log_prob)

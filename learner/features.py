@@ -27,6 +27,7 @@ default: in 30-minute runs they did not measurably help (README, "Does it learn?
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from dataclasses import dataclass
@@ -36,7 +37,16 @@ import torch
 import torch.nn.functional as F
 
 from shogi import HAND_MAX, NUM_ACTIONS, CompactState
-from shogi.compact import PIECE_SLIDES, PIECE_STEPS, PIECE_VALUE
+from shogi.compact import (
+    BOARD_SIDE,
+    BOARD_SIZE,
+    MAX_REPETITION,
+    PIECE_SLIDES,
+    PIECE_STEPS,
+    PIECE_VALUE,
+    STATE_FIELDS,
+    STATE_LAYOUT,
+)
 
 PIECE_PLANES = 28  # 14 piece kinds x 2 sides
 SCALAR_PLANES = 18  # hands, colour, ply, repetition, check
@@ -74,18 +84,18 @@ def _attack_tables(device: torch.device) -> _AttackTables:
         for side, sign in ((0, 1), (1, -1)):  # the opponent moves down the board
             channels += [(moves, side, (dr, dc), (sign * dr, sign * dc)) for dr, dc in directions]
     select = np.zeros((len(channels), PIECE_PLANES), dtype=np.float32)
-    rows = np.full((len(channels), 9), 9, dtype=np.int64)
+    rows = np.full((len(channels), BOARD_SIDE), BOARD_SIDE, dtype=np.int64)
     shifts = np.zeros((2, len(channels), 1), dtype=np.int32)
     side_of = np.zeros((2, len(channels)), dtype=np.float32)
     for k, (moves, side, direction, (dr, dc)) in enumerate(channels):
         for code, moving in moves.items():
             select[k, code - 1 + 14 * side] = direction in moving
-        for row in range(9):
-            if 0 <= row - dr < 9:
+        for row in range(BOARD_SIDE):
+            if 0 <= row - dr < BOARD_SIDE:
                 rows[k, row] = row - dr
         shifts[:, k, 0] = max(dc, 0), max(-dc, 0)
         side_of[side, k] = 1
-    bits = (np.arange(512)[:, None] >> np.arange(9)) & 1
+    bits = (np.arange(1 << BOARD_SIDE)[:, None] >> np.arange(BOARD_SIDE)) & 1
 
     def tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(device)
@@ -94,14 +104,15 @@ def _attack_tables(device: torch.device) -> _AttackTables:
         select=tensor(select), rows=tensor(rows), left=tensor(shifts[0]),
         right=tensor(shifts[1]), side=tensor(side_of),
         num_steps=sum(moves is PIECE_STEPS for moves, *_ in channels),
-        bit_values=tensor(2.0 ** np.arange(9, dtype=np.float32)),
+        bit_values=tensor(2.0 ** np.arange(BOARD_SIDE, dtype=np.float32)),
         unpack=tensor(bits.astype(np.float32)),
         value=tensor(np.concatenate([PIECE_VALUE[:0:-1], PIECE_VALUE]) / np.float32(10)))
 
 
 @dataclass(frozen=True)
 class StateTensors:
-    """A batch of compact states as torch tensors on one device (dtypes as in CompactState)."""
+    """A batch of compact states as torch tensors on one device (the fields, dtypes and shapes
+    of shogi.compact.STATE_LAYOUT)."""
 
     board: torch.Tensor
     hands: torch.Tensor
@@ -115,8 +126,18 @@ class StateTensors:
 
     def index(self, rows: torch.Tensor) -> StateTensors:
         """The states at `rows` (a long tensor on the same device)."""
-        return StateTensors(self.board[rows], self.hands[rows], self.color[rows],
-                            self.ply[rows], self.repetition[rows], self.in_check[rows])
+        return StateTensors(**{name: getattr(self, name)[rows] for name in STATE_FIELDS})
+
+    @classmethod
+    def zeros(cls, n: int, device: torch.device | str = "cpu") -> StateTensors:
+        """N all-zero states on `device` (a pre-allocated buffer)."""
+        return cls(**{f.name: torch.zeros(n, *f.shape, dtype=_TORCH_DTYPES[f.dtype],
+                                          device=device) for f in STATE_LAYOUT})
+
+
+_TORCH_DTYPES = {f.dtype: torch.from_numpy(np.zeros(0, dtype=f.dtype)).dtype for f in STATE_LAYOUT}
+if tuple(f.name for f in dataclasses.fields(StateTensors)) != STATE_FIELDS:
+    raise TypeError("StateTensors' fields must be STATE_LAYOUT's, in its order")
 
 
 def from_numpy(array: np.ndarray) -> torch.Tensor:
@@ -138,16 +159,15 @@ def to_tensors(state: CompactState, device: torch.device | str = "cpu") -> State
     def move(array: np.ndarray) -> torch.Tensor:
         return from_numpy(array).to(device, non_blocking=True)
 
-    return StateTensors(move(state.board), move(state.hands), move(state.color),
-                        move(state.ply), move(state.repetition), move(state.in_check))
+    return StateTensors(**{name: move(getattr(state, name)) for name in STATE_FIELDS})
 
 
 def _step(bits: torch.Tensor, rows: torch.Tensor, left: torch.Tensor,
           right: torch.Tensor) -> torch.Tensor:
     """Row bitboards [M, C, 9] moved one step along each channel's direction."""
     m, c, _ = bits.shape
-    moved = F.pad(bits, (0, 1)).gather(2, rows.expand(m, c, 9))  # row 9 of the pad is zero
-    return ((moved << left) >> right) & 511
+    moved = F.pad(bits, (0, 1)).gather(2, rows.expand(m, c, BOARD_SIDE))  # the pad row is zero
+    return ((moved << left) >> right) & ((1 << BOARD_SIDE) - 1)
 
 
 def attack_counts(pieces: torch.Tensor) -> torch.Tensor:
@@ -157,13 +177,15 @@ def attack_counts(pieces: torch.Tensor) -> torch.Tensor:
     n = pieces.shape[0]
     # Exact integer sums (< 512) in float32; autocast's bfloat16 would round them.
     with torch.autocast(pieces.device.type, enabled=False):
-        start = ((t.select @ pieces).view(n, -1, 9, 9) @ t.bit_values).to(torch.int32)
-        occupied = (pieces.sum(1).view(n, 1, 9, 9) @ t.bit_values).to(torch.int32)
+        start = ((t.select @ pieces).view(n, -1, BOARD_SIDE, BOARD_SIDE) @ t.bit_values
+                 ).to(torch.int32)
+        occupied = (pieces.sum(1).view(n, 1, BOARD_SIDE, BOARD_SIDE) @ t.bit_values
+                    ).to(torch.int32)
     s = t.num_steps
     hits = _step(start[:, :s], t.rows[:s], t.left[:s], t.right[:s])
     ray = start[:, s:]
     reached = torch.zeros_like(ray)
-    for _ in range(8):
+    for _ in range(BOARD_SIDE - 1):
         ray = _step(ray, t.rows[s:], t.left[s:], t.right[s:])
         reached |= ray
         ray &= ~occupied  # a ray goes on only through empty squares
@@ -171,7 +193,7 @@ def attack_counts(pieces: torch.Tensor) -> torch.Tensor:
             break
     # In one channel no square is reached twice (one piece per square, a ray stops at the
     # first piece), so counting the set bits of every channel counts attackers.
-    squares = t.unpack[torch.cat([hits, reached], dim=1).long()].view(n, -1, 81)
+    squares = t.unpack[torch.cat([hits, reached], dim=1).long()].view(n, -1, BOARD_SIZE)
     with torch.autocast(pieces.device.type, enabled=False):
         return t.side @ squares
 
@@ -183,13 +205,13 @@ def encode_planes(state: StateTensors, max_moves: int, attack_planes: bool = Fal
         raise ValueError(f"max_moves must be >= 1, got {max_moves!r}")
     board = state.board.long()
     n = board.shape[0]
-    if board.shape != (n, 81):
-        raise ValueError(f"board must have shape [N, 81], got {list(board.shape)}")
+    if board.shape != (n, BOARD_SIZE):
+        raise ValueError(f"board must have shape [N, {BOARD_SIZE}], got {list(board.shape)}")
     device = board.device
     # One write per (position, square): the piece's plane gets 1, an empty square writes 0
     # into plane 0 at its own square, which nothing else writes.
     plane = torch.where(board > 0, board - 1, 13 - board).clamp_(0, PIECE_PLANES - 1)
-    pieces = torch.zeros(n, PIECE_PLANES, 81, device=device)
+    pieces = torch.zeros(n, PIECE_PLANES, BOARD_SIZE, device=device)
     pieces.scatter_(1, plane.unsqueeze(1), (board != 0).float().unsqueeze(1))
 
     hand_max = torch.tensor(HAND_MAX, dtype=torch.float32, device=device)
@@ -198,19 +220,19 @@ def encode_planes(state: StateTensors, max_moves: int, attack_planes: bool = Fal
             (state.hands.float() / hand_max).reshape(n, 14),
             state.color.float().unsqueeze(1),
             state.ply.float().unsqueeze(1) / max_moves,
-            state.repetition.float().unsqueeze(1) / 3.0,
+            state.repetition.float().unsqueeze(1) / float(MAX_REPETITION),
             state.in_check.float().unsqueeze(1),
         ],
         dim=1,
     )
-    parts = [pieces, scalars.unsqueeze(2).expand(n, SCALAR_PLANES, 81)]
+    parts = [pieces, scalars.unsqueeze(2).expand(n, SCALAR_PLANES, BOARD_SIZE)]
     if attack_planes:
         attacks = attack_counts(pieces)
         value = _attack_tables(device).value[board + 14]
         attacked = torch.stack([torch.where(board > 0, value, 0.0) * (attacks[:, 1] > 0),
                                 torch.where(board < 0, value, 0.0) * (attacks[:, 0] > 0)], dim=1)
         parts += [attacks / 4.0, attacked]
-    return torch.cat(parts, dim=1).view(n, num_planes(attack_planes), 9, 9)
+    return torch.cat(parts, dim=1).view(n, num_planes(attack_planes), BOARD_SIDE, BOARD_SIDE)
 
 
 def legal_mask(

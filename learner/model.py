@@ -30,9 +30,10 @@ from torch import nn
 from keisei_ray.config import ModelConfig
 from learner.features import from_numpy, num_planes
 from shogi import NUM_ACTIONS
+from shogi.compact import BOARD_SIDE, BOARD_SIZE, HAND_SIZE
 
-MOVE_CHANNELS = 160  # 80 to-squares x promote flag, per from-square
-DROP_CHANNELS = 7  # P L N S G B R, per to-square
+MOVE_CHANNELS = 2 * (BOARD_SIZE - 1)  # 160: 80 to-squares x promote flag, per from-square
+DROP_CHANNELS = HAND_SIZE  # 7: P L N S G B R, per to-square
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ def spec_for(config: ModelConfig) -> ModelSpec:
 
 def _displacements() -> list[tuple[int, int]]:
     """(rows, columns) a shogi piece can ever move by: lines, diagonals, knight jumps."""
-    return sorted((dr, dc) for dr in range(-8, 9) for dc in range(-8, 9) if (dr, dc) != (0, 0)
+    span = range(1 - BOARD_SIDE, BOARD_SIDE)
+    return sorted((dr, dc) for dr in span for dc in span if (dr, dc) != (0, 0)
                   and (dr == 0 or dc == 0 or abs(dr) == abs(dc) or (abs(dr), abs(dc)) == (2, 1)))
 
 
@@ -81,13 +83,14 @@ def action_index(policy_head: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each of the 13527 actions' logits sits in the policy head's output [C, 9, 9]:
     long [13527] indices into it flattened channel-major (NCHW) and square-major
     (channels_last), C * 81 (an appended constant 0) for a board move no piece can make."""
-    frm, rest = np.divmod(np.arange(81 * MOVE_CHANNELS), MOVE_CHANNELS)
+    frm, rest = np.divmod(np.arange(BOARD_SIZE * MOVE_CHANNELS), MOVE_CHANNELS)
     if policy_head == "relative":
         k, promote = np.divmod(rest, 2)
         to = k + (k >= frm)
         first = {d: 2 * i for i, d in enumerate(_displacements())}
         channel = np.array([first.get(d, -1) for d in zip(
-            (to // 9 - frm // 9).tolist(), (to % 9 - frm % 9).tolist(), strict=True)])
+            (to // BOARD_SIDE - frm // BOARD_SIDE).tolist(),
+            (to % BOARD_SIDE - frm % BOARD_SIDE).tolist(), strict=True)])
         possible = channel >= 0
         channel = channel + promote
         move_channels = RELATIVE_CHANNELS
@@ -96,13 +99,13 @@ def action_index(policy_head: str) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         raise ValueError(f"unknown policy head {policy_head!r} (expected 'relative' or "
                          "'absolute')")
-    drop_to, piece = np.divmod(np.arange(81 * DROP_CHANNELS), DROP_CHANNELS)
+    drop_to, piece = np.divmod(np.arange(BOARD_SIZE * DROP_CHANNELS), DROP_CHANNELS)
     channels = np.concatenate([channel, move_channels + piece])
     squares = np.concatenate([frm, drop_to])
     possible = np.concatenate([possible, np.ones(len(piece), bool)])
     c = move_channels + DROP_CHANNELS
-    nchw = np.where(possible, channels * 81 + squares, c * 81)
-    nhwc = np.where(possible, squares * c + channels, c * 81)
+    nchw = np.where(possible, channels * BOARD_SIZE + squares, c * BOARD_SIZE)
+    nhwc = np.where(possible, squares * c + channels, c * BOARD_SIZE)
     return torch.from_numpy(nchw), torch.from_numpy(nhwc)
 
 
@@ -175,7 +178,7 @@ class PolicyValueNet(nn.Module):
         self.value_head = nn.Sequential(
             _conv_block(spec.norm, c, 2, 1),
             nn.Flatten(),
-            nn.Linear(2 * 81, hidden),
+            nn.Linear(2 * BOARD_SIZE, hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, 1),
             nn.Tanh(),

@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from shogi.compact import INDEX_TO_SQUARE
+from shogi.compact import BOARD_SIZE, HAND_SIZE, INDEX_TO_SQUARE
 from shogi.errors import IllegalMoveError
 from shogi.moves import HAND_TO_CSHOGI_TYPE, MOVE16_MASK, Color, Move
 
-NUM_BOARD_ACTIONS = 81 * 80 * 2
-NUM_ACTIONS = NUM_BOARD_ACTIONS + 81 * 7
+NUM_BOARD_ACTIONS = BOARD_SIZE * (BOARD_SIZE - 1) * 2
+NUM_ACTIONS = NUM_BOARD_ACTIONS + BOARD_SIZE * HAND_SIZE
 """13527: the size of the policy head."""
 
 
 def _build_tables() -> tuple[np.ndarray, np.ndarray]:
     action_to_move16 = np.zeros((2, NUM_ACTIONS), dtype=np.int32)
-    frm, rest = np.divmod(np.arange(NUM_BOARD_ACTIONS), 160)
+    frm, rest = np.divmod(np.arange(NUM_BOARD_ACTIONS), 2 * (BOARD_SIZE - 1))
     k, promote = np.divmod(rest, 2)
     to = k + (k >= frm)
     drop = np.arange(NUM_ACTIONS - NUM_BOARD_ACTIONS)
-    drop_to, drop_piece = np.divmod(drop, 7)
-    drop_from_field = 80 + np.asarray(HAND_TO_CSHOGI_TYPE)[drop_piece]
+    drop_to, drop_piece = np.divmod(drop, HAND_SIZE)
+    drop_from_field = BOARD_SIZE - 1 + np.asarray(HAND_TO_CSHOGI_TYPE)[drop_piece]
     for color in (0, 1):
         sq = INDEX_TO_SQUARE[color]
         action_to_move16[color, :NUM_BOARD_ACTIONS] = sq[to] | sq[frm] << 7 | promote << 14

@@ -13,18 +13,52 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-BOARD_SIZE = 81
+BOARD_SIDE = 9
+"""Files = ranks of the board."""
+BOARD_SIZE = BOARD_SIDE * BOARD_SIDE
+"""81 squares."""
 HAND_SIZE = 7
 HAND_MAX = (18, 4, 4, 4, 4, 2, 2)  # the most of each hand piece P L N S G B R one side can hold
 PIECE_SYMBOLS = ("P", "L", "N", "S", "G", "B", "R", "K", "+P", "+L", "+N", "+S", "+B", "+R")
 """SFEN symbols of board codes 1..14 (`PIECE_SYMBOLS[code - 1]`)."""
 
 
+MAX_REPETITION = 3
+"""Most earlier occurrences of a position a compact state records (the 4th ends the game)."""
+PLY_MAX = int(np.iinfo(np.int16).max)
+"""Largest ply a compact state holds (int16)."""
+
+
+@dataclass(frozen=True)
+class StateField:
+    """One array of the compact state: name, dtype, the shape of one position's entry, and
+    the range of its values."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    low: int
+    high: int
+
+
+STATE_LAYOUT: tuple[StateField, ...] = (
+    StateField("board", np.dtype(np.int8), (BOARD_SIZE,), -len(PIECE_SYMBOLS), len(PIECE_SYMBOLS)),
+    StateField("hands", np.dtype(np.uint8), (2, HAND_SIZE), 0, max(HAND_MAX)),  # and HAND_MAX
+    StateField("color", np.dtype(np.uint8), (), 0, 1),
+    StateField("ply", np.dtype(np.int16), (), 0, PLY_MAX),
+    StateField("repetition", np.dtype(np.uint8), (), 0, MAX_REPETITION),
+    StateField("in_check", np.dtype(np.uint8), (), 0, 1),
+)
+"""The compact state, declared once: `CompactState`, the wire codec (`keisei_ray.codec`), the
+learner's buffer and the feature tensors (`learner`) all follow it, in this order."""
+STATE_FIELDS: tuple[str, ...] = tuple(f.name for f in STATE_LAYOUT)
+
+
 def _square_to_index() -> np.ndarray:
     # cshogi square (file-1)*9 + (rank-1) -> Black's-view index (rank-1)*9 + (9-file).
     sq = np.arange(BOARD_SIZE)
-    black = (sq % 9) * 9 + (8 - sq // 9)
-    return np.stack([black, 80 - black]).astype(np.intp)
+    black = (sq % BOARD_SIDE) * BOARD_SIDE + (BOARD_SIDE - 1 - sq // BOARD_SIDE)
+    return np.stack([black, BOARD_SIZE - 1 - black]).astype(np.intp)
 
 
 SQUARE_TO_INDEX = _square_to_index()
@@ -96,14 +130,7 @@ class CompactState:
     @classmethod
     def empty(cls, n: int = 0) -> CompactState:
         """N all-zero rows (an empty board, no hands, Black to move, ply 0)."""
-        return cls(
-            board=np.zeros((n, BOARD_SIZE), dtype=np.int8),
-            hands=np.zeros((n, 2, HAND_SIZE), dtype=np.uint8),
-            color=np.zeros(n, dtype=np.uint8),
-            ply=np.zeros(n, dtype=np.int16),
-            repetition=np.zeros(n, dtype=np.uint8),
-            in_check=np.zeros(n, dtype=np.uint8),
-        )
+        return cls(**{f.name: np.zeros((n, *f.shape), dtype=f.dtype) for f in STATE_LAYOUT})
 
     @classmethod
     def concat(cls, states: Sequence[CompactState]) -> CompactState:
@@ -126,6 +153,10 @@ class CompactState:
         return all(getattr(self, f.name).dtype == getattr(other, f.name).dtype
                    and np.array_equal(getattr(self, f.name), getattr(other, f.name))
                    for f in fields(self))
+
+
+if tuple(f.name for f in fields(CompactState)) != STATE_FIELDS:
+    raise TypeError("CompactState's fields must be STATE_LAYOUT's, in its order")
 
 
 def perspective_board(black_board: np.ndarray, color: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from enum import IntEnum
 
+from shogi.compact import BOARD_SIDE, BOARD_SIZE
 from shogi.errors import IllegalMoveError
 
 
@@ -33,7 +34,7 @@ CSHOGI_TYPE_TO_HAND = {t: h for h, t in enumerate(HAND_TO_CSHOGI_TYPE)}
 
 MOVE16_MASK = 0x7FFF
 _PROMOTION_BIT = 1 << 14
-_DROP_BASE = 80  # drop `from` field = 80 + cshogi piece type
+_DROP_BASE = BOARD_SIZE - 1  # drop `from` field = 80 + cshogi piece type
 
 _USI_BOARD_MOVE = re.compile(r"([1-9])([a-i])([1-9])([a-i])(\+?)")
 _USI_DROP = re.compile(r"([PLNSGBR])\*([1-9])([a-i])")
@@ -41,25 +42,25 @@ _USI_DROP = re.compile(r"([PLNSGBR])\*([1-9])([a-i])")
 
 def square(file: int, rank: int) -> int:
     """The square of `file` 1..9 and `rank` 1..9 (rank 1 = "a")."""
-    if not (1 <= file <= 9 and 1 <= rank <= 9):
+    if not (1 <= file <= BOARD_SIDE and 1 <= rank <= BOARD_SIDE):
         raise ValueError(f"no square at file {file!r}, rank {rank!r} (both must be 1..9)")
-    return (file - 1) * 9 + (rank - 1)
+    return (file - 1) * BOARD_SIDE + (rank - 1)
 
 
 def square_name(sq: int) -> str:
     """USI name of a square: 0 -> "1a", 80 -> "9i"."""
-    return f"{sq // 9 + 1}{chr(ord('a') + sq % 9)}"
+    return f"{sq // BOARD_SIDE + 1}{chr(ord('a') + sq % BOARD_SIDE)}"
 
 
 def is_valid_move16(move16: int) -> bool:
     """Whether the low 15 bits encode a well-formed board move or drop (legality aside)."""
     to_sq = move16 & 0x7F
     from_field = (move16 >> 7) & 0x7F
-    if to_sq >= 81 or from_field > _DROP_BASE + 7:
+    if to_sq >= BOARD_SIZE or from_field > _DROP_BASE + 7:
         return False
     if from_field > _DROP_BASE:  # a drop never promotes
         return not move16 & _PROMOTION_BIT
-    return from_field != to_sq and from_field < 81
+    return from_field != to_sq and from_field < BOARD_SIZE
 
 
 class Move:

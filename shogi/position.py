@@ -7,6 +7,7 @@ import numpy as np
 
 from shogi.actions import MOVE16_TO_ACTION, action_to_move
 from shogi.compact import (
+    BOARD_SIZE,
     CSHOGI_PIECE_TO_CODE,
     PIECE_SYMBOLS,
     SQUARE_TO_INDEX,
@@ -101,8 +102,8 @@ class Position:
 
     def piece_at(self, square: int) -> str | None:
         """SFEN symbol of the piece on `square` ("P", "+b", ...), or None when empty."""
-        if not 0 <= square < 81:
-            raise ValueError(f"square must be 0..80, got {square!r}")
+        if not 0 <= square < BOARD_SIZE:
+            raise ValueError(f"square must be 0..{BOARD_SIZE - 1}, got {square!r}")
         code = int(CSHOGI_PIECE_TO_CODE[self._board.piece(square)])
         if code == 0:
             return None
@@ -265,7 +266,7 @@ class Position:
         """This position as a compact state (a batch of 1), from the side to move's view."""
         if self.ply > PLY_LIMIT:
             raise OverflowError(f"ply {self.ply} does not fit the compact state (max {PLY_LIMIT})")
-        black_board = np.zeros((1, 81), dtype=np.int8)
+        black_board = np.zeros((1, BOARD_SIZE), dtype=np.int8)
         black_board[0, SQUARE_TO_INDEX[0]] = CSHOGI_PIECE_TO_CODE[np.asarray(self._board.pieces)]
         color = np.array([int(self.turn)], dtype=np.uint8)
         hands = np.asarray(self._board.pieces_in_hand, dtype=np.uint8)[None]

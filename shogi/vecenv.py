@@ -17,6 +17,7 @@ import numpy as np
 
 from shogi.actions import ACTION_TO_MOVE16, MOVE16_TO_ACTION, NUM_ACTIONS
 from shogi.compact import (
+    BOARD_SIZE,
     CSHOGI_PIECE_TO_CODE,
     PROMOTE_CODE,
     SQUARE_TO_INDEX,
@@ -36,7 +37,7 @@ for _piece_type, _hand in CSHOGI_TYPE_TO_HAND.items():
     _DROP_FIELD_TO_HAND[80 + _piece_type] = _hand
 _MOVE16_TO_ACTION_FLAT = MOVE16_TO_ACTION.astype(np.int32).ravel()  # [colour << 15 | move16]
 _SQUARE_TO_BLACK_INDEX = np.zeros(128, dtype=np.intp)
-_SQUARE_TO_BLACK_INDEX[:81] = SQUARE_TO_INDEX[0]
+_SQUARE_TO_BLACK_INDEX[:BOARD_SIZE] = SQUARE_TO_INDEX[0]
 
 
 MAX_GAMES = 100_000
@@ -118,7 +119,7 @@ class VecEnv:
                              f"{start.outcome()}")
         self.start_sfen = start.sfen()
         board = cshogi.Board(self.start_sfen)
-        self._start_black_board = np.zeros(81, dtype=np.int8)
+        self._start_black_board = np.zeros(BOARD_SIZE, dtype=np.int8)
         self._start_black_board[SQUARE_TO_INDEX[0]] = CSHOGI_PIECE_TO_CODE[np.asarray(board.pieces)]
         self._start_hands = np.asarray(board.pieces_in_hand, dtype=np.uint8)
         self._start_color = int(board.turn)
@@ -201,7 +202,7 @@ class VecEnv:
 
         legal = [list(game.board.legal_moves) for game in games]
         pieces = np.array([game.board.pieces for game in games], dtype=np.intp)
-        black_board = np.zeros((self.num_games, 81), dtype=np.int8)
+        black_board = np.zeros((self.num_games, BOARD_SIZE), dtype=np.int8)
         black_board[:, SQUARE_TO_INDEX[0]] = CSHOGI_PIECE_TO_CODE[pieces]
         self._games = games
         self._black_board = black_board

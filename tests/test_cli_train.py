@@ -33,6 +33,7 @@ def test_smoke_training_through_the_cli(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_train_config_error_exits_2_before_any_run_folder(tmp_path: Path) -> None:
     proc = subprocess.run(keisei("train", "--preset", "smoke", f"train.runs_dir={tmp_path}",
                                  "train.num_workers=zero"),

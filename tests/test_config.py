@@ -14,15 +14,14 @@ def test_defaults() -> None:
     cfg = load_config()
     assert cfg.env.max_moves == 512
     assert cfg.env.impasse == "off"
-    assert cfg.env.seed == 0
 
 
 def test_file_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("env:\n  max_moves: 300\n  seed: 7\n")
+    path.write_text("env:\n  max_moves: 300\ntrain:\n  seed: 7\n")
     cfg = load_config(path, ["env.max_moves=256", "env.impasse=27"])
     assert cfg.env.max_moves == 256  # override wins over the file
-    assert cfg.env.seed == 7  # file value kept where no override
+    assert cfg.train.seed == 7  # file value kept where no override
     assert cfg.env.impasse == "27"  # YAML int 27 accepted as the rule name
 
 
@@ -84,7 +83,7 @@ def test_unknown_preset() -> None:
 
 @pytest.mark.parametrize("fmt", ["yaml", "json"])
 def test_dump_round_trips(tmp_path: Path, fmt: str) -> None:
-    cfg = load_config(None, ["env.max_moves=99", "env.seed=3"])
+    cfg = load_config(None, ["env.max_moves=99", "train.seed=3"])
     text = dump(cfg, fmt)  # type: ignore[arg-type]
     path = tmp_path / f"c.{fmt}"
     path.write_text(text)  # JSON is YAML
@@ -96,3 +95,17 @@ def test_assignment_is_validated() -> None:
     cfg = Config()
     with pytest.raises(ValueError):
         cfg.env.max_moves = 0
+
+
+def test_removed_fields_still_load_with_a_warning(tmp_path: Path) -> None:
+    # Older config files and the configs saved in older checkpoints name env.seed.
+    path = tmp_path / "old.yaml"
+    path.write_text("env:\n  max_moves: 300\n  seed: 7\n")
+    with pytest.warns(FutureWarning, match=r"env.seed is no longer a setting"):
+        cfg = load_config(path)
+    assert cfg.env.max_moves == 300
+    assert "seed" not in yaml.safe_load(dump(cfg))["env"]
+    with pytest.warns(FutureWarning, match=r"env.seed"):
+        assert load_config(None, ["env.seed=3"]) == load_config()
+    with pytest.raises(ConfigError, match="env.sead: unknown field"):
+        load_config(None, ["env.sead=3"])

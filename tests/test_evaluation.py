@@ -201,6 +201,7 @@ def test_evaluator_errors_name_the_problem() -> None:
         tiny_network("n", temperature=0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("priority", "check"), [
     ("idle", "os.sched_getscheduler(0) == os.SCHED_IDLE"),
     ("low", "os.nice(0) >= 10"),

@@ -18,7 +18,7 @@ from keisei_ray.config import Config, ConfigError, load_config
 from keisei_ray.events import Callback, EvaluationDone, EventBus, TrainStart, UpdateDone
 from keisei_ray.training.driver import Trainer
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]  # Ray training runs
 
 
 def small_config(tmp_path: Path, *extra: str) -> Config:

@@ -85,6 +85,7 @@ def test_match_summary_lines() -> None:
     assert "+75 =0 -25" in text and "win checkmate 75" in text and "loss checkmate 25" in text
 
 
+@pytest.mark.slow
 def test_ladder_rates_the_models_of_a_run(capsys: pytest.CaptureFixture[str],
                                           tmp_path: Path) -> None:
     run = tmp_path / "run"

@@ -103,6 +103,7 @@ def test_agent_moves_first_when_the_person_plays_white() -> None:
     assert game.position.ply == 1 and "heuristic plays" in buffer.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_play_command_on_stdin(tmp_path: Path) -> None:
     kif = tmp_path / "game.kif"
@@ -118,6 +119,7 @@ def test_play_command_on_stdin(tmp_path: Path) -> None:
     assert kif.is_file() and "７六歩" in kif.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_play_command_rejects_a_bad_colour_and_model(tmp_path: Path) -> None:
     bad_colour = subprocess.run(
         [sys.executable, "-m", "keisei_ray.cli", "play", "random", "--color", "green"],

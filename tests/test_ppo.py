@@ -136,6 +136,7 @@ def one_step_game(n: int, rng: np.random.Generator) -> tuple[CompactState, np.nd
     return state, offsets, np.concatenate(rows).astype(np.int16), win
 
 
+@pytest.mark.slow
 def test_ppo_learns_a_one_step_game_with_mask_and_value_head() -> None:
     config = Config.model_validate({
         "model": {"size": "tiny"},

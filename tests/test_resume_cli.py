@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -67,7 +68,12 @@ def test_sigkill_at_a_random_moment_then_resume_completes_consistently(tmp_path:
             assert proc.poll() is None, "training ended before its first checkpoint"
             time.sleep(0.05)
         assert list_checkpoints(run_dir), "no checkpoint within 240 s"
-        time.sleep(random.uniform(0.0, 3.0))  # anywhere: mid-collect, mid-update, mid-save
+        # Anywhere: mid-collect, mid-update, mid-save. The delay is drawn from a seed that a
+        # failure prints (captured stdout); KEISEI_KILL_SEED=<seed> replays it.
+        seed = int(os.environ.get("KEISEI_KILL_SEED") or secrets.randbelow(2**32))
+        delay = random.Random(seed).uniform(0.0, 3.0)
+        print(f"killing {delay:.3f} s after the first checkpoint (KEISEI_KILL_SEED={seed})")
+        time.sleep(delay)
         assert proc.poll() is None, "training finished before it could be killed"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started

@@ -25,7 +25,7 @@ def perft(position: Position, depth: int) -> int:
 
 @pytest.mark.parametrize(("sfen", "expected"), [
     (None, [30, 900, 25_470, 719_731]),
-    (MATSURI, [207, 28_684, 4_809_015]),
+    pytest.param(MATSURI, [207, 28_684, 4_809_015], marks=pytest.mark.slow),  # ~9 s
     (PAWN_DROP_MATE, [85, 639, 10_786]),
 ], ids=["start", "matsuri", "pawn-drop-mate"])
 def test_perft(sfen: str | None, expected: list[int]) -> None:

@@ -14,7 +14,7 @@ from keisei_ray.config import Config, load_config
 from keisei_ray.events import BatchCollected, Callback, UpdateDone
 from keisei_ray.training.driver import Trainer, TrainResult
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]  # Ray training runs
 
 
 def small_config(tmp_path: Path, *extra: str) -> Config:

@@ -221,6 +221,7 @@ def model_file(tmp_path: Path) -> Path:
                       {"timestep": 0})
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_full_game_through_cshogi_usi_client(tmp_path: Path, model_file: Path) -> None:
     agent = Engine(engine_script(tmp_path, "agent.sh", str(model_file)))
@@ -254,6 +255,7 @@ def test_full_game_through_cshogi_usi_client(tmp_path: Path, model_file: Path) -
         opponent.quit()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_match_with_the_cshogi_match_runner(tmp_path: Path, model_file: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import html
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import cshogi
 
 from actors.evaluation import GameRecord
+from keisei_ray.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +46,6 @@ def write_record(record: GameRecord, folder: Path, stem: str, *, max_moves: int 
         write_text_atomic(path, text)
         paths.append(path)
     return paths
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 text through a temporary file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def wandb_media(paths: list[str] | list[Path], prefix: str = "eval/records") -> dict[str, Any]:

@@ -57,6 +57,7 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
+from keisei_ray.files import write_atomic
 from shogi import NUM_ACTIONS
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def create_run_id(run_dir: Path, run_id: str | None = None) -> str:
     if path.exists():
         raise CheckpointError(f"{run_dir} already has a run id ({RUN_FILE} exists)")
     run_id = run_id or secrets.token_hex(6)
-    _write_atomic(path, json.dumps({"run_id": run_id, "created": _now()}).encode())
+    write_atomic(path, json.dumps({"run_id": run_id, "created": _now()}).encode())
     return run_id
 
 
@@ -215,19 +216,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -678,7 +666,7 @@ class CheckpointCallback(Callback):
             return
         self.best = name
         timestep, version = self.saved[name]
-        _write_atomic(self.folder / BEST_FILE, _json_bytes(
+        write_atomic(self.folder / BEST_FILE, _json_bytes(
             {"checkpoint": name, "timestep": timestep, "version": version,
              "rated": bool(merit[0]), "merit": merit[1]}))
         log.info("best checkpoint is now %s (%s %.3f)", name, "Elo" if merit[0] else "score",

@@ -7,8 +7,7 @@ checkpoint store, a checkpoint directory). Loading never unpickles arbitrary obj
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from pydantic import ValidationError
 
 from keisei_ray.config import ModelConfig, saved_model_config
+from keisei_ray.files import write_atomic
 from keisei_ray.store.checkpoint import CheckpointError, read_model_state
 from learner.model import PolicyValueNet, build_model, load_weights
 
@@ -47,15 +47,9 @@ def save_model(path: str | Path, weights: Mapping[str, np.ndarray], config: Mode
         "weights": {name: torch.from_numpy(np.array(array)) for name, array in weights.items()},
         "meta": dict(meta or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return write_atomic(path, buffer.getvalue())
 
 
 def load_model(path: str | Path) -> LoadedModel:

@@ -74,9 +74,6 @@ class LearnerActor:
     def reserve(self, capacity: int) -> None:
         self.learner.reserve(capacity)
 
-    def device(self) -> str:
-        return str(self.learner.device)
-
     def state_dict(self) -> dict[str, Any]:
         # On the CPU: the driver (and the checkpoint files) must not need the learner's GPU.
         return _to_cpu(self.learner.state_dict())

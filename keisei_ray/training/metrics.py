@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +31,7 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
+from keisei_ray.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,7 @@ def drop_lines_after(path: Path, timestep: int) -> int:
     records = read_metrics(path)
     kept = [r for r in records if int(r.get("timestep", 0)) <= timestep]
     dropped = len(records) - len(kept)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(r) + "\n" for r in kept)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     if dropped:
         log.info("%s: dropped %d record(s) past the resumed timestep %d", path, dropped, timestep)
     return dropped

@@ -1,0 +1,270 @@
+"""The library entry points: `train(config)` and `evaluate(player, opponent)`.
+
+`keisei-ray train` and `keisei-ray sweep-agent` are thin callers of `train`; a script or a test
+calls it in-process:
+
+    from keisei_ray import load_config, train
+    result = train(load_config(preset="smoke"))
+    print(result.reason, result.timestep, result.run_dir)
+
+`train` owns the composition of a run: the run folder and its files, the callbacks in the order
+they see each event, the Ray session (an embedded local Ray unless `train.address` names a
+cluster; shut down again when it started one), graceful Ctrl-C, and the resume point of
+`resume=`. Failures raise: `ConfigError` / `CallbackImportError` for a bad config,
+`CheckpointError` for a resume that cannot go on, `TrainingError` (naming the last good
+checkpoint and the command to continue) when training itself fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from keisei_ray.config import Config, ConfigError, load_config, validate
+from keisei_ray.events import Callback, load_callback
+from keisei_ray.logs import run_log_file
+
+if TYPE_CHECKING:
+    from actors.evaluation import Contestant, MatchResult
+    from keisei_ray.store.checkpoint import RunSnapshot
+    from keisei_ray.training.driver import TrainResult
+
+log = logging.getLogger("keisei_ray")
+
+ConfigLike = Config | Mapping[str, Any] | str | Path | None
+"""A config: a `Config`, a nested mapping (validated), a YAML file, or None (the defaults)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a training run ended."""
+
+    run_dir: Path
+    reason: str  # "completed" (total_timesteps or max_minutes reached) or "interrupted"
+    timestep: int  # accepted transitions, the driver's counter
+    updates: int
+    games: int  # games finished
+    wall_s: float
+    steps_per_s: float
+    learner_busy: float  # share of the wall time the learner spent updating
+    worker_busy: float  # share of worker time spent collecting
+    worker_restarts: int
+    callback_errors: int
+    final_weights: dict[str, Any] | None = field(default=None, repr=False)  # {name: ndarray}
+
+    @classmethod
+    def of(cls, result: TrainResult) -> RunResult:
+        return cls(run_dir=result.run_dir, reason=result.reason, timestep=result.state.timestep,
+                   updates=result.state.updates, games=result.state.games.games,
+                   wall_s=result.wall_s, steps_per_s=result.steps_per_s,
+                   learner_busy=result.learner_busy, worker_busy=result.worker_busy,
+                   worker_restarts=result.worker_restarts,
+                   callback_errors=result.callback_errors, final_weights=result.final_weights)
+
+
+def as_config(config: ConfigLike, *, preset: str | None = None,
+              overrides: Sequence[str] = ()) -> Config:
+    """The effective config of `config` (see ConfigLike), with `preset` under it and dotted
+    `overrides` on top."""
+    if isinstance(config, Config):
+        if preset is None and not overrides:
+            return config
+        return load_config(None, overrides, preset=preset, base=config.model_dump(mode="json"))
+    if isinstance(config, Mapping):
+        if preset is None and not overrides:
+            return validate(config)
+        return load_config(None, overrides, preset=preset, base=config)
+    return load_config(config, overrides, preset=preset)
+
+
+def train(config: ConfigLike = None, *, preset: str | None = None,
+          overrides: Sequence[str] = (), resume: str | Path | None = None,
+          allow_fresh: bool = False, callbacks: Sequence[Callback] = (),
+          progress: bool = True, run_id: str | None = None,
+          stop: threading.Event | None = None) -> RunResult:
+    """Train by PPO self-play; returns how the run ended.
+
+    `resume`: a run folder (its newest good checkpoint) or one checkpoint; the run's own config
+    is used, `overrides` apply on top (`config` and `preset` must then be None). `allow_fresh`:
+    with `resume`, start the run over when it has no good checkpoint. `callbacks` see every
+    event after the run's own ones and those named in `train.callbacks`. `progress`: the live
+    view (terminal) or a progress log line every 10 s. `stop`: set it (from another thread) to
+    end the run cleanly, as the first Ctrl-C does. `run_id`: the id of a new run (W&B sweeps).
+    """
+    from keisei_ray.training.driver import new_run_dir
+
+    snapshot = None
+    if resume is None:
+        if allow_fresh:
+            raise ConfigError("--allow-fresh only goes with --resume")
+        cfg = as_config(config, preset=preset, overrides=overrides)
+        user = [load_callback(spec) for spec in cfg.train.callbacks]  # before any I/O
+        run_dir = new_run_dir(cfg)
+    else:
+        if config is not None or preset is not None:
+            raise ConfigError("--resume continues a run with its own config: give changes as "
+                              "dotted overrides, not --config/--preset")
+        cfg, run_dir, snapshot = resume_point(Path(resume), list(overrides), allow_fresh)
+        user = [load_callback(spec) for spec in cfg.train.callbacks]
+    return train_in(cfg, run_dir, snapshot, [*user, *callbacks], progress=progress,
+                    run_id=run_id, stop=stop)
+
+
+def resume_point(path: Path, overrides: Sequence[str],
+                 allow_fresh: bool) -> tuple[Config, Path, RunSnapshot | None]:
+    """(effective config, run folder, RunSnapshot or None) of resuming `path`; CheckpointError
+    when it cannot be resumed (no good checkpoint, an incompatible override)."""
+    from keisei_ray.store.checkpoint import check_compatible, find_resume_point
+
+    point = find_resume_point(path, allow_fresh=allow_fresh)
+    snapshot = point.snapshot
+    if snapshot is None:
+        return load_config(point.run_dir / "config.yaml", overrides), point.run_dir, None
+    cfg = load_config(None, overrides, base=snapshot.config.model_dump(mode="json"))
+    stale = check_compatible(snapshot.config, cfg, point.path or path)
+    if stale:
+        log.warning("%s changed: the saved games are dropped and the workers start new ones",
+                    ", ".join(stale))
+        snapshot.workers = {}
+    return cfg, point.run_dir, snapshot
+
+
+def train_in(cfg: Config, run_dir: Path, snapshot: RunSnapshot | None,
+             user_callbacks: Sequence[Callback], *, progress: bool = True,
+             run_id: str | None = None, stop: threading.Event | None = None) -> RunResult:
+    """Run training in `run_dir` (new, or resumed from `snapshot`) and log how it ended."""
+    from keisei_ray.store.checkpoint import RUN_FILE, create_run_id
+    from keisei_ray.training.driver import Trainer, TrainingError, connect_ray, write_run_files
+
+    write_run_files(cfg, run_dir)
+    if not (run_dir / RUN_FILE).exists():
+        create_run_id(run_dir, run_id)
+    stop = stop or threading.Event()
+    with run_log_file(run_dir / "train.log"), graceful_interrupt(stop):
+        log.info("run folder %s%s", run_dir, "" if snapshot is None else
+                 f" (resumed at timestep {snapshot.timestep})")
+        session = connect_ray(cfg.train.address)
+        try:
+            callbacks = train_callbacks(cfg, run_dir, list(user_callbacks), progress=progress)
+            trainer = Trainer(cfg, run_dir, callbacks=callbacks, stop=stop, resume=snapshot)
+            result = trainer.run()
+        except TrainingError as exc:
+            hint = resume_hint(run_dir)
+            log.error("training failed: %s; %s", exc, hint)
+            raise TrainingError(f"{exc}; {hint}") from exc
+        finally:
+            if session.started_here:
+                import ray
+
+                ray.shutdown()
+        log.info("%s: %d timesteps, %d updates, %.0f steps/s, learner busy %.0f%%, workers "
+                 "busy %.0f%%, %d worker restart(s), run folder %s", result.reason,
+                 result.state.timestep, result.state.updates, result.steps_per_s,
+                 100 * result.learner_busy, 100 * result.worker_busy, result.worker_restarts,
+                 run_dir)
+    return RunResult.of(result)
+
+
+def resume_hint(run_dir: Path) -> str:
+    """Where a failed run can go on from, as the exact command."""
+    from keisei_ray.store.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
+
+    for path in list_checkpoints(run_dir):
+        try:
+            info = verify_checkpoint(path)
+        except CheckpointError:
+            continue
+        return (f"the last good checkpoint is {path} (timestep {info.timestep:,}); continue "
+                f"with: keisei-ray train --resume {run_dir}")
+    return (f"no checkpoint was saved; start the run over with: keisei-ray train --resume "
+            f"{run_dir} --allow-fresh")
+
+
+def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback], *,
+                    progress: bool = True) -> list[Callback]:
+    """The callbacks of a training run, in the order they see each event."""
+    callbacks: list[Callback] = []
+    if progress:
+        from keisei_ray.training.progress import ProgressView
+
+        callbacks.append(ProgressView(cfg.train.total_timesteps))
+    if cfg.evaluation.enabled:
+        # Before the checkpoint and metrics callbacks: evaluations that finish at the end of
+        # training reach them before their own TrainEnd.
+        from keisei_ray.arena.evaluation import BackgroundEvaluation
+
+        callbacks.append(BackgroundEvaluation(cfg, run_dir))
+    from keisei_ray.store.checkpoint import CheckpointCallback
+    from keisei_ray.training.metrics import MetricsLog, RayMetrics
+
+    # The checkpoint callback before the loggers: its final save reaches them before TrainEnd.
+    callbacks += [CheckpointCallback(cfg), MetricsLog(), RayMetrics()]
+    if cfg.wandb.mode != "disabled":
+        from keisei_ray.training.tracking import WandbCallback
+
+        callbacks.append(WandbCallback(cfg))
+    return callbacks + user
+
+
+@contextlib.contextmanager
+def graceful_interrupt(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C asks the loop to finish cleanly; a second one interrupts at once."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("interrupt: finishing the current update, then stopping "
+                    "(Ctrl-C again to abort)")
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # e.g. a W&B sweep agent's trial thread: signals only reach the main thread
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def evaluate(player: str | Path, opponent: str | Path, *, games: int | None = None,
+             config: ConfigLike = None, workers: int = 1,
+             seed: int | None = None) -> MatchResult:
+    """A match of `player` vs `opponent` (model files, checkpoint directories, run folders:
+    their best, else newest good, checkpoint; or `random`, `heuristic`), colours alternated:
+    wins, draws, losses, score. `games` defaults to `evaluation.games`; with `workers` > 1 the
+    games are split over Ray actors (an embedded local Ray is started, and shut down again,
+    when none is running)."""
+    from keisei_ray.arena.evaluation import load_contestant, run_match
+    from keisei_ray.store.checkpoint import model_checkpoint
+    from keisei_ray.training.driver import connect_ray
+
+    def contestant(spec: str | Path) -> Contestant:
+        path = model_checkpoint(Path(spec))  # a run folder -> its checkpoint, else unchanged
+        return load_contestant(str(spec) if path == Path(spec) else str(path),
+                               name=None if path == Path(spec) else Path(spec).name)
+
+    cfg = as_config(config)
+    if games is not None and games < 1:
+        raise ConfigError(f"games must be at least 1, got {games}")
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    a, b = contestant(player), contestant(opponent)
+    if a.name == b.name:
+        raise ConfigError(f"a match needs two different players, got {a.name!r} twice")
+    if workers == 1:
+        return run_match(cfg, a, b, games or cfg.evaluation.games, seed=seed)
+    session = connect_ray(None, num_cpus=workers, include_dashboard=False)
+    try:
+        return run_match(cfg, a, b, games or cfg.evaluation.games, workers=workers, seed=seed)
+    finally:
+        if session.started_here:
+            import ray
+
+            ray.shutdown()
