@@ -12,6 +12,7 @@ ImportError, which the CLI turns into a clear error.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
@@ -609,6 +610,7 @@ def _pristine(kind: str) -> Path:
     """A valid model file or checkpoint made once per process (tests copy, then mutate)."""
     config, weights = _tiny_weights()
     root = Path(tempfile.mkdtemp(prefix=f"keisei-fuzz-{kind}-"))
+    atexit.register(shutil.rmtree, root, True)
     if kind == "model":
         return save_model(root / "model.pt", weights, config, meta={"timestep": 7})
     state = {name: torch.from_numpy(np.array(a)) for name, a in weights.items()}
