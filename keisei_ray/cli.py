@@ -312,6 +312,79 @@ def bench_cluster_cmd(
                                                       tuple(overrides or [])), as_json)
 
 
+@bench_app.command("fuzz")
+def bench_fuzz_cmd(
+    seconds: Annotated[float, typer.Option(help="Seconds of fuzzing per target.")] = 30.0,
+    targets: Annotated[str | None, typer.Option(help="Comma-separated targets (default: "
+                                                "all).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Property-based fuzzing of every parser and decoder: cases tried and failures per target
+    (exit 1 when a property failed)."""
+    try:
+        from keisei_ray.bench.fuzz import TARGETS, run_all
+    except ImportError as exc:
+        _fail(f"bench fuzz needs the dev extra (pip install 'keisei-ray[dev]'): {exc}",
+              EXIT_USAGE)
+    names = list(TARGETS) if targets is None else [t.strip() for t in targets.split(",")
+                                                   if t.strip()]
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown or not names:
+        raise ConfigError(f"--targets: unknown {', '.join(unknown) or 'empty list'} (known: "
+                          f"{', '.join(TARGETS)})")
+    if seconds <= 0:
+        raise ConfigError(f"--seconds must be positive, got {seconds}")
+    reports = run_all(names, seconds, progress=lambda r: log.info(
+        "fuzz %s: %d cases, %d failure(s)", r.name, r.cases, len(r.failures)))
+    figures: dict[str, Any] = {}
+    for r in reports:
+        figures[f"{r.name}: cases"] = r.cases
+        figures[f"{r.name}: cases/s"] = round(r.cases_per_s, 1)
+        figures[f"{r.name}: failures"] = len(r.failures)
+        for k, failure in enumerate(r.failures, start=1):
+            figures[f"{r.name}: failure {k}"] = failure
+    _print_figures("Fuzzing", figures, as_json)
+    if any(r.failures for r in reports):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@bench_app.command("soak")
+def bench_soak_cmd(
+    minutes: Annotated[float, typer.Option(help="Minutes of training.")] = 60.0,
+    preset: Annotated[str, typer.Option(help="Preset trained.")] = "local",
+    kill_every: Annotated[float, typer.Option(help="Seconds between worker kills (0: "
+                                              "none).")] = 180.0,
+    sample_every: Annotated[float, typer.Option(help="Seconds between samples.")] = 10.0,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Also write the report "
+                                                  "(figures and samples) as JSON here.",
+                                                  dir_okay=False)] = None,
+    overrides: OverridesArg = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train with evaluation and checkpoints on, kill a worker every few minutes; RSS of the
+    driver, learner and workers, steps/s, restarts, counter vs accepted, longest stall."""
+    from keisei_ray.bench.soak import bench_soak
+
+    if minutes <= 0 or sample_every <= 0 or kill_every < 0:
+        raise ConfigError("--minutes and --sample-every must be positive, --kill-every >= 0")
+    report = bench_soak(minutes, preset=preset, kill_every_s=kill_every,
+                        sample_every_s=sample_every, overrides=tuple(overrides or []))
+    if out_path is not None:
+        out_path.write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
+    if not as_json:
+        table = Table(title="Soak samples", show_header=True, header_style="bold")
+        for column in ("t (s)", "timestep", "steps/s", "driver MB", "learner MB", "workers MB",
+                       "eval MB", "workers"):
+            table.add_column(column, justify="right")
+        for s in report.samples:
+            table.add_row(f"{s.t:.0f}", str(s.timestep), f"{s.steps_per_s:.0f}",
+                          *(f"{s.rss_mb.get(r, 0):.0f}" for r in ("driver", "learner",
+                                                                  "workers", "evaluation")),
+                          str(s.processes.get("workers", 0)))
+        out.print(table)
+    _print_figures("Soak", report.figures(), as_json)
+
+
 @app.command("train")
 def train_cmd(
     config: ConfigOpt = None,

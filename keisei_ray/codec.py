@@ -36,6 +36,7 @@ TERMINATIONS: tuple[Termination, ...] = tuple(Termination)
 
 _HEADER = struct.Struct("<BII")  # version, crc32, uncompressed msgpack size
 _HAND_MAX = np.array(HAND_MAX, dtype=np.uint8)
+_LZ4_MAX_RATIO = 255  # an lz4 block never expands its input by more (a run of one byte)
 
 
 class CodecError(ValueError):
@@ -184,6 +185,11 @@ def decode(data: bytes | bytearray | memoryview,
         raise CodecError("checksum mismatch: the batch is truncated or corrupted")
     if raw_size > max_bytes:
         raise CodecError(f"decompressed size {raw_size} exceeds the limit of {max_bytes}")
+    compressed = len(view) - _HEADER.size
+    if raw_size > _LZ4_MAX_RATIO * compressed + _LZ4_MAX_RATIO:
+        # Checked before decompressing: the buffer of `raw_size` bytes is allocated up front.
+        raise CodecError(f"decompressed size {raw_size} is impossible for {compressed} bytes "
+                         f"of lz4 (at most {_LZ4_MAX_RATIO}x)")
     try:
         raw = lz4.block.decompress(view[_HEADER.size:], uncompressed_size=raw_size)
     except lz4.block.LZ4BlockError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import reprlib
 import warnings
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -307,6 +308,16 @@ def read_preset(name: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- loading
 
 
+_REPR = reprlib.Repr()  # 3.11 takes no keyword arguments
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxlong = 3, 4, 4, 60, 40
+
+
+def _short_repr(value: Any) -> str:
+    """A bounded repr of a bad value: a YAML alias bomb or a deep nest must not be printed
+    (or even walked) whole."""
+    return _REPR.repr(value)
+
+
 def _format_validation_error(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
@@ -315,7 +326,7 @@ def _format_validation_error(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif "input" in e and e["type"] not in ("missing",):
-            msg = f"{msg} (got {e['input']!r})"
+            msg = f"{msg} (got {_short_repr(e['input'])})"
         parts.append(f"{path}: {msg}")
     return "; ".join(parts)
 
@@ -341,9 +352,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if any(not p for p in path):
         raise ConfigError(f"override {text!r}: empty component in key {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from exc
+        raise ConfigError(f"override {key}: value {_short_repr(raw)} is not valid YAML "
+                          f"({exc})") from exc
+    except RecursionError:
+        raise ConfigError(f"override {key}: value nested too deeply") from None
+    _check_size(value, f"override {key}")
     return path, value
 
 
@@ -365,19 +380,75 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     return out
 
 
+MAX_NODES = 100_000
+"""Most values (YAML aliases expanded) a config file or override may hold."""
+MAX_DEPTH = 32
+"""Deepest nesting of mappings and lists a config file or override may have."""
+
+
+class _TooDeepError(yaml.YAMLError):
+    def __init__(self, mark: Any) -> None:
+        super().__init__(f"nested deeper than {MAX_DEPTH} levels")
+        self.problem = f"nested deeper than {MAX_DEPTH} levels"
+        self.problem_mark = mark
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that stops at MAX_DEPTH levels of nesting, before PyYAML's recursive
+    composer (and its slow scanner) spends seconds on a deep document or overflows the stack."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeepError(self.get_mark())
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader
+
+
+def _check_size(data: Any, where: str) -> None:
+    """ConfigError for a document too big once its aliases are expanded (a "billion laughs"
+    bomb would otherwise hang validation) or nested too deeply; stops after MAX_NODES."""
+    seen = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise ConfigError(f"{where}: more than {MAX_NODES} values (YAML aliases expanded)")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping from `path` (an empty file is an empty mapping)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"config file {path}: {problem}{where}") from exc
+    except RecursionError:
+        raise ConfigError(f"config file {path}: nested too deeply") from None
+    _check_size(data, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -289,6 +289,13 @@ def verify_checkpoint(path: Path, *, run_id: str | None = None,
     if not isinstance(files, dict) or "learner.pt" not in files:
         raise CheckpointError(f"{where}: {MANIFEST} lists no learner.pt")
     for name, entry in files.items():
+        if (not isinstance(entry, dict) or type(entry.get("bytes")) is not int
+                or not isinstance(entry.get("sha256"), str)):
+            raise CheckpointError(f"{where}: {MANIFEST} entry {str(name)[:80]!r} is not "
+                                  "{sha256, bytes}")
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise CheckpointError(f"{where}: {MANIFEST} names a file outside the checkpoint "
+                                  f"({name[:80]!r})")
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{where}: {name} is missing")
@@ -325,7 +332,7 @@ def _read_config(path: Path) -> Config:
         if isinstance(data, dict) and isinstance(data.get("model"), dict):
             data["model"] = saved_model_config(data["model"])
         return validate(data)
-    except (OSError, yaml.YAMLError, ConfigError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as exc:
         raise CheckpointError(f"checkpoint {path}: bad config.yaml ({exc})") from None
 
 

@@ -7,6 +7,7 @@ checkpoint store, a checkpoint directory). Loading never unpickles arbitrary obj
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,11 +42,13 @@ def save_model(path: str | Path, weights: Mapping[str, np.ndarray], config: Mode
     """Write weights + model config to `path` atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: torch.from_numpy(np.array(array)) for name, array in weights.items()}
     payload = {
         "format": FORMAT,
         "model_config": config.model_dump(mode="json"),
-        "weights": {name: torch.from_numpy(np.array(array)) for name, array in weights.items()},
+        "weights": tensors,
         "meta": dict(meta or {}),
+        "sha256": _digest(tensors),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -75,13 +78,37 @@ def load_model(path: str | Path) -> LoadedModel:
     weights = payload.get("weights")
     if not isinstance(weights, dict):
         raise ModelFileError(f"model file {path}: no weights")
+    if not all(isinstance(name, str) and isinstance(t, torch.Tensor)
+               for name, t in weights.items()):
+        raise ModelFileError(f"model file {path}: weights must map names to tensors")
+    digest = payload.get("sha256")
+    # Files written before the digest existed have none; any other value must match.
+    if "sha256" in payload and digest != _digest(weights):
+        raise ModelFileError(f"model file {path}: the weights do not match their SHA-256 "
+                             "(corrupt or altered)")
+    meta = payload.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"model file {path}: meta must be a mapping, got "
+                             f"{type(meta).__name__}")
     model = build_model(config)
     try:
         load_weights(model, {name: t.numpy() for name, t in weights.items()})
-    except ValueError as exc:
+    except (ValueError, TypeError, RuntimeError) as exc:
         raise ModelFileError(f"model file {path}: {exc}") from None
     model.eval()
-    return LoadedModel(model=model, config=config, meta=dict(payload.get("meta") or {}))
+    return LoadedModel(model=model, config=config, meta=dict(meta))
+
+
+def _digest(weights: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of every tensor (name, dtype, shape, bytes) in name order: torch's zip
+    container has no checksum that a bit flip in the weights would fail. (The model config
+    needs none: a damaged one fails validation or does not fit the weights.)"""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _load_checkpoint(path: Path) -> LoadedModel:

@@ -1,0 +1,269 @@
+"""`keisei-ray bench soak`: a long training run under fault injection, watched for leaks,
+stalls and lost steps.
+
+It trains a preset (default `local`) with background evaluation and checkpoints on, for
+`minutes`, while `SoakMonitor` (a Callback plus a sampling thread) records the resident memory
+(RSS) of the driver, the learner, the self-play workers and the evaluation actors, the
+steps/s of every interval, and the gap between consecutive updates; every `kill_every_s` it
+SIGKILLs one self-play worker process (Ray restarts it: `train.max_worker_restarts` is made
+unlimited). At every update it checks the driver's timestep counter against the transitions
+the learner accepted. Only processes descended from this driver are watched or killed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from keisei_ray.arena.evaluation import BackgroundEvaluation
+from keisei_ray.config import Config, load_config
+from keisei_ray.events import Callback, CheckpointSaved, EvaluationDone, TrainStart, UpdateDone
+from keisei_ray.store.checkpoint import CheckpointCallback, create_run_id
+from keisei_ray.training.driver import Trainer, connect_ray, write_run_files
+
+# Ray ships psutil in ray/thirdparty_files and puts that folder on sys.path when imported.
+psutil: Any = importlib.import_module("psutil")
+
+log = logging.getLogger(__name__)
+
+ROLES = ("driver", "learner", "workers", "evaluation")
+_TITLES = {"learner": "ray::LearnerActor", "workers": "ray::SelfPlayActor",
+           "evaluation": "ray::Evaluat"}
+
+
+@dataclass
+class Sample:
+    """One look at the run: seconds since the start, RSS MB by role, steps/s since the last."""
+
+    t: float
+    rss_mb: dict[str, float]
+    processes: dict[str, int]
+    timestep: int
+    steps_per_s: float
+
+
+@dataclass
+class SoakReport:
+    minutes: float
+    samples: list[Sample] = field(default_factory=list)
+    kills: list[float] = field(default_factory=list)  # seconds since the start
+    worker_restarts: int = 0
+    updates: int = 0
+    timestep: int = 0
+    accepted: int = 0
+    counter_mismatches: int = 0
+    max_update_gap_s: float = 0.0
+    checkpoints: int = 0
+    evaluations: int = 0
+    reason: str = ""
+    warmup_s: float = 0.0
+
+    def rss_growth(self) -> dict[str, float | None]:
+        """Per role: mean RSS of the last 3 samples over the first 3 after warm-up, minus 1."""
+        after = [s for s in self.samples if s.t >= self.warmup_s]
+        growth: dict[str, float | None] = {}
+        for role in ROLES:
+            values = [s.rss_mb.get(role, 0.0) for s in after if s.rss_mb.get(role)]
+            if len(values) < 4:
+                growth[role] = None
+                continue
+            k = min(3, len(values) // 2)
+            first, last = sum(values[:k]) / k, sum(values[-k:]) / k
+            growth[role] = last / first - 1.0
+        return growth
+
+    def figures(self) -> dict[str, Any]:
+        rates = [s.steps_per_s for s in self.samples if s.t >= self.warmup_s and s.steps_per_s]
+        growth = self.rss_growth()
+        out: dict[str, Any] = {
+            "minutes": self.minutes, "end": self.reason, "updates": self.updates,
+            "timestep counter": self.timestep, "accepted transitions": self.accepted,
+            "counter == accepted": self.timestep == self.accepted and not self.counter_mismatches,
+            "workers killed": len(self.kills), "worker restarts": self.worker_restarts,
+            "longest gap between updates (s)": round(self.max_update_gap_s, 1),
+            "checkpoints saved": self.checkpoints, "evaluations": self.evaluations,
+            "steps/s min after warm-up": round(min(rates), 1) if rates else None,
+            "steps/s mean after warm-up": round(sum(rates) / len(rates), 1) if rates else None,
+        }
+        for role in ROLES:
+            grew = growth[role]
+            last = next((s.rss_mb[role] for s in reversed(self.samples) if s.rss_mb.get(role)),
+                        None)
+            out[f"RSS {role} MB (last)"] = None if last is None else round(last, 1)
+            out[f"RSS {role} growth after warm-up"] = (
+                None if grew is None else f"{100 * grew:+.1f}%")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"figures": self.figures(), "samples": [asdict(s) for s in self.samples],
+                "kills": self.kills}
+
+
+def _role(process: Any) -> str | None:
+    try:
+        title = " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    for role, prefix in _TITLES.items():
+        if title.startswith(prefix):
+            return role
+    return None
+
+
+def ray_processes() -> dict[str, list[Any]]:
+    """This driver's actor processes by role (only its own descendants)."""
+    found: dict[str, list[Any]] = {role: [] for role in ROLES}
+    me = psutil.Process(os.getpid())
+    found["driver"].append(me)
+    for child in me.children(recursive=True):
+        role = _role(child)
+        if role is not None:
+            found[role].append(child)
+    return found
+
+
+def _rss_mb(processes: list[Any]) -> float:
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return total / 2**20
+
+
+class SoakMonitor(Callback):
+    """Samples RSS and throughput every `sample_every_s`, kills a worker every `kill_every_s`
+    (0: never), and checks the timestep counter at every update."""
+
+    def __init__(self, report: SoakReport, *, sample_every_s: float = 10.0,
+                 kill_every_s: float = 120.0) -> None:
+        self.report = report
+        self.sample_every_s = sample_every_s
+        self.kill_every_s = kill_every_s
+        self._started = time.monotonic()
+        self._timestep = 0
+        self._last_update: float | None = None
+        self._last_sample = (0.0, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="soak-monitor", daemon=True)
+        self._lock = threading.Lock()
+        self._victim = 0
+
+    def on_train_start(self, event: TrainStart) -> None:
+        self._started = time.monotonic()
+        self._timestep = event.timestep
+        self.report.accepted = event.timestep
+        self._thread.start()
+
+    def on_update_done(self, event: UpdateDone) -> None:
+        now = time.monotonic()
+        with self._lock:
+            report = self.report
+            report.updates += 1
+            report.accepted += event.accepted
+            report.timestep = event.timestep
+            report.worker_restarts = event.worker_restarts
+            if event.timestep != report.accepted:
+                report.counter_mismatches += 1
+                log.error("timestep counter %d != accepted transitions %d", event.timestep,
+                          report.accepted)
+            if self._last_update is not None:
+                report.max_update_gap_s = max(report.max_update_gap_s, now - self._last_update)
+            self._last_update = now
+            self._timestep = event.timestep
+
+    def on_checkpoint_saved(self, event: CheckpointSaved) -> None:
+        self.report.checkpoints += 1
+
+    def on_evaluation_done(self, event: EvaluationDone) -> None:
+        self.report.evaluations += 1
+
+    def on_train_end(self, event: Any) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        self._sample()
+        self.report.reason = event.reason
+        self.report.timestep = event.timestep
+
+    def _loop(self) -> None:
+        next_kill = self.kill_every_s if self.kill_every_s > 0 else float("inf")
+        while not self._stop.wait(self.sample_every_s):
+            self._sample()
+            if time.monotonic() - self._started >= next_kill:
+                self._kill_one()
+                next_kill += self.kill_every_s
+
+    def _sample(self) -> None:
+        t = time.monotonic() - self._started
+        processes = ray_processes()
+        with self._lock:
+            timestep = self._timestep
+        last_t, last_step = self._last_sample
+        rate = (timestep - last_step) / (t - last_t) if t > last_t else 0.0
+        self._last_sample = (t, timestep)
+        self.report.samples.append(Sample(
+            t=round(t, 1), rss_mb={role: round(_rss_mb(p), 1) for role, p in processes.items()},
+            processes={role: len(p) for role, p in processes.items()}, timestep=timestep,
+            steps_per_s=round(rate, 1)))
+
+    def _kill_one(self) -> None:
+        workers = sorted(ray_processes()["workers"], key=lambda p: p.pid)
+        if not workers:
+            log.warning("soak: no worker process to kill")
+            return
+        victim = workers[self._victim % len(workers)]
+        self._victim += 1
+        try:
+            os.kill(victim.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self.report.kills.append(round(time.monotonic() - self._started, 1))
+        log.warning("soak: killed worker process %d", victim.pid)
+
+
+def soak_config(preset: str, minutes: float, overrides: tuple[str, ...] = ()) -> Config:
+    """The preset trained for `minutes`, evaluation and checkpoints on, restarts unlimited."""
+    return load_config(None, [
+        "train.total_timesteps=1000000000000", f"train.max_minutes={minutes}",
+        "train.max_worker_restarts=-1", "evaluation.enabled=true",
+        "evaluation.interval_timesteps=20000", "evaluation.games=16",
+        "evaluation.final_wait_s=30", "checkpoint.interval_timesteps=20000", "wandb.mode=disabled",
+        *overrides], preset=preset)
+
+
+def bench_soak(minutes: float, *, preset: str = "local", kill_every_s: float = 120.0,
+               sample_every_s: float = 10.0, warmup_s: float | None = None,
+               run_dir: Path | None = None, overrides: tuple[str, ...] = ()) -> SoakReport:
+    """Train for `minutes` under the monitor; returns the report (see `SoakReport.figures`)."""
+    config = soak_config(preset, minutes, overrides)
+    report = SoakReport(minutes=minutes,
+                        warmup_s=min(300.0, 15.0 * minutes) if warmup_s is None else warmup_s)
+    with tempfile.TemporaryDirectory(prefix="keisei-soak-") as tmp:
+        folder = run_dir or Path(tmp) / "run"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_run_files(config, folder)
+        create_run_id(folder)
+        session = connect_ray(config.train.address)
+        try:
+            monitor = SoakMonitor(report, sample_every_s=sample_every_s,
+                                  kill_every_s=kill_every_s)
+            callbacks: list[Callback] = [BackgroundEvaluation(config, folder),
+                                         CheckpointCallback(config), monitor]
+            result = Trainer(config, folder, callbacks=callbacks).run()
+            report.worker_restarts = result.worker_restarts
+        finally:
+            if session.started_here:
+                ray.shutdown()
+    return report
