@@ -57,7 +57,7 @@ def predict_memory(trials: dict[int, Measurement], candidate: int) -> float | No
 
 def search(candidates: Sequence[int], measure: Callable[[int], Measurement], *,
            memory_bound: float | None = None, min_gain: float = 0.03,
-           patience: int = 1) -> TuneResult:
+           patience: int = 2) -> TuneResult:
     """The candidate with the most throughput; see the module docstring.
 
     `candidates`: sizes to consider (any order, duplicates ignored; at least one). The smallest
@@ -106,17 +106,15 @@ def search(candidates: Sequence[int], measure: Callable[[int], Measurement], *,
 
 
 def games_candidates(games_per_worker: int, rollout_steps: int, *, min_steps: int = 4,
-                     max_games: int = 4096) -> list[tuple[int, int]]:
-    """(games, steps) pairs with the same product as the configured pair (the transitions a
-    collect ships stays), games a power-of-two multiple or divisor of the configured count,
-    steps at least `min_steps` (or the configured steps, when they are fewer)."""
+                     spread: int = 8, max_games: int = 4096) -> list[tuple[int, int]]:
+    """(games, steps) pairs with the same product as the configured pair (each collect ships
+    as many transitions), games the configured count times a power of two, from a quarter of
+    it to `spread` times it, steps at least `min_steps` (or the configured steps if fewer)."""
     product = games_per_worker * rollout_steps
     floor = min(min_steps, rollout_steps)
     pairs = []
-    games = games_per_worker
-    while games % 2 == 0 and product // (games // 2) <= 4096:
-        games //= 2
-    while games <= min(product, max_games):
+    games = max(1, games_per_worker // 4)
+    while games <= min(product, max_games, games_per_worker * spread):
         if product % games == 0 and product // games >= floor:
             pairs.append((games, product // games))
         games *= 2

@@ -115,7 +115,7 @@ def write_timeline(path: Path, start: float, stop: float) -> int:
     events: list[dict[str, Any]] = ray.timeline() or []
     lo, hi = start * 1e6, stop * 1e6
     kept = [e for e in events if "ts" not in e
-            or lo <= float(e["ts"]) + float(e.get("dur", 0.0)) and float(e["ts"]) <= hi]
+            or (lo <= float(e["ts"]) + float(e.get("dur", 0.0)) and float(e["ts"]) <= hi)]
     path.write_text(json.dumps(kept), encoding="utf-8")
     return len(kept)
 

@@ -26,6 +26,7 @@ import torch
 from actors.self_play import SelfPlayWorker
 from keisei_ray.autotune import Measurement, TuneResult, games_candidates, search
 from keisei_ray.config import Config
+from learner.model import export_weights
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,15 @@ def measure_games(config: Config, games: int, steps: int, *, collects: int = 2) 
     data = config.model_dump()
     data["train"].update(games_per_worker=games, rollout_steps=steps)
     worker = SelfPlayWorker(Config.model_validate(data), worker_id=0)
+    worker.load(export_weights(worker.model), 0)  # its own initial weights, as version 0
     seconds = 0.0
     decisions = 0
     for i in range(collects):
         start = time.perf_counter()
-        summary, _ = worker.collect(None, worker.version)
+        worker.collect(None, 0)
         if i > 0:
             seconds += time.perf_counter() - start
             decisions += games * steps
-            del summary
     return Measurement(throughput=decisions / max(seconds, 1e-9))
 
 
