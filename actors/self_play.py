@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from torch.profiler import record_function
 
 from actors.metrics import WorkerMetrics
 from keisei_ray.codec import ExperienceBatch, encode, summarize_games
@@ -34,6 +35,7 @@ from keisei_ray.config import Config
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
 from learner.model import act, build_model, load_weights
+from learner.profiling import ProfileOutput, ProfileSession
 from shogi import (
     Color,
     CompactState,
@@ -136,10 +138,12 @@ class SelfPlayWorker:
 
     # ---------------------------------------------------------------- inference
     def _policy(self, obs: Observation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        planes = encode_planes(to_tensors(obs.state), self.max_moves,
-                               self.config.model.attack_planes)
-        mask = legal_mask(obs.legal_offsets, obs.legal_actions, len(obs.state))
-        actions, log_probs, values = act(self.model, planes, mask, generator=self.generator)
+        with record_function("features"):
+            planes = encode_planes(to_tensors(obs.state), self.max_moves,
+                                   self.config.model.attack_planes)
+            mask = legal_mask(obs.legal_offsets, obs.legal_actions, len(obs.state))
+        with record_function("forward"):
+            actions, log_probs, values = act(self.model, planes, mask, generator=self.generator)
         return actions.numpy(), log_probs.numpy(), values.numpy()
 
     @torch.inference_mode()
@@ -210,7 +214,8 @@ class SelfPlayWorker:
                     next_sign[r, s] = 1.0 if duel.final_agent_to_move[game.slot] else -1.0
                     if duel.truncated[game.slot]:
                         truncated_rows.append((r, s, game.final_state))
-            step = self.env.step(a[:ns])
+            with record_function("env_step"):
+                step = self.env.step(a[:ns])
             rewards[r, :ns] = step.rewards
             terminated[r, :ns] = step.terminated
             for game in step.finished:
@@ -272,7 +277,8 @@ class SelfPlayWorker:
         )
         self._hold_back(running, all_state, offsets, legal, actions[-1], log_probs[-1],
                         values[-1], base=t_steps * e)
-        payload = encode(batch)
+        with record_function("encode"):
+            payload = encode(batch)
         summary = _summarise(self.worker_id, version, len(order), len(payload),
                              time.perf_counter() - start, finished)
         return dataclasses.replace(
@@ -403,6 +409,7 @@ class SelfPlayActorImpl:
         incarnation = 1 + int.from_bytes(os.urandom(4), "little") if restarted else 0
         self.worker = SelfPlayWorker(config, worker_id, incarnation=incarnation)
         self.metrics = WorkerMetrics(worker_id)
+        self.profiler = ProfileSession()
         if incarnation:
             log.warning("worker-%d restarted; reseeded its games", worker_id)
 
@@ -411,10 +418,18 @@ class SelfPlayActorImpl:
 
     def collect(self, weights_box: list[Any], version: int) -> tuple[BatchSummary, bytes]:
         # The weights ref travels boxed in a list so Ray does not fetch it unless needed.
-        weights = ray.get(weights_box[0]) if version != self.worker.version else None
-        summary, payload = self.worker.collect(weights, version)
+        with record_function("collect"):
+            with record_function("load_weights"):
+                weights = ray.get(weights_box[0]) if version != self.worker.version else None
+            summary, payload = self.worker.collect(weights, version)
         self.metrics.record(summary.collect_s, summary.transitions, summary.games)
         return summary, payload
+
+    def profile_start(self, memory: bool, with_stack: bool) -> None:
+        self.profiler.start(memory=memory, with_stack=with_stack)
+
+    def profile_stop(self, top_ops: int) -> ProfileOutput:
+        return self.profiler.stop(top_ops)
 
     def get_state(self) -> dict[str, Any]:
         return self.worker.get_state()

@@ -91,6 +91,11 @@ class PPOConfig(Section):
     epochs: int = Field(2, ge=1, le=100, description="passes over each update's transitions "
                         "(on a CPU learner, 2 beat 4 and 1 per wall-clock minute)")
     minibatch_size: int = Field(512, ge=1, le=1_000_000, description="transitions per step")
+    micro_batch_size: int | None = Field(
+        None, ge=1, le=1_000_000, description="transitions per forward/backward pass: a "
+        "minibatch larger than this is split and its gradients accumulated (the optimizer step "
+        "and its loss are the minibatch's, as without the split); None: the whole minibatch at "
+        "once. train.autotune picks it")
     normalize_advantages: bool = Field(True, description="advantages to zero mean, unit std "
                                        "over each update's transitions")
     target_kl: float | None = Field(
@@ -155,6 +160,14 @@ class TrainConfig(Section):
                                      "(-1: unlimited)")
     round_timeout_s: float = Field(300.0, gt=0.0, description="a collect round waits at most this "
                                    "long for stragglers; their batches are then dropped")
+    autotune: bool = Field(
+        False, description="adapt batch sizes to the hardware: at start, games_per_worker "
+        "(with rollout_steps, keeping their product: the transitions per collect) for the most "
+        "decisions/s of a worker; at start and every autotune_interval_s, ppo.micro_batch_size "
+        "for the most learner samples/s within the device's memory (minibatch_size, epochs and "
+        "samples per update stay as set)")
+    autotune_interval_s: float = Field(300.0, gt=0.0, description="seconds between the "
+                                       "learner's micro-batch re-tunes (train.autotune)")
     callbacks: list[str] = Field(default_factory=list, description="extra callbacks, as "
                                  "'package.module:ClassName'")
     runs_dir: str = Field("runs", description="folder that holds one folder per run")
@@ -271,6 +284,19 @@ class ClusterConfig(Section):
         "the others; a worker that comes up later joins the next round")
 
 
+class ProfileConfig(Section):
+    """Profiling on demand: torch.profiler traces of a few updates, written to RUN_DIR/profile."""
+
+    updates: int = Field(0, ge=0, le=1000, description="learner updates to profile (with one "
+                         "worker's collects and Ray's timeline of the same window); 0: off")
+    skip_updates: int = Field(1, ge=1, le=100_000, description="updates to let pass first "
+                              "(warm-up: allocations, the first weight loads)")
+    memory: bool = Field(True, description="record tensor memory (allocations and frees)")
+    with_stack: bool = Field(True, description="record Python stacks (the summary groups ops "
+                             "by them; costs time while profiling)")
+    top_ops: int = Field(15, ge=1, le=1000, description="ops in the logged summary table")
+
+
 class Config(Section):
     """The root of the configuration. Later sections hang here."""
 
@@ -283,6 +309,7 @@ class Config(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    profile: ProfileConfig = Field(default_factory=ProfileConfig)
 
 
 # ----------------------------------------------------------------------------- presets

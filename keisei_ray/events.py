@@ -100,6 +100,8 @@ class UpdateDone:
     wall_time: float  # seconds since training started (this session)
     weights: Any = None  # [ObjectRef] of this version's {name: ndarray} (boxed: not resolved)
     learner_busy: float = 0.0  # fraction of the wall time the learner spent updating
+    worker_busy: float = 0.0  # fraction of the workers' wall time spent collecting
+    bottleneck: str = ""  # one line: which side holds the run back (keisei_ray.training.waits)
     # Captures the run at this update (a consistent cut: the learner is idle and no worker is
     # collecting while handlers run) and returns `fetch`; `fetch()` -> RunSnapshot (see
     # keisei_ray.store.checkpoint) completes it, blocking, from any thread. Capturing is cheap: the

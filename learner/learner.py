@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from keisei_ray.codec import ExperienceBatch, decode
 from keisei_ray.config import Config
@@ -114,7 +115,8 @@ class Learner:
         self.buffer.clear()
         dropped = max_lag = 0
         for payload in batches:
-            batch = payload if isinstance(payload, ExperienceBatch) else decode(payload)
+            with record_function("decode"):
+                batch = payload if isinstance(payload, ExperienceBatch) else decode(payload)
             lag = self.version - batch.policy_version
             if not 0 <= lag <= self.ppo.max_policy_lag:
                 log.debug("dropped a batch of worker %d: policy version %d, learner at %d",

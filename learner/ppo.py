@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from keisei_ray.config import PPOConfig
 from learner.buffer import ExperienceBuffer, Minibatch
@@ -98,31 +99,45 @@ def ppo_update(
     evaluated = steps = epochs_run = samples = 0
     lr = optimizer.param_groups[0]["lr"]
     stopped_early = False
+    micro = ppo.micro_batch_size or ppo.minibatch_size
     for _ in range(ppo.epochs):
         order = torch.randperm(n, generator=generator).to(buffer.device)
         for start in range(0, n, ppo.minibatch_size):
             rows = order[start:start + ppo.minibatch_size]
-            batch = buffer.minibatch(rows, max_moves, attack_planes)
-            with autocast():
-                logits, values = forward(batch.planes)
-            loss, stats = ppo_loss(logits, values, batch, ppo)
-            for key, value in stats.items():
+            # Larger than a micro-batch: its chunks' gradients are accumulated, each weighted
+            # by its share of the rows, so loss and step are the whole minibatch's.
+            optimizer.zero_grad(set_to_none=True)
+            minibatch_stats: dict[str, torch.Tensor] = {}
+            for chunk in rows.split(micro):
+                weight = len(chunk) / len(rows)
+                with record_function("features"):
+                    batch = buffer.minibatch(chunk, max_moves, attack_planes)
+                with record_function("forward"):
+                    with autocast():
+                        logits, values = forward(batch.planes)
+                    loss, stats = ppo_loss(logits, values, batch, ppo)
+                with record_function("backward"):
+                    scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+                for key, value in stats.items():
+                    minibatch_stats[key] = minibatch_stats.get(key, 0.0) + value * weight
+            for key, value in minibatch_stats.items():
                 totals[key] = totals.get(key, 0.0) + value
             evaluated += 1
             samples += len(rows)
-            if ppo.target_kl is not None and stats["approx_kl"].item() > ppo.target_kl:
+            if ppo.target_kl is not None and minibatch_stats["approx_kl"].item() > ppo.target_kl:
                 stopped_early = True  # this minibatch's step is not taken
+                optimizer.zero_grad(set_to_none=True)
                 break
 
-            lr = lr_for_step(steps, planned)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip (and report) the true gradient norm
-            grad_norm_total += nn.utils.clip_grad_norm_(model.parameters(), ppo.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
+            with record_function("optimizer"):
+                lr = lr_for_step(steps, planned)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                scaler.unscale_(optimizer)  # clip (and report) the true gradient norm
+                grad_norm_total += nn.utils.clip_grad_norm_(model.parameters(),
+                                                            ppo.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
             steps += 1
         epochs_run += 1
         if stopped_early:

@@ -55,6 +55,9 @@ from keisei_ray.events import (
 )
 from keisei_ray.store.checkpoint import RunSnapshot
 from keisei_ray.training.learner_actor import LearnerActor, Published, UpdateResult
+from keisei_ray.training.profiling import ProfileWindow
+from keisei_ray.training.tuning import LearnerTuner, tune_games
+from keisei_ray.training.waits import wait_split
 
 log = logging.getLogger(__name__)
 
@@ -530,6 +533,9 @@ class Trainer:
         self._steps_start = 0
         self._lost_base = self.state.lost_batches
         self.capacity = 0  # transitions the learner's buffer holds
+        self.profile = ProfileWindow(config, run_dir)
+        self.tuner = LearnerTuner(config, resumed=resume is not None)
+        self._updates_start = self.state.updates
 
     # ---------------------------------------------------------------- set-up
     def _start_actors(self) -> Published:
@@ -537,6 +543,8 @@ class Trainer:
         device = resolve_device(self.config)
         workers = (_auto_workers(self.config) if train.num_workers == "auto"
                    else int(train.num_workers))
+        if train.autotune and self.resume is None:  # a resumed run keeps its saved values
+            tune_games(self.config)
         resources = ray.cluster_resources()
         # A batch holds at most E*(T+1) transitions (T plies plus the held-back ones).
         self.capacity = max(workers, _auto_workers(self.config)) * _batch_capacity(self.config)
@@ -726,6 +734,8 @@ class Trainer:
         finally:
             snapshot = None if stopped_at is None else functools.partial(self.snapshot,
                                                                           *stopped_at)
+            if self.profile.recording and stopped_at is not None:
+                self.profile.finish()  # the run ended inside the window: what it recorded
             self.bus.emit(TrainEnd(self.state.timestep, self.state.version, reason,
                                    snapshot=snapshot))
             self.close()
@@ -796,7 +806,11 @@ class Trainer:
         self.learner_busy_s += result.busy_s
         st.games = st.games + games
         self.published = result.published
+        self.profile.after_update(st.updates - self._updates_start, self.learner,
+                                  [(s.worker_id, s.actor) for s in self.pool.ready_workers])
+        self.tuner.after_update(self.learner)
         wall = time.monotonic() - self._started
+        waits = wait_split(wall, self.learner_busy_s, self.pool.busy_s, self.pool.alive)
         self.bus.emit(UpdateDone(
             timestep=st.timestep, version=st.version, accepted=result.accepted,
             metrics={k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)},
@@ -805,6 +819,7 @@ class Trainer:
             steps_per_s=(st.timestep - self._steps_start) / wall if wall > 0 else 0.0,
             worker_restarts=self.pool.restarts, wall_time=wall, weights=result.published.weights,
             learner_busy=self.learner_busy_s / wall if wall > 0 else 0.0,
+            worker_busy=waits.worker_busy, bottleneck=waits.hint(),
             snapshot=functools.partial(self.snapshot, *cut)))
 
 

@@ -16,8 +16,11 @@ import ray
 import torch
 
 from keisei_ray.config import Config
+from keisei_ray.training.autotune import Measurement, TuneResult, micro_batch_candidates, search
 from keisei_ray.training.metrics import LearnerMetrics
 from learner import Learner
+from learner.profiling import ProfileOutput, ProfileSession
+from learner.throughput import device_memory_bound, micro_batch_trial
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +52,14 @@ class LearnerActor:
         self.config = config
         self.learner = Learner(config, capacity=capacity, device=device)
         self.metrics = LearnerMetrics()
+        self.profiler = ProfileSession()
         log.info("learner ready on %s (capacity %d transitions)", self.learner.device, capacity)
 
     def publish(self) -> Published:
-        version, weights = self.learner.weights(half=self.config.train.half_weights)
-        nbytes = sum(int(a.nbytes) for a in weights.values())
-        return Published(version=version, weights=[ray.put(weights)], nbytes=nbytes)
+        with torch.profiler.record_function("broadcast"):
+            version, weights = self.learner.weights(half=self.config.train.half_weights)
+            nbytes = sum(int(a.nbytes) for a in weights.values())
+            return Published(version=version, weights=[ray.put(weights)], nbytes=nbytes)
 
     def update(self, *payloads: bytes) -> UpdateResult:
         start = time.perf_counter()
@@ -70,6 +75,24 @@ class LearnerActor:
             busy_s=busy,
             published=self.publish(),
         )
+
+    def profile_start(self, memory: bool, with_stack: bool) -> None:
+        self.profiler.start(memory=memory, with_stack=with_stack)
+
+    def profile_stop(self, top_ops: int) -> ProfileOutput:
+        return self.profiler.stop(top_ops)
+
+    def autotune_micro_batch(self) -> TuneResult | None:
+        """Pick ppo.micro_batch_size for the most samples/s within the device's memory, by
+        trials on the buffer's current transitions (None: the buffer is empty). The minibatch,
+        and so the optimizer steps and their loss, stay as configured."""
+        if len(self.learner.buffer) == 0:
+            return None
+        result = search(micro_batch_candidates(self.learner.ppo.minibatch_size),
+                        lambda size: Measurement(*micro_batch_trial(self.learner, size)),
+                        memory_bound=device_memory_bound(self.learner))
+        self.learner.ppo.micro_batch_size = result.best
+        return result
 
     def reserve(self, capacity: int) -> None:
         self.learner.reserve(capacity)

@@ -67,6 +67,8 @@ class MetricsLog(Callback):
             "event": "update", "timestep": event.timestep, "version": event.version,
             "accepted": event.accepted, "policy_lag": event.policy_lag,
             "steps_per_s": event.steps_per_s, "learner_busy": event.learner_busy,
+            "worker_busy": event.worker_busy, "learner_waiting": 1.0 - event.learner_busy,
+            "workers_waiting": 1.0 - event.worker_busy, "bottleneck": event.bottleneck,
             "workers_alive": event.workers_alive, "worker_restarts": event.worker_restarts,
             "wall_time": event.wall_time, "metrics": event.metrics,
             "games": dataclasses.asdict(event.games), "totals": dataclasses.asdict(event.totals),

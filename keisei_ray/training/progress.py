@@ -77,6 +77,7 @@ class ProgressView(Callback):
                 f"len {e.totals.mean_length:.0f}) | pl {m.get('policy_loss', 0.0):.3f} "
                 f"vl {m.get('value_loss', 0.0):.3f} ent {m.get('entropy', 0.0):.2f} | "
                 f"lag {e.policy_lag} | workers {e.workers_alive}"
+                + (f" | {e.bottleneck}" if e.bottleneck else "")
                 + (f" | vs opponent {e.totals.opponent_games:,} games, won "
                    f"{shares['opponent_win_share']:.0%}" if e.totals.opponent_games else ""))
 
@@ -109,7 +110,10 @@ class ProgressView(Callback):
              f"{m.get('approx_kl', 0.0):.4f}"),
             ("policy version", f"{e.version}", "policy lag", f"{e.policy_lag}"),
             ("workers alive", f"{e.workers_alive}", "worker restarts", f"{e.worker_restarts}"),
+            ("learner busy", f"{e.learner_busy:.0%}", "workers busy", f"{e.worker_busy:.0%}"),
         ]
+        if e.bottleneck:
+            rows.append(("bottleneck", e.bottleneck, "", ""))
         if e.totals.opponent_games:
             rows.append(("vs opponent", f"{e.totals.opponent_games:,} games",
                          "won", f"{shares['opponent_win_share']:.1%}"))

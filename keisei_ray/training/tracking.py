@@ -238,6 +238,9 @@ class WandbCallback(Callback):
         games, totals = event.games, event.totals
         data.update({
             "perf/steps_per_s": event.steps_per_s, "perf/learner_busy": event.learner_busy,
+            "perf/worker_busy": event.worker_busy,
+            "perf/learner_waiting": 1.0 - event.learner_busy,
+            "perf/workers_waiting": 1.0 - event.worker_busy,
             "perf/policy_lag": event.policy_lag, "perf/workers_alive": event.workers_alive,
             "perf/worker_restarts": event.worker_restarts, "perf/wall_time": event.wall_time,
             "games/finished": games.games, "games/total": totals.games,
