@@ -41,7 +41,7 @@ from keisei_ray.config import Config
 from keisei_ray.metrics import WorkerMetrics
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
-from learner.model import act, build_model, load_weights
+from learner.model import act, build_model, choose_actions, load_weights
 from shogi import (
     Color,
     CompactState,
@@ -363,14 +363,16 @@ class SelfPlayWorker:
         """The pool members' moves, one batched forward per member (sampled, like the
         learner's own moves, with the worker's generator)."""
         out = np.zeros(len(members), np.int64)
+        planes = encode_planes(to_tensors(obs.state), self.max_moves,
+                               self.config.model.attack_planes)
+        mask = legal_mask(obs.legal_offsets, obs.legal_actions, len(obs.state))
         for member_id in sorted(set(members.tolist())):
             rows = np.flatnonzero(members == member_id)
-            offsets, legal = csr_take(obs.legal_offsets, obs.legal_actions, rows)
-            planes = encode_planes(to_tensors(obs.state.take(rows)), self.max_moves,
-                                   self.config.model.attack_planes)
-            mask = legal_mask(offsets, legal, len(rows))
-            a, _, _ = act(self.opponent_models[member_id], planes, mask,
-                          generator=self.generator)
+            index = torch.from_numpy(rows)
+            # The member networks stay in eval mode: call them directly (act() toggles modes,
+            # a walk over every module that costs more than a small batch's forward).
+            logits, _ = self.opponent_models[member_id](planes[index])
+            a, _ = choose_actions(logits, mask[index], generator=self.generator)
             out[rows] = a.numpy()
         return out
 

@@ -715,7 +715,7 @@ class Trainer:
                     collected = self.pool.gather(train.round_timeout_s, self._on_batch)
                     self._reserve(sum(c.summary.transitions for c in collected))
                     batches = [c.payload for c in collected]
-                    record_round(self.league, (c.summary for c in collected))
+                    record_round(self.league, (c.summary for c in collected), self.pool.slots)
                     games = sum((game_stats(c.summary) for c in collected), GameStats())
                     if in_flight is not None:  # pipelined: the previous update ran meanwhile
                         self._finish_update(*in_flight, cut=(batches, games))

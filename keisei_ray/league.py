@@ -204,10 +204,14 @@ def assignment(league: League | None, config: Config) -> LeagueAssignment | None
     return LeagueAssignment(members=league.sample(games), weights=dict(league.weights))
 
 
-def record_round(league: League | None, summaries: Iterable[BatchSummary]) -> None:
-    """A gathered round's league results and members in use, in the given (worker) order."""
+def record_round(league: League | None, summaries: Iterable[BatchSummary],
+                 workers: Iterable[int]) -> None:
+    """A gathered round's league results and members in use, in the given (worker) order;
+    `workers`: the ids of the pool's workers (the games of the others are gone)."""
     if league is None:
         return
     for summary in summaries:
         league.record(summary.league_results)
         league.report_in_use(summary.worker_id, summary.league_in_use)
+    for worker_id in set(league.in_use) - set(workers):
+        league.forget_worker(worker_id)

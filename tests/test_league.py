@@ -84,6 +84,16 @@ def test_an_evicted_member_in_use_is_retired_until_its_games_end() -> None:
     assert not pool.retired and pool.weights == {1: "w1"}
 
 
+def test_a_worker_that_left_no_longer_holds_a_retired_member() -> None:
+    pool = league(pool_size=1)
+    pool.add(0, "w0", update=0)
+    pool.report_in_use(worker_id=3, member_ids=[0])
+    pool.add(1, "w1", update=1)
+    assert list(pool.retired) == [0]
+    pool.forget_worker(3)
+    assert not pool.retired and pool.weights == {1: "w1"} and not pool.in_use
+
+
 def test_state_round_trip_continues_the_same_draws() -> None:
     pool = league(pool_size=3, evict="weakest")
     for version in range(4):
