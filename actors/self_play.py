@@ -29,12 +29,20 @@ import ray
 import torch
 from torch.profiler import record_function
 
+from actors.league_games import (
+    LeagueAssignment,
+    LeagueEnv,
+    LeagueResult,
+    ReplyFn,
+    resolve,
+    slot_counts,
+)
 from actors.metrics import WorkerMetrics
 from keisei_ray.codec import ExperienceBatch, encode, summarize_games
 from keisei_ray.config import Config
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
-from learner.model import act, build_model, load_weights
+from learner.model import act, build_model, choose_actions, load_weights
 from learner.profiling import ProfileOutput, ProfileSession
 from shogi import (
     Color,
@@ -45,7 +53,7 @@ from shogi import (
     VecEnv,
     material_balance,
 )
-from shogi.duel import OpponentEnv, duel_opponent
+from shogi.duel import DuelStep, OpponentEnv, duel_opponent
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,9 @@ class BatchSummary:
     cap_draws: int = 0
     total_plies: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    # League games (league.*): finished ones per member, and the members still being played.
+    league_results: tuple[LeagueResult, ...] = ()
+    league_in_use: tuple[int, ...] = ()
 
 
 def worker_seeds(seed: int, worker_id: int, incarnation: int = 0) -> tuple[int, int]:
@@ -101,20 +112,26 @@ class SelfPlayWorker:
         self.max_moves = config.env.max_moves
         self.incarnation = incarnation
         env_seed, torch_seed = worker_seeds(train.seed, worker_id, incarnation)
-        # Slots [0, num_self) play themselves; the rest play the fixed opponent.
-        duels = min(round(train.opponent_share * self.num_games), self.num_games - 1)
-        self.num_self = self.num_games - duels
+        # Slots [0, num_self) play themselves, then the fixed opponent's, then league games.
+        self.num_self, duels, league = slot_counts(config)
+        self.num_league = league
         impasse = config.env.impasse == "27"
         self.env = VecEnv(self.num_self, self.max_moves, seed=env_seed, impasse=impasse)
         self.duels: OpponentEnv | None = None
         if duels:
             self.duels = OpponentEnv(duels, duel_opponent(train.opponent, env_seed),
                                      self.max_moves, impasse=impasse)
+        # League games start with the first collect's assignment (their opponents).
+        self.league = LeagueEnv(league, self.max_moves, impasse=impasse) if league else None
+        self.opponent_models: dict[int, torch.nn.Module] = {}  # league member id -> CPU copy
+        if config.league.enabled and not league:
+            log.warning("worker-%d: league.share=%g of %d games is no league game", worker_id,
+                        config.league.share, self.num_games)
         torch.manual_seed(torch_seed)
         self.model = build_model(config.model).eval()
         self.generator = torch.Generator().manual_seed(torch_seed)
         self.version = -1
-        self.obs = self._observe()
+        self._obs = self._observe()
         # The held-back last transition of each slot whose game was still running.
         e = self.num_games
         self._carry_state = CompactState.empty(e)
@@ -125,16 +142,33 @@ class SelfPlayWorker:
         self._carry_value = np.zeros(e, dtype=np.float32)
         self._has_carry = np.zeros(e, dtype=bool)
 
-    def _observe(self) -> Observation:
-        """Self-play games first, then the games against the fixed opponent (agent to move)."""
-        obs = self.env.observe()
-        if self.duels is None:
-            return obs
-        duel = self.duels.observe()
-        offsets, legal = _concat_csr([(obs.legal_offsets, obs.legal_actions),
-                                      (duel.legal_offsets, duel.legal_actions)])
-        return Observation(state=CompactState.concat([obs.state, duel.state]),
+    def _observe(self) -> Observation | None:
+        """Self-play games first, then the games against the fixed opponent, then the league
+        games (agent to move); None until the league games have started."""
+        parts = [self.env.observe()]
+        if self.duels is not None:
+            parts.append(self.duels.observe())
+        if self.league is not None:
+            if not self.league.started:
+                return None
+            parts.append(self.league.observe())
+        if len(parts) == 1:
+            return parts[0]
+        offsets, legal = _concat_csr([(o.legal_offsets, o.legal_actions) for o in parts])
+        return Observation(state=CompactState.concat([o.state for o in parts]),
                            legal_offsets=offsets, legal_actions=legal)
+
+    @property
+    def obs(self) -> Observation:
+        """The observation of every game (the league games must have started)."""
+        if self._obs is None:
+            raise RuntimeError(f"worker-{self.worker_id}: league games need an assignment "
+                               "(collect with league=...)")
+        return self._obs
+
+    @obs.setter
+    def obs(self, value: Observation | None) -> None:
+        self._obs = value
 
     # ---------------------------------------------------------------- inference
     def _policy(self, obs: Observation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -158,11 +192,12 @@ class SelfPlayWorker:
         self.version = version
 
     # ---------------------------------------------------------------- one rollout
-    def collect(self, weights: Mapping[str, np.ndarray] | None,
-                version: int) -> tuple[BatchSummary, bytes]:
+    def collect(self, weights: Mapping[str, np.ndarray] | None, version: int,
+                league: LeagueAssignment | None = None) -> tuple[BatchSummary, bytes]:
         """Play `rollout_steps` plies of every game with policy `version`; encode the batch.
 
-        `weights` may be None when the worker already holds `version`.
+        `weights` may be None when the worker already holds `version`. `league`: the opponents
+        of the league games that start in this collect (needed when the worker plays any).
         """
         start = time.perf_counter()
         if version != self.version:
@@ -170,6 +205,7 @@ class SelfPlayWorker:
                 raise ValueError(f"worker-{self.worker_id} holds version {self.version} and "
                                  f"was given no weights for version {version}")
             self.load(weights, version)
+        reply = self._begin_league(league)
         e, t_steps = self.num_games, self.steps
         rows = t_steps + 1  # row 0: the held-back transitions, rows 1..T: this rollout's plies
         values = np.zeros((rows, e), np.float32)
@@ -195,6 +231,23 @@ class SelfPlayWorker:
         finished: list[FinishedGame] = []
         duel_results: list[float] = []  # the learner's result in each game vs the opponent
         ns = self.num_self
+        league_results: list[tuple[int, float]] = []  # (member, the learner's result)
+        nl = self.num_games - self.num_league  # the first league slot
+
+        def fold(r: int, first: int, duel: DuelStep) -> None:
+            """Opponent games' step results into row r (the reply is part of the move)."""
+            last = first + len(duel.rewards)
+            rewards[r, first:last] = duel.rewards
+            terminated[r, first:last] = duel.terminated
+            for game in duel.finished:
+                s = first + game.slot
+                game_over[r, s] = True
+                final_rows.append((r, s, game.final_state))
+                # The game may have ended on the opponent's reply: who moves in it?
+                next_sign[r, s] = 1.0 if duel.final_agent_to_move[game.slot] else -1.0
+                if duel.truncated[game.slot]:
+                    truncated_rows.append((r, s, game.final_state))
+
         for r in range(1, rows):
             obs = self.obs
             a, lp, v = self._policy(obs)
@@ -202,18 +255,15 @@ class SelfPlayWorker:
             csr.append((obs.legal_offsets, obs.legal_actions))
             actions[r], log_probs[r], values[r] = a, lp, v
             if self.duels is not None:
-                duel = self.duels.step(a[ns:])
-                rewards[r, ns:] = duel.rewards
-                terminated[r, ns:] = duel.terminated
-                for game in duel.finished:
-                    s = ns + game.slot
-                    game_over[r, s] = True
-                    duel_results.append(float(duel.rewards[game.slot]))
-                    final_rows.append((r, s, game.final_state))
-                    # The game may have ended on the opponent's reply: who moves in it?
-                    next_sign[r, s] = 1.0 if duel.final_agent_to_move[game.slot] else -1.0
-                    if duel.truncated[game.slot]:
-                        truncated_rows.append((r, s, game.final_state))
+                duel = self.duels.step(a[ns:nl])
+                fold(r, ns, duel)
+                duel_results.extend(float(duel.rewards[g.slot]) for g in duel.finished)
+            if self.league is not None:
+                games = self.league.step(a[nl:], reply)
+                fold(r, nl, games)
+                league_results.extend(
+                    (member, float(games.rewards[g.slot]))
+                    for member, g in zip(games.members, games.finished, strict=True))
             with record_function("env_step"):
                 step = self.env.step(a[:ns])
             rewards[r, :ns] = step.rewards
@@ -284,7 +334,51 @@ class SelfPlayWorker:
         return dataclasses.replace(
             summary, incarnation=self.incarnation, opponent_games=len(duel_results),
             opponent_wins=sum(x > 0 for x in duel_results),
-            opponent_draws=sum(x == 0 for x in duel_results)), payload
+            opponent_draws=sum(x == 0 for x in duel_results),
+            league_results=_league_results(league_results),
+            league_in_use=tuple(self.league.in_use()) if self.league else ()), payload
+
+    # ---------------------------------------------------------------- league games
+    def _begin_league(self, league: LeagueAssignment | None) -> ReplyFn:
+        """Take the collect's league assignment: load the member networks the league games
+        need (running games and new ones), drop the others; start games not yet begun."""
+        if self.league is None:
+            return _no_reply
+        if league is None:
+            raise ValueError(f"worker-{self.worker_id} plays {self.num_league} league games "
+                             "and was given no league assignment")
+        needed = set(self.league.in_use()) | set(league.members)
+        missing = sorted(needed - set(league.weights) - set(self.opponent_models))
+        if missing:
+            raise ValueError(f"worker-{self.worker_id}: no weights for league member(s) "
+                             f"{missing}")
+        for member_id in sorted(needed - set(self.opponent_models)):
+            model = build_model(self.config.model)
+            load_weights(model, resolve(league.weights[member_id]))
+            self.opponent_models[member_id] = model.eval()
+        for member_id in set(self.opponent_models) - needed:
+            del self.opponent_models[member_id]
+        if self.league.assign(league.members, self._league_replies):
+            self.obs = self._observe()
+        return self._league_replies
+
+    @torch.inference_mode()
+    def _league_replies(self, members: np.ndarray, obs: Observation) -> np.ndarray:
+        """The pool members' moves, one batched forward per member (sampled, like the
+        learner's own moves, with the worker's generator)."""
+        out = np.zeros(len(members), np.int64)
+        planes = encode_planes(to_tensors(obs.state), self.max_moves,
+                               self.config.model.attack_planes)
+        mask = legal_mask(obs.legal_offsets, obs.legal_actions, len(obs.state))
+        for member_id in sorted(set(members.tolist())):
+            rows = np.flatnonzero(members == member_id)
+            index = torch.from_numpy(rows)
+            # The member networks stay in eval mode: call them directly (act() toggles modes,
+            # a walk over every module that costs more than a small batch's forward).
+            logits, _ = self.opponent_models[member_id](planes[index])
+            a, _ = choose_actions(logits, mask[index], generator=self.generator)
+            out[rows] = a.numpy()
+        return out
 
     # ---------------------------------------------------------------- state (checkpoints)
     def get_state(self) -> dict[str, Any]:
@@ -297,6 +391,7 @@ class SelfPlayWorker:
             "worker_id": self.worker_id,
             "env": self.env.get_state(),
             "duels": None if self.duels is None else self.duels.get_state(),
+            "league": None if self.league is None else self.league.get_state(),
             "generator": self.generator.get_state().numpy(),
             "carry": {**carry, "offsets": self._carry_offsets, "legal": self._carry_legal,
                       "action": self._carry_action, "log_prob": self._carry_logp,
@@ -316,9 +411,15 @@ class SelfPlayWorker:
         if (state.get("duels") is None) != (self.duels is None):
             raise ValueError("worker state: games against the fixed opponent do not match "
                              "train.opponent_share")
+        if (state.get("league") is None) != (self.league is None):
+            raise ValueError("worker state: league games do not match league.enabled / "
+                             "league.share")
         self.env.set_state(state["env"])  # checks the games; unchanged if it raises
         if self.duels is not None:
             self.duels.set_state(state["duels"])
+        if self.league is not None:
+            self.league.set_state(state["league"])
+            self.opponent_models = {}  # the next collect loads the members its games play
         self.obs = self._observe()
         self.generator = generator
         self._carry_state = CompactState(**{f.name: carry[f"state_{f.name}"]
@@ -391,6 +492,20 @@ def _summarise(worker_id: int, version: int, transitions: int, nbytes: int, seco
     )
 
 
+def _no_reply(members: np.ndarray, obs: Observation) -> np.ndarray:
+    raise RuntimeError("no league games")
+
+
+def _league_results(results: list[tuple[int, float]]) -> tuple[LeagueResult, ...]:
+    """Finished league games per member, in member order."""
+    out = []
+    for member_id in sorted({m for m, _ in results}):
+        mine = [x for m, x in results if m == member_id]
+        out.append(LeagueResult(member_id, len(mine), sum(x > 0 for x in mine),
+                                sum(x == 0 for x in mine)))
+    return tuple(out)
+
+
 def _node_id() -> str | None:
     # The plain worker also runs without Ray (tests, benchmarks).
     return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
@@ -416,12 +531,13 @@ class SelfPlayActorImpl:
     def ready(self) -> str:
         return str(ray.get_runtime_context().get_node_id())
 
-    def collect(self, weights_box: list[Any], version: int) -> tuple[BatchSummary, bytes]:
+    def collect(self, weights_box: list[Any], version: int,
+                league: LeagueAssignment | None = None) -> tuple[BatchSummary, bytes]:
         # The weights ref travels boxed in a list so Ray does not fetch it unless needed.
         with record_function("collect"):
             with record_function("load_weights"):
                 weights = ray.get(weights_box[0]) if version != self.worker.version else None
-            summary, payload = self.worker.collect(weights, version)
+            summary, payload = self.worker.collect(weights, version, league)
         self.metrics.record(summary.collect_s, summary.transitions, summary.games)
         return summary, payload
 

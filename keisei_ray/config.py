@@ -297,6 +297,29 @@ class ProfileConfig(Section):
     top_ops: int = Field(15, ge=1, le=1000, description="ops in the logged summary table")
 
 
+class LeagueConfig(Section):
+    """League self-play: a share of each worker's games against past snapshots of the policy,
+    picked by prioritized fictitious self-play (PFSP). Off by default until measured."""
+
+    enabled: bool = Field(False, description="play part of the games against a pool of past "
+                          "snapshots of the policy")
+    share: float = Field(0.2, ge=0.0, lt=1.0, description="share of each worker's games played "
+                         "against pool members (OpenAI Five: 20% past selves)")
+    snapshot_interval: int = Field(10, ge=1, le=1_000_000, description="add the policy to the "
+                                   "pool every this many updates (the initial policy is the "
+                                   "first member)")
+    pool_size: int = Field(8, ge=1, le=1000, description="most members the pool holds")
+    evict: Literal["oldest", "weakest"] = Field(
+        "oldest", description="which member leaves a full pool: the oldest, or the weakest (the "
+        "one the learner beats most often); a member still playing games finishes them")
+    pfsp_power: float = Field(2.0, ge=0.0, le=100.0, description="PFSP weighting f(x) = (1-x)^p "
+                              "over the learner's score x against each member (AlphaStar's "
+                              "f_hard); 0: uniform over the pool")
+    win_rate_decay: float = Field(0.98, gt=0.0, le=1.0, description="each update multiplies the "
+                                  "game counts behind the win-rate table by this (older results "
+                                  "count less; 1: never forget)")
+
+
 class Config(Section):
     """The root of the configuration. Later sections hang here."""
 
@@ -310,6 +333,7 @@ class Config(Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
+    league: LeagueConfig = Field(default_factory=LeagueConfig)
 
 
 # ----------------------------------------------------------------------------- presets
@@ -521,9 +545,14 @@ def validate(data: Mapping[str, Any]) -> Config:
     """Validate a nested dict against the schema; errors name the field path."""
     data = _drop_removed_fields(data)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
+    share = config.train.opponent_share + config.league.share
+    if config.league.enabled and share >= 1.0:
+        raise ConfigError(f"league.share: with train.opponent_share it must leave room for "
+                          f"self-play games (their sum is {share:g}, must be < 1)")
+    return config
 
 
 def load_config(

@@ -74,7 +74,8 @@ INCOMPATIBLE_FIELDS = ("model.size", "model.blocks", "model.channels",
                        "model.squeeze_excitation", "model.norm", "model.attack_planes",
                        "model.policy_head", "ppo.optimizer")
 # Config fields whose change makes the saved games unusable (workers then start new games).
-WORKER_FIELDS = ("env.max_moves", "env.impasse", "train.games_per_worker")
+WORKER_FIELDS = ("env.max_moves", "env.impasse", "train.games_per_worker", "league.enabled",
+                 "league.share")
 
 
 class CheckpointError(ValueError):
@@ -95,6 +96,8 @@ class RunSnapshot:
     pending_games: dict[str, Any] = field(default_factory=dict)  # their GameStats, as a dict
     rng: dict[str, Any] = field(default_factory=dict)  # the driver process's RNG states
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # state_key -> state
+    league: dict[str, Any] = field(default_factory=dict)  # League.state_dict() ({}: no league)
+    league_weights: dict[int, dict[str, Any]] = field(default_factory=dict)  # member -> weights
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,9 @@ def write_checkpoint(folder: Path, snapshot: RunSnapshot, *, run_id: str, reason
         "callbacks.json": _json_bytes(snapshot.callbacks),
         "config.yaml": dump(snapshot.config).encode("utf-8"),
     }
+    if snapshot.league:  # league self-play: the pool's table and RNG, and its members' weights
+        files["league.json"] = _json_bytes(snapshot.league)
+        files["league.pt"] = _torch_bytes(_to_torch(snapshot.league_weights))
     manifest = {
         "format": FORMAT,
         "run_id": run_id,
@@ -351,13 +357,22 @@ def read_checkpoint(path: Path, *, run_id: str | None = None) -> RunSnapshot:
     workers = _to_numpy(_torch_load(path / "workers.pt"))
     pending = _torch_load(path / "pending.pt")
     rng = _to_numpy(_torch_load(path / "driver.pt"))
+    league: dict[str, Any] = {}
+    league_weights: dict[int, dict[str, Any]] = {}
+    if (path / "league.json").is_file():  # written by runs with league self-play only
+        try:
+            league = json.loads((path / "league.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path}: bad league.json ({exc})") from None
+        league_weights = _to_numpy(_torch_load(path / "league.pt"))
     if not isinstance(learner, dict) or not isinstance(workers, dict) or not isinstance(
             pending, list) or not all(isinstance(p, bytes) for p in pending):
         raise CheckpointError(f"checkpoint {path}: learner, worker or pending state of the "
                               "wrong shape")
     return RunSnapshot(config=config, timestep=info.timestep, version=info.version,
                        driver=driver, learner=learner, workers=workers, pending=pending,
-                       pending_games=pending_games, rng=rng, callbacks=callbacks)
+                       pending_games=pending_games, rng=rng, callbacks=callbacks,
+                       league=league, league_weights=league_weights)
 
 
 def read_model_state(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict[str, Any]]:

@@ -54,6 +54,7 @@ from keisei_ray.events import (
     UpdateDone,
 )
 from keisei_ray.store.checkpoint import RunSnapshot
+from keisei_ray.training.league import League, assignment, record_round
 from keisei_ray.training.learner_actor import LearnerActor, Published, UpdateResult
 from keisei_ray.training.profiling import ProfileWindow
 from keisei_ray.training.tuning import LearnerTuner, tune_games
@@ -316,12 +317,13 @@ class WorkerPool:
             self.wait_until_ready()
 
     # ---------------------------------------------------------------- rounds
-    def launch(self, published: Published) -> None:
-        """Start a collect on every ready, idle worker with the given weights."""
+    def launch(self, published: Published, league: League | None = None) -> None:
+        """Start a collect on every ready, idle worker with the given weights (and, with a
+        league, the opponents of the league games that start in it)."""
         for slot in self.ready_workers:
             if slot.pending is None:
                 refs = slot.actor.collect.options(num_returns=2).remote(
-                    published.weights, published.version)
+                    published.weights, published.version, assignment(league, self.config))
                 slot.pending = (refs[0], refs[1])
                 slot.launched_at = time.monotonic()
 
@@ -536,6 +538,8 @@ class Trainer:
         self.profile = ProfileWindow(config, run_dir)
         self.tuner = LearnerTuner(config, resumed=resume is not None)
         self._updates_start = self.state.updates
+        self.league = (League(config.league, config.train.seed) if config.league.enabled
+                       else None)
 
     # ---------------------------------------------------------------- set-up
     def _start_actors(self) -> Published:
@@ -561,6 +565,8 @@ class Trainer:
         if self._learner_state is not None:
             ray.get(self.learner.load_state_dict.remote(self._learner_state))
         published: Published = ray.get(self.learner.publish.remote())
+        if self.league is not None:
+            self._start_league(published)
         log.info("learner on %s; policy version %d, %.1f MB of weights", device,
                  published.version, published.nbytes / 1e6)
         self.pool = WorkerPool(self.config)
@@ -571,6 +577,18 @@ class Trainer:
         log.info("%d self-play worker(s) ready, %d games each", self.pool.alive,
                  train.games_per_worker)
         return published
+
+    def _start_league(self, published: Published) -> None:
+        """The resumed run's pool (weights back into the object store), or a new pool whose
+        first member is the starting policy."""
+        assert self.league is not None
+        saved = self.resume.league if self.resume is not None else {}
+        if saved:
+            assert self.resume is not None
+            self.league.load_state_dict(saved, {member_id: [ray.put(weights)] for member_id,
+                                                weights in self.resume.league_weights.items()})
+        else:
+            self.league.add(published.version, published.weights, self.state.updates)
 
     def _restore_workers(self, states: dict[int, dict[str, Any]]) -> None:
         """Put the saved games back into the workers of the same id (the others start anew)."""
@@ -630,6 +648,9 @@ class Trainer:
         rng = {"python": random.getstate(), "numpy": np.random.get_state(),
                "torch": torch.get_rng_state().numpy()}
         driver, timestep, version = self.state.to_dict(), self.state.timestep, self.state.version
+        league = (json.loads(json.dumps(self.league.state_dict())) if self.league is not None
+                  else {})
+        league_boxes = dict(self.league.weights) if self.league is not None else {}
 
         def fetch() -> RunSnapshot:
             try:
@@ -650,10 +671,13 @@ class Trainer:
                 except ObjectLostError:
                     log.warning("a pending batch was lost with its node; the checkpoint lacks "
                                 "it")
+            league_weights = {member_id: ray.get(box[0])
+                              for member_id, box in league_boxes.items()}
             return RunSnapshot(config=self.config, timestep=timestep, version=version,
                                driver=driver, learner=learner_state, workers=workers,
                                pending=payloads, pending_games=dataclasses.asdict(games),
-                               rng=rng, callbacks=callbacks)
+                               rng=rng, callbacks=callbacks, league=league,
+                               league_weights=league_weights)
 
         return fetch
 
@@ -692,13 +716,14 @@ class Trainer:
                 games = GameStats(**self.resume.pending_games)
                 self._reserve(len(batches) * _batch_capacity(self.config))
             else:
-                self.pool.launch(self.published)
+                self.pool.launch(self.published, self.league)
             # Every stop happens at a consistent cut: the learner idle, no collect running.
             while True:
                 if batches is None:
                     collected = self.pool.gather(train.round_timeout_s, self._on_batch)
                     self._reserve(sum(c.summary.transitions for c in collected))
                     batches = [c.payload for c in collected]
+                    record_round(self.league, (c.summary for c in collected), self.pool.slots)
                     games = sum((game_stats(c.summary) for c in collected), GameStats())
                     if in_flight is not None:  # pipelined: the previous update ran meanwhile
                         self._finish_update(*in_flight, cut=(batches, games))
@@ -719,7 +744,7 @@ class Trainer:
                 self.pool.grow_to_capacity()
                 if not self.pool.slots:
                     raise TrainingError("every self-play worker is gone")
-                self.pool.launch(self.published)
+                self.pool.launch(self.published, self.league)
             if self.stop.is_set() and self.state.timestep < train.total_timesteps:
                 reason = "interrupted"
             self.final_weights = ray.get(self.published.weights[0])
@@ -809,6 +834,8 @@ class Trainer:
         self.profile.after_update(st.updates - self._updates_start, self.learner,
                                   [(s.worker_id, s.actor) for s in self.pool.ready_workers])
         self.tuner.after_update(self.learner)
+        if self.league is not None:
+            self.league.on_update(st.updates, st.version, result.published.weights)
         wall = time.monotonic() - self._started
         waits = wait_split(wall, self.learner_busy_s, self.pool.busy_s, self.pool.alive)
         self.bus.emit(UpdateDone(
