@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("keisei_ray.api", 7),
     ("keisei_ray", 7),  # the package itself: the public API
     ("keisei_ray.bench", 8),
+    ("keisei_ray.console", 8),  # the CLI's shared parts (bench commands use them too)
     ("keisei_ray.cli", 9),
 )
 
