@@ -362,6 +362,8 @@ def gauntlet_cmd(
     from keisei_ray.arena.gauntlet import (
         GauntletError,
         gauntlet,
+        gauntlet_document,
+        gauntlet_table,
         plot_gauntlet,
         ratings_path,
     )
@@ -412,28 +414,9 @@ def gauntlet_cmd(
     except GauntletError as exc:
         fail(str(exc), EXIT_USAGE)
     if as_json:
-        sys.stdout.write(json.dumps({
-            "player": result.player, "elo": result.rating.elo, "elo_ci95": result.rating.ci95,
-            "seconds": result.seconds,
-            "rungs": [{"rung": row.rung, "rung_elo": row.rung_elo, "games": row.result.games,
-                       "wins": row.result.wins, "draws": row.result.draws,
-                       "losses": row.result.losses, "score": row.result.score,
-                       "score_ci95": list(row.score_ci), "elo": row.elo.elo,
-                       "elo_ci95": row.elo.ci95, "reasons": row.result.reasons}
-                      for row in result.rows]}, indent=2) + "\n")
+        sys.stdout.write(json.dumps(gauntlet_document(result), indent=2) + "\n")
     else:
-        table = Table(title=f"Gauntlet of {result.player} (Elo: random = 0, rungs at their "
-                      "stored ratings)", header_style="bold")
-        for column in ("rung", "rung Elo", "games", "+/=/-", "score", "95%", "Elo", "±"):
-            table.add_column(column, justify="left" if column == "rung" else "right")
-        for row in result.rows:
-            r = row.result
-            table.add_row(row.rung, f"{row.rung_elo:+.0f}", str(r.games),
-                          f"{r.wins}/{r.draws}/{r.losses}", f"{100 * r.score:.0f}%",
-                          f"{100 * row.score_ci[0]:.0f}-{100 * row.score_ci[1]:.0f}%",
-                          *_rung_elo(row.result.score, row.rung_elo, row.elo.elo,
-                                     row.elo.ci95))
-        out.print(table)
+        out.print(gauntlet_table(result))
         out.print(f"{result.player}: gauntlet Elo {result.rating.elo:+.0f} ± "
                   f"{result.rating.ci95:.0f} (95%), {sum(r.result.games for r in result.rows)} "
                   f"games in {result.seconds:.0f} s", markup=False)
@@ -442,15 +425,6 @@ def gauntlet_cmd(
     path = plot_gauntlet(result, plot or default_plot)
     if not as_json:
         out.print(f"plot written to {path}", markup=False)
-
-
-def _rung_elo(score: float, rung: float, elo: float, ci95: float) -> tuple[str, str]:
-    """One rung's Elo cells: a score of 0% or 100% only says below / above the rung."""
-    if score == 0.0:
-        return f"< {rung:+.0f}", "-"
-    if score == 1.0:
-        return f"> {rung:+.0f}", "-"
-    return f"{elo:+.0f}", f"{ci95:.0f}"
 
 
 PLAYER_OVERRIDES = ("evaluation.greedy", "evaluation.avoid_repetition",

@@ -22,6 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from actors.evaluation import Contestant, MatchResult
 from keisei_ray.arena.elo import ANCHOR, ELO_PER_NAT, PRIOR_DRAWS, Z95, EloStore, Rating
 from keisei_ray.arena.evaluation import load_contestant, run_match, wilson_interval
@@ -218,3 +220,43 @@ def rate_ladder(config: Config, games: int, *, rungs: Sequence[str] = RUNGS, rea
                         "games": fitted[r].games} for r in rungs},
         "matches": matches,
     }
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def gauntlet_document(result: GauntletResult) -> dict[str, Any]:
+    """The gauntlet as JSON-able data (`keisei-ray gauntlet --json`)."""
+    return {
+        "player": result.player, "elo": result.rating.elo, "elo_ci95": result.rating.ci95,
+        "seconds": result.seconds,
+        "rungs": [{"rung": row.rung, "rung_elo": row.rung_elo, "games": row.result.games,
+                   "wins": row.result.wins, "draws": row.result.draws,
+                   "losses": row.result.losses, "score": row.result.score,
+                   "score_ci95": list(row.score_ci), "elo": row.elo.elo,
+                   "elo_ci95": row.elo.ci95, "reasons": row.result.reasons}
+                  for row in result.rows]}
+
+
+def gauntlet_table(result: GauntletResult) -> Table:
+    """One row per rung: its rating, the match, the score with its 95% interval, the Elo."""
+    table = Table(title=f"Gauntlet of {result.player} (Elo: random = 0, rungs at their "
+                  "stored ratings)", header_style="bold")
+    for column in ("rung", "rung Elo", "games", "+/=/-", "score", "95%", "Elo", "±"):
+        table.add_column(column, justify="left" if column == "rung" else "right")
+    for row in result.rows:
+        r = row.result
+        table.add_row(row.rung, f"{row.rung_elo:+.0f}", str(r.games),
+                      f"{r.wins}/{r.draws}/{r.losses}", f"{100 * r.score:.0f}%",
+                      f"{100 * row.score_ci[0]:.0f}-{100 * row.score_ci[1]:.0f}%",
+                      *_rung_elo(r.score, row.rung_elo, row.elo.elo, row.elo.ci95))
+    return table
+
+
+def _rung_elo(score: float, rung: float, elo: float, ci95: float) -> tuple[str, str]:
+    """One rung's Elo cells: a score of 0% or 100% only says below / above the rung."""
+    if score == 0.0:
+        return f"< {rung:+.0f}", "-"
+    if score == 1.0:
+        return f"> {rung:+.0f}", "-"
+    return f"{elo:+.0f}", f"{ci95:.0f}"
