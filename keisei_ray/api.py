@@ -97,7 +97,7 @@ def train(config: ConfigLike = None, *, preset: str | None = None,
     view (terminal) or a progress log line every 10 s. `stop`: set it (from another thread) to
     end the run cleanly, as the first Ctrl-C does. `run_id`: the id of a new run (W&B sweeps).
     """
-    from keisei_ray.training.driver import new_run_dir
+    from keisei_ray.store.run_dir import new_run_dir
 
     snapshot = None
     if resume is None:
@@ -140,7 +140,9 @@ def train_in(cfg: Config, run_dir: Path, snapshot: RunSnapshot | None,
              run_id: str | None = None, stop: threading.Event | None = None) -> RunResult:
     """Run training in `run_dir` (new, or resumed from `snapshot`) and log how it ended."""
     from keisei_ray.store.checkpoint import RUN_FILE, create_run_id
-    from keisei_ray.training.driver import Trainer, TrainingError, connect_ray, write_run_files
+    from keisei_ray.store.run_dir import write_run_files
+    from keisei_ray.training.driver import Trainer
+    from keisei_ray.training.ray_cluster import TrainingError, connect_ray
 
     write_run_files(cfg, run_dir)
     if not (run_dir / RUN_FILE).exists():
@@ -243,7 +245,7 @@ def evaluate(player: str | Path, opponent: str | Path, *, games: int | None = No
     when none is running)."""
     from keisei_ray.arena.evaluation import load_contestant, run_match
     from keisei_ray.store.checkpoint import model_checkpoint
-    from keisei_ray.training.driver import connect_ray
+    from keisei_ray.training.ray_cluster import connect_ray
 
     def contestant(spec: str | Path) -> Contestant:
         path = model_checkpoint(Path(spec))  # a run folder -> its checkpoint, else unchanged

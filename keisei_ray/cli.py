@@ -105,7 +105,7 @@ def train_cmd(
 def _run_training(run: Callable[[], RunResult]) -> None:
     """Run `train(...)`; its failures become the one-line exits of `keisei-ray train`."""
     from keisei_ray.store.checkpoint import CheckpointError
-    from keisei_ray.training.driver import TrainingError
+    from keisei_ray.training.ray_cluster import TrainingError
 
     try:
         result = run()
@@ -232,7 +232,7 @@ def evaluate_cmd(
     if a.name == b.name:
         fail(f"a match needs two different players, got {a.name!r} twice", EXIT_USAGE)
     if workers > 1:
-        from keisei_ray.training.driver import connect_ray
+        from keisei_ray.training.ray_cluster import connect_ray
 
         connect_ray(None, num_cpus=workers, include_dashboard=False)
     result = run_match(cfg, a, b, games or cfg.evaluation.games, workers=workers, seed=seed)
@@ -303,7 +303,7 @@ def ladder_cmd(
     if not models:
         fail(f"run folder {run_dir}: no checkpoints or model files to rate", EXIT_USAGE)
     if workers > 1:
-        from keisei_ray.training.driver import connect_ray
+        from keisei_ray.training.ray_cluster import connect_ray
 
         connect_ray(None, num_cpus=workers, include_dashboard=False)
     log.info("rating %d model(s) of %s", len(models), run_dir)
@@ -374,7 +374,7 @@ def gauntlet_cmd(
     cfg = load_config(config, overrides or [], preset=preset)
     torch.set_num_threads(threads)
     if workers > 1:
-        from keisei_ray.training.driver import connect_ray
+        from keisei_ray.training.ray_cluster import connect_ray
 
         connect_ray(None, num_cpus=workers, include_dashboard=False)
 

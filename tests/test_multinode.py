@@ -35,7 +35,8 @@ from keisei_ray.bench.cluster import (
 )
 from keisei_ray.config import Config, load_config
 from keisei_ray.events import BatchCollected, Callback, UpdateDone
-from keisei_ray.training.driver import Trainer, worker_room
+from keisei_ray.training.driver import Trainer
+from keisei_ray.training.ray_cluster import worker_room
 
 
 def test_worker_room_counts_cpus_on_the_nodes_with_the_worker_resource() -> None:

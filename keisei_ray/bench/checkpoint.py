@@ -65,7 +65,8 @@ def bench_stall(size: str = "small", updates: int = 12) -> dict[str, float]:
     import ray  # noqa: PLC0415 (only the stall part needs Ray)
 
     from keisei_ray.store.checkpoint import CheckpointCallback  # noqa: PLC0415
-    from keisei_ray.training.driver import Trainer, connect_ray  # noqa: PLC0415
+    from keisei_ray.training.driver import Trainer  # noqa: PLC0415
+    from keisei_ray.training.ray_cluster import connect_ray  # noqa: PLC0415
 
     session = connect_ray(None, num_cpus=2, include_dashboard=False)
     figures: dict[str, float] = {}

@@ -18,31 +18,25 @@ import functools
 import json
 import logging
 import math
-import os
 import random
-import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 import torch
-from ray.autoscaler.sdk import request_resources
 from ray.exceptions import (
-    ActorUnavailableError,
     GetTimeoutError,
     ObjectLostError,
     RayActorError,
     RayTaskError,
 )
 
-from actors.self_play import BatchSummary, SelfPlayActor
-from keisei_ray.config import Config, ConfigError, dump
+from keisei_ray.config import Config
 from keisei_ray.events import (
     BatchCollected,
     Callback,
@@ -54,404 +48,21 @@ from keisei_ray.events import (
     UpdateDone,
 )
 from keisei_ray.store.checkpoint import RunSnapshot
-from keisei_ray.training.league import League, assignment, record_round
+from keisei_ray.training.league import League, record_round
 from keisei_ray.training.learner_actor import LearnerActor, Published, UpdateResult
 from keisei_ray.training.profiling import ProfileWindow
+from keisei_ray.training.ray_cluster import (
+    TrainingError,
+    resolve_device,
+    resources_per_node,
+    worker_resource,
+    worker_room,
+)
 from keisei_ray.training.tuning import LearnerTuner, tune_games
 from keisei_ray.training.waits import wait_split
+from keisei_ray.training.workers import Collected, WorkerPool, game_stats
 
 log = logging.getLogger(__name__)
-
-NAMESPACE = "keisei"
-_RESTART_GRACE_S = 5.0  # Ray re-places a crashed actor within this on a node with room
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (the message says why and what to do)."""
-
-
-# ----------------------------------------------------------------------------- Ray session
-
-
-@dataclass(frozen=True)
-class RaySession:
-    started_here: bool  # True: this process owns the Ray instance and shuts it down
-    address: str
-    dashboard_url: str | None
-
-
-def connect_ray(address: str | None, *, num_cpus: int | None = None,
-                include_dashboard: bool = True) -> RaySession:
-    """Join the running Ray of this process, a cluster at `address`, or start a local one."""
-    if ray.is_initialized():
-        return RaySession(started_here=False, address=ray.get_runtime_context().gcs_address,
-                          dashboard_url=None)
-    if address is None:
-        # "local": a new embedded Ray, never silently a cluster someone started on this host.
-        ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
-                       namespace=NAMESPACE, include_dashboard=include_dashboard,
-                       log_to_driver=True)
-    else:
-        ctx = ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
-    url = getattr(ctx, "dashboard_url", None)
-    if url:
-        log.info("Ray dashboard: http://%s (token: `ray get-auth-token`)", url)
-    return RaySession(started_here=True, address=address or "local",
-                      dashboard_url=f"http://{url}" if url else None)
-
-
-def resolve_device(config: Config) -> str:
-    """The learner's device: cuda when asked for (or auto) and the cluster has a GPU."""
-    gpus = ray.cluster_resources().get("GPU", 0.0)
-    wanted = config.train.device
-    if wanted == "cuda" and gpus < 1:
-        raise ConfigError("train.device: cuda was asked for but the Ray cluster has no GPU "
-                          "(use train.device=auto or cpu)")
-    return "cuda" if wanted == "cuda" or (wanted == "auto" and gpus >= 1) else "cpu"
-
-
-# ----------------------------------------------------------------------------- workers
-
-
-@dataclass
-class WorkerSlot:
-    worker_id: int
-    actor: Any  # ActorHandle of SelfPlayActor
-    ready_ref: Any | None  # resolves to the node id once the actor is placed
-    node_id: str | None = None
-    pending: tuple[Any, Any] | None = None  # (summary ref, payload ref) of the running collect
-    launched_at: float = 0.0
-    failures: int = 0  # consecutive collect failures
-    failed_at: float = 0.0  # monotonic time of the last failure
-    batches: int = 0
-    incarnation: int = 0
-
-
-@dataclass(frozen=True)
-class Collected:
-    summary: BatchSummary
-    payload: Any  # ObjectRef to the encoded ExperienceBatch bytes
-
-
-class WorkerPool:
-    """The self-play actors: creation, placement, collect rounds, failures and elasticity.
-
-    The pool follows the cluster. Between rounds the driver calls `poll_ready` (workers that
-    came up join; workers whose node left are dropped, their running batch lost and never
-    counted) and `grow_to_capacity` (new workers up to the target; with `num_workers: auto`,
-    for whatever the free resources hold, so a node that joins gets workers). Workers take one
-    unit of the cluster's worker resource when it has one (`cluster.worker_resource`), so they
-    run only on self-play nodes, spread over them.
-    """
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.slots: dict[int, WorkerSlot] = {}
-        self.next_id = 0
-        self.restarts = 0  # worker actors Ray restarted (seen by a new incarnation)
-        self.lost_batches = 0  # collects lost to a dying worker or node (never counted)
-        self.removed = 0  # workers given up on (their node left, or out of restarts)
-        self.busy_s = 0.0  # worker seconds spent collecting (from the summaries)
-        self.nodes: dict[str, str] = {}  # alive node id -> address, as of the last poll
-        self.started = False  # a first worker came up
-        self.resource = worker_resource(config)
-        requested = config.cluster.request_workers
-        if requested > 0:
-            # Persistent until withdrawn (shutdown): the autoscaler keeps this much room,
-            # so it also replaces self-play nodes that are lost.
-            request_resources(bundles=[self._bundle()] * requested)
-            log.info("asked the autoscaler for room for %d self-play worker(s) (%s)",
-                     requested, self._bundle())
-
-    def _bundle(self) -> dict[str, float]:
-        bundle = {"CPU": self.config.train.worker_cpus}
-        if self.resource is not None:
-            bundle[self.resource] = 1.0
-        return bundle
-
-    # ---------------------------------------------------------------- membership
-    def spawn(self, count: int) -> None:
-        train = self.config.train
-        for _ in range(count):
-            worker_id = self.next_id
-            self.next_id += 1
-            actor = SelfPlayActor.options(
-                name=f"keisei/worker-{worker_id}",
-                num_cpus=train.worker_cpus,
-                resources={self.resource: 1.0} if self.resource else None,
-                max_restarts=train.max_worker_restarts,
-                max_task_retries=0,  # a lost batch is lost, never replayed and double counted
-                scheduling_strategy="SPREAD",
-            ).remote(self.config, worker_id)
-            self.slots[worker_id] = WorkerSlot(worker_id, actor, actor.ready.remote())
-        log.debug("spawned %d worker(s); pool size %d", count, len(self.slots))
-
-    def remove(self, slot: WorkerSlot, why: str) -> None:
-        log.warning("dropping worker-%d: %s", slot.worker_id, why)
-        ray.kill(slot.actor, no_restart=True)
-        del self.slots[slot.worker_id]
-        self.removed += 1
-
-    def poll_ready(self) -> None:
-        """Admit workers that came up; drop the ones whose node left the cluster."""
-        starting = {slot.ready_ref: slot for slot in self.slots.values()
-                    if slot.ready_ref is not None}
-        done, _ = (ray.wait(list(starting), num_returns=len(starting), timeout=0)
-                   if starting else ([], []))
-        # The node list is read after the placements: a node that joined meanwhile is in it.
-        self.nodes = _alive_nodes()
-        for ref in done:
-            slot = starting[ref]
-            slot.ready_ref = None
-            try:
-                node_id = ray.get(ref)
-            except ActorUnavailableError:
-                slot.ready_ref = slot.actor.ready.remote()  # still restarting: ask again
-                continue
-            except RayActorError as exc:
-                self.remove(slot, f"failed to start ({exc.__class__.__name__})")
-                continue
-            if node_id != slot.node_id:
-                log.info("worker-%d is on node %s (%s)", slot.worker_id, node_id,
-                         self.nodes.get(node_id, "address unknown"))
-            slot.node_id = node_id
-        # A worker whose node is gone (also one Ray is still trying to restart elsewhere)
-        # is dropped at once: with `auto` its capacity went with the node; otherwise a
-        # replacement is spawned and placed wherever there is room.
-        for slot in list(self.slots.values()):
-            if slot.node_id is not None and slot.node_id not in self.nodes:
-                if slot.pending is not None:
-                    self.lost_batches += 1
-                self.remove(slot, f"its node {slot.node_id} left the cluster")
-
-    @property
-    def ready_workers(self) -> list[WorkerSlot]:
-        return [s for s in self.slots.values() if s.ready_ref is None]
-
-    @property
-    def alive(self) -> int:
-        return len(self.ready_workers)
-
-    def placement(self) -> dict[str, int]:
-        """Ready workers per node id."""
-        counts: dict[str, int] = {}
-        for slot in self.ready_workers:
-            if slot.node_id is not None:
-                counts[slot.node_id] = counts.get(slot.node_id, 0) + 1
-        return counts
-
-    def wait_until_ready(self, timeout_s: float | None = None) -> None:
-        """Wait for the spawned workers: all of them, or `cluster.join_wait_s` past the first
-        one (the others join the round after they come up). Without any worker up within
-        `timeout_s` (default `cluster.start_timeout_s`) training cannot start: TrainingError.
-        """
-        cluster = self.config.cluster
-        if not self.started:
-            self._check_feasible()
-        timeout = cluster.start_timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + timeout
-        first_up: float | None = None
-        while True:
-            self.poll_ready()
-            starting = [s.ready_ref for s in self.slots.values() if s.ready_ref is not None]
-            now = time.monotonic()
-            if self.ready_workers and first_up is None:
-                first_up = now
-            limit = deadline if first_up is None else min(deadline, first_up + cluster.join_wait_s)
-            if not starting or now >= limit:
-                break
-            ray.wait(starting, num_returns=1, timeout=min(limit - now, 1.0))
-        if not self.ready_workers:
-            raise TrainingError(self._unplaced_message(timeout))
-        self.started = True
-        log.info("pool: %d self-play worker(s) on %d node(s)", self.alive, len(self.placement()))
-
-    def _check_feasible(self) -> None:
-        """At the start, fail at once when no node can hold a worker (and no autoscaler was
-        asked for nodes). Later a pool without workers waits: lost nodes may be replaced."""
-        if self.config.cluster.request_workers > 0:
-            return
-        cpus = self.config.train.worker_cpus
-        for resources in resources_per_node(available=False).values():
-            if (resources.get("CPU", 0.0) + 1e-9 >= cpus
-                    and (self.resource is None or resources.get(self.resource, 0.0) >= 1.0)):
-                return
-        where = f" and the {self.resource!r} resource" if self.resource else ""
-        raise TrainingError(f"no node of the cluster can hold a self-play worker: none has "
-                            f"train.worker_cpus={cpus} CPU(s){where}")
-
-    def _unplaced_message(self, waited_s: float) -> str:
-        if self.resource is not None and ray.cluster_resources().get(self.resource, 0) < 1:
-            return (f"no self-play worker was placed in {waited_s:.0f} s: no node has the "
-                    f"{self.resource!r} resource yet (cluster.request_workers="
-                    f"{self.config.cluster.request_workers} asked the autoscaler for such "
-                    "nodes; check `ray status` and that cluster.yaml gives them the resource)")
-        return (f"no self-play worker was placed in {waited_s:.0f} s: no node has "
-                f"train.worker_cpus={self.config.train.worker_cpus} free CPU(s)"
-                + (f" and the {self.resource!r} resource" if self.resource else ""))
-
-    def grow_to_capacity(self) -> None:
-        """Spawn workers up to the target: `train.num_workers`, or with `auto` as many as the
-        cluster's free resources hold (a node that joined gets workers). With no worker up at
-        all, wait for one: an autoscaler may be replacing lost nodes."""
-        if self.config.train.num_workers == "auto":
-            # Spawned ones take room once placed; a crashed one takes its room back in well
-            # under a second, so one still down after that is waiting for room (or its node
-            # is gone and not yet declared dead) and must not hold back new workers.
-            now = time.monotonic()
-            starting = sum(s.ready_ref is not None and (
-                s.node_id is None or now - s.failed_at < _RESTART_GRACE_S)
-                for s in self.slots.values())
-            free = worker_room(self.config, resources_per_node(available=True),
-                               self.resource)
-            missing = free - starting
-            if not self.slots:
-                missing = max(missing, 1)  # a pending worker is also a request for a node
-        else:
-            missing = int(self.config.train.num_workers) - len(self.slots)
-        if missing > 0:
-            log.info("adding %d self-play worker(s) (target: %s)", missing,
-                     self.config.train.num_workers)
-            self.spawn(missing)
-        if not self.ready_workers:
-            self.wait_until_ready()
-
-    # ---------------------------------------------------------------- rounds
-    def launch(self, published: Published, league: League | None = None) -> None:
-        """Start a collect on every ready, idle worker with the given weights (and, with a
-        league, the opponents of the league games that start in it)."""
-        for slot in self.ready_workers:
-            if slot.pending is None:
-                refs = slot.actor.collect.options(num_returns=2).remote(
-                    published.weights, published.version, assignment(league, self.config))
-                slot.pending = (refs[0], refs[1])
-                slot.launched_at = time.monotonic()
-
-    def gather(self, timeout_s: float, on_batch: Any) -> list[Collected]:
-        """Wait for every running collect (at most `timeout_s`), in worker order.
-
-        A worker that dies mid-collect loses its batch (logged, counted). Stragglers keep
-        running; their batch arrives in a later round (and may be dropped as too old).
-        Weights that cannot be fetched mean the learner (their owner) is gone: TrainingError.
-        """
-        running = {slot.pending[0]: slot for slot in self.slots.values()
-                   if slot.pending is not None}
-        collected: list[Collected] = []
-        deadline = time.monotonic() + timeout_s
-        while running:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning("round timeout: %d worker(s) still collecting (%s)", len(running),
-                            ", ".join(f"worker-{s.worker_id}" for s in running.values()))
-                break
-            done, _ = ray.wait(list(running), num_returns=1, timeout=remaining)
-            for ref in done:
-                slot = running.pop(ref)
-                assert slot.pending is not None
-                payload = slot.pending[1]
-                slot.pending = None
-                try:
-                    summary: BatchSummary = ray.get(ref)
-                except RayActorError as exc:
-                    self._on_worker_failure(slot, exc)
-                    continue
-                except RayTaskError as exc:
-                    if isinstance(exc.cause, ObjectLostError):
-                        raise TrainingError(
-                            "the learner failed: the policy weights it published are gone "
-                            f"({type(exc.cause).__name__})") from exc
-                    raise
-                slot.failures = 0
-                slot.batches += 1
-                if summary.incarnation != slot.incarnation:
-                    slot.incarnation = summary.incarnation
-                    self.restarts += 1
-                    log.info("worker-%d is back after a restart", slot.worker_id)
-                slot.node_id = summary.node_id
-                self.busy_s += summary.collect_s
-                item = Collected(summary, payload)
-                collected.append(item)
-                on_batch(item)
-        collected.sort(key=lambda c: c.summary.worker_id)
-        return collected
-
-    def _on_worker_failure(self, slot: WorkerSlot, exc: Exception) -> None:
-        self.lost_batches += 1
-        slot.failures += 1
-        slot.failed_at = time.monotonic()
-        log.warning("worker-%d died mid-collect; its batch is lost and not counted (%s)",
-                    slot.worker_id, type(exc).__name__)
-        limit = self.config.train.max_worker_restarts
-        if slot.node_id is not None and slot.node_id not in _alive_nodes():
-            self.remove(slot, f"its node {slot.node_id} left the cluster")
-        elif limit >= 0 and slot.failures > limit:
-            self.remove(slot, f"failed {slot.failures} times in a row")
-        else:
-            # Ray restarts the actor (max_restarts); it is ready again once placed. Should
-            # its node turn out to be gone, the next poll drops it.
-            slot.ready_ref = slot.actor.ready.remote()
-
-    def shutdown(self) -> None:
-        for slot in list(self.slots.values()):
-            ray.kill(slot.actor, no_restart=True)
-        self.slots.clear()
-        if self.config.cluster.request_workers > 0:
-            request_resources(bundles=[])  # withdraw: idle self-play nodes may now go
-
-
-def game_stats(summary: BatchSummary) -> GameStats:
-    return GameStats(games=summary.games, black_wins=summary.black_wins,
-                     white_wins=summary.white_wins, draws=summary.draws,
-                     cap_draws=summary.cap_draws, total_plies=summary.total_plies,
-                     reasons=dict(summary.reasons), opponent_games=summary.opponent_games,
-                     opponent_wins=summary.opponent_wins, opponent_draws=summary.opponent_draws)
-
-
-def _alive_nodes() -> dict[str, str]:
-    """Node id -> address of every node the cluster has alive."""
-    return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-
-
-def _resources_here(available: bool) -> dict[str, dict[str, float]]:
-    state = ray._private.state
-    return dict(state.available_resources_per_node() if available
-                else state.total_resources_per_node())
-
-
-_resources_in_cluster = ray.remote(num_cpus=0)(_resources_here)
-
-
-def resources_per_node(*, available: bool) -> dict[str, dict[str, float]]:
-    """Node id -> available (or total) resources of every alive node. A Ray Client driver
-    (`ray://`) cannot reach the state API, so a zero-CPU task asks from inside the cluster."""
-    if ray.util.client.ray.is_connected():
-        resources: dict[str, dict[str, float]] = ray.get(_resources_in_cluster.remote(available))
-        return resources
-    return _resources_here(available)
-
-
-def worker_resource(config: Config) -> str | None:
-    """The custom resource each self-play worker takes: `cluster.worker_resource` when the
-    cluster advertises it or the autoscaler is asked for nodes with it; None: any node."""
-    name = config.cluster.worker_resource
-    if ray.cluster_resources().get(name, 0) > 0 or config.cluster.request_workers > 0:
-        return name
-    return None
-
-
-def worker_room(config: Config, resources_per_node: Mapping[str, Mapping[str, float]],
-                resource: str | None) -> int:
-    """Self-play workers that `resources_per_node` hold: on every node with the worker
-    resource (any node when it is None), as many as its CPUs hold."""
-    cpus = config.train.worker_cpus
-    room = 0
-    for resources in resources_per_node.values():
-        fit = resources.get("CPU", 0.0) / cpus
-        if resource is not None:
-            fit = min(fit, resources.get(resource, 0.0))
-        room += math.floor(fit + 1e-9)
-    return room
-
 
 # ----------------------------------------------------------------------------- the loop
 
@@ -487,19 +98,6 @@ class TrainResult:
     worker_restarts: int
     callback_errors: int
     final_weights: dict[str, Any] | None = field(default=None, repr=False)
-
-
-def new_run_dir(config: Config) -> Path:
-    """runs_dir/<run_name or timestamp-shortid>, created (an existing one is refused)."""
-    name = config.train.run_name or (
-        f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
-    run_dir = Path(config.train.runs_dir) / name
-    try:
-        run_dir.mkdir(parents=True, exist_ok=False)
-    except FileExistsError:
-        raise ConfigError(f"train.run_name: run folder {run_dir} exists already (use --resume "
-                          "to continue it, or another name)") from None
-    return run_dir
 
 
 class Trainer:
@@ -690,63 +288,15 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def run(self) -> TrainResult:
         """Train until `total_timesteps` accepted transitions, or until `stop` is set."""
-        train = self.config.train
         reason = "completed"
         stopped_at: tuple[list[Any], GameStats] | None = None  # the cut the loop ended at
         self._started = time.monotonic()
         try:
-            self.published = self._start_actors()
-            assert self.pool is not None
-            self.state.version = self.published.version
-            self._steps_start = self.state.timestep
-            if self.resume is not None:
-                self._restore_process_state()
-            self._started = time.monotonic()  # rates count from here, not from actor start-up
-            self.bus.emit(TrainStart(self.run_dir, self.config, self.state.timestep,
-                                     self.state.version, self.resumed, bus=self.bus))
-            synchronous = self.config.ppo.max_policy_lag == 0
-            # The running update, its games and how many batches it was given.
-            in_flight: tuple[Any, GameStats, int] | None = None
-            # Payload refs gathered and not trained on yet; None: gather the next round. A
-            # resumed run starts with the checkpoint's, so it trains exactly as it would have.
-            batches: list[Any] | None = None
-            games = GameStats()
-            if self.resume is not None:
-                batches = [ray.put(payload) for payload in self.resume.pending]
-                games = GameStats(**self.resume.pending_games)
-                self._reserve(len(batches) * _batch_capacity(self.config))
-            else:
-                self.pool.launch(self.published, self.league)
-            # Every stop happens at a consistent cut: the learner idle, no collect running.
-            while True:
-                if batches is None:
-                    collected = self.pool.gather(train.round_timeout_s, self._on_batch)
-                    self._reserve(sum(c.summary.transitions for c in collected))
-                    batches = [c.payload for c in collected]
-                    record_round(self.league, (c.summary for c in collected), self.pool.slots)
-                    games = sum((game_stats(c.summary) for c in collected), GameStats())
-                    if in_flight is not None:  # pipelined: the previous update ran meanwhile
-                        self._finish_update(*in_flight, cut=(batches, games))
-                        in_flight = None
-                if self._should_stop():
-                    stopped_at = (batches, games)  # never trained on: not counted
-                    break
-                if batches:
-                    in_flight = (self.learner.update.remote(*batches), games, len(batches))
-                    if synchronous:
-                        self._finish_update(*in_flight, cut=([], GameStats()))
-                        in_flight = None
-                        if self._should_stop():
-                            stopped_at = ([], GameStats())
-                            break
-                batches = None
-                self.pool.poll_ready()
-                self.pool.grow_to_capacity()
-                if not self.pool.slots:
-                    raise TrainingError("every self-play worker is gone")
-                self.pool.launch(self.published, self.league)
-            if self.stop.is_set() and self.state.timestep < train.total_timesteps:
+            batches, games = self._begin()
+            stopped_at = self._loop(batches, games)
+            if self.stop.is_set() and self.state.timestep < self.config.train.total_timesteps:
                 reason = "interrupted"
+            assert self.published is not None
             self.final_weights = ray.get(self.published.weights[0])
         except KeyboardInterrupt:
             reason = "interrupted"
@@ -757,13 +307,83 @@ class Trainer:
             stopped_at = None
             raise
         finally:
-            snapshot = None if stopped_at is None else functools.partial(self.snapshot,
-                                                                          *stopped_at)
-            if self.profile.recording and stopped_at is not None:
-                self.profile.finish()  # the run ended inside the window: what it recorded
-            self.bus.emit(TrainEnd(self.state.timestep, self.state.version, reason,
-                                   snapshot=snapshot))
-            self.close()
+            self._end(reason, stopped_at)
+        return self._result(reason)
+
+    def _loop(self, batches: list[Any] | None, games: GameStats) -> tuple[list[Any], GameStats]:
+        """Collect, update, count, fire events, until a stop; return the cut it stopped at
+        (the batches gathered and never trained on, and their games: not counted).
+
+        Pipelined: round k+1 is collected while the learner updates on round k, and the
+        update is counted once that round is in. Every stop happens at a consistent cut: the
+        learner idle, no collect running.
+        """
+        assert self.pool is not None and self.published is not None
+        synchronous = self.config.ppo.max_policy_lag == 0
+        in_flight: tuple[Any, GameStats, int] | None = None  # the running update
+        while True:
+            if batches is None:
+                batches, games = self._collect()
+                if in_flight is not None:  # pipelined: the previous update ran meanwhile
+                    self._finish_update(*in_flight, cut=(batches, games))
+                    in_flight = None
+            if self._should_stop():
+                return batches, games
+            if batches:
+                in_flight = (self.learner.update.remote(*batches), games, len(batches))
+                if synchronous:
+                    self._finish_update(*in_flight, cut=([], GameStats()))
+                    in_flight = None
+                    if self._should_stop():
+                        return [], GameStats()
+            batches = None
+            self.pool.poll_ready()
+            self.pool.grow_to_capacity()
+            if not self.pool.slots:
+                raise TrainingError("every self-play worker is gone")
+            self.pool.launch(self.published, self.league)
+
+    def _begin(self) -> tuple[list[Any] | None, GameStats]:
+        """Start the actors, restore a resumed run, fire TrainStart, launch the first round.
+
+        Returns the payload refs gathered and not trained on yet (None: gather the next round);
+        a resumed run starts with the checkpoint's, so it trains exactly as it would have.
+        """
+        self.published = self._start_actors()
+        assert self.pool is not None
+        self.state.version = self.published.version
+        self._steps_start = self.state.timestep
+        if self.resume is not None:
+            self._restore_process_state()
+        self._started = time.monotonic()  # rates count from here, not from actor start-up
+        self.bus.emit(TrainStart(self.run_dir, self.config, self.state.timestep,
+                                 self.state.version, self.resumed, bus=self.bus))
+        if self.resume is None:
+            self.pool.launch(self.published, self.league)
+            return None, GameStats()
+        batches = [ray.put(payload) for payload in self.resume.pending]
+        self._reserve(len(batches) * _batch_capacity(self.config))
+        return batches, GameStats(**self.resume.pending_games)
+
+    def _collect(self) -> tuple[list[Any], GameStats]:
+        """Gather the running round: its payload refs and the games it finished."""
+        assert self.pool is not None
+        collected = self.pool.gather(self.config.train.round_timeout_s, self._on_batch)
+        self._reserve(sum(c.summary.transitions for c in collected))
+        record_round(self.league, (c.summary for c in collected), self.pool.slots)
+        games = sum((game_stats(c.summary) for c in collected), GameStats())
+        return [c.payload for c in collected], games
+
+    def _end(self, reason: str, stopped_at: tuple[list[Any], GameStats] | None) -> None:
+        """Fire TrainEnd (with a snapshot when the loop stopped at a cut) and stop the actors."""
+        snapshot = None if stopped_at is None else functools.partial(self.snapshot, *stopped_at)
+        if self.profile.recording and stopped_at is not None:
+            self.profile.finish()  # the run ended inside the window: what it recorded
+        self.bus.emit(TrainEnd(self.state.timestep, self.state.version, reason,
+                               snapshot=snapshot))
+        self.close()
+
+    def _result(self, reason: str) -> TrainResult:
         wall = time.monotonic() - self._started
         steps = self.state.timestep - self._steps_start
         alive = max(self.pool.alive if self.pool else 1, 1)
@@ -867,5 +487,3 @@ def _auto_workers(config: Config) -> int:
     return max(1, room)
 
 
-def write_run_files(config: Config, run_dir: Path) -> None:
-    (run_dir / "config.yaml").write_text(dump(config), encoding="utf-8")
