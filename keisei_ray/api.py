@@ -120,7 +120,7 @@ def resume_point(path: Path, overrides: Sequence[str],
                  allow_fresh: bool) -> tuple[Config, Path, RunSnapshot | None]:
     """(effective config, run folder, RunSnapshot or None) of resuming `path`; CheckpointError
     when it cannot be resumed (no good checkpoint, an incompatible override)."""
-    from keisei_ray.store.checkpoint import check_compatible, find_resume_point
+    from keisei_ray.store.resume import check_compatible, find_resume_point
 
     point = find_resume_point(path, allow_fresh=allow_fresh)
     snapshot = point.snapshot
@@ -202,7 +202,7 @@ def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback], *,
         from keisei_ray.arena.evaluation import BackgroundEvaluation
 
         callbacks.append(BackgroundEvaluation(cfg, run_dir))
-    from keisei_ray.store.checkpoint import CheckpointCallback
+    from keisei_ray.store.saver import CheckpointCallback
     from keisei_ray.training.metrics import MetricsLog, RayMetrics
 
     # The checkpoint callback before the loggers: its final save reaches them before TrainEnd.

@@ -17,6 +17,7 @@ import keisei_ray.store.checkpoint as ckpt
 from actors.self_play import SelfPlayWorker
 from keisei_ray.config import Config, load_config
 from keisei_ray.events import (
+    Callback,
     CheckpointSaved,
     EvaluationDone,
     EventBus,
@@ -26,11 +27,8 @@ from keisei_ray.events import (
     UpdateDone,
 )
 from keisei_ray.store.checkpoint import (
-    CheckpointCallback,
     CheckpointError,
     RunSnapshot,
-    check_compatible,
-    find_resume_point,
     list_checkpoints,
     read_checkpoint,
     run_id_of,
@@ -38,6 +36,8 @@ from keisei_ray.store.checkpoint import (
     write_checkpoint,
 )
 from keisei_ray.store.model_file import ModelFileError, load_model
+from keisei_ray.store.resume import check_compatible, find_resume_point
+from keisei_ray.store.saver import CheckpointCallback
 from learner import Learner
 from learner.model import export_weights
 
@@ -249,7 +249,7 @@ def test_load_model_accepts_a_checkpoint_directory(tmp_path: Path,
 # ----------------------------------------------------------------------------- the callback
 
 
-class Harness(ckpt.Callback):
+class Harness(Callback):
     """A bus with the checkpoint callback on it, fed like the driver feeds it."""
 
     def __init__(self, callback: CheckpointCallback, run_dir: Path, snapshot: RunSnapshot, *,

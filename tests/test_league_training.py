@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from keisei_ray.store.checkpoint import CheckpointCallback, find_resume_point, list_checkpoints
+from keisei_ray.store.checkpoint import list_checkpoints
+from keisei_ray.store.resume import find_resume_point
+from keisei_ray.store.saver import CheckpointCallback
 from keisei_ray.training.driver import Trainer
 from tests.test_resume import StopAt, assert_same_run, resume_config
 

@@ -22,7 +22,7 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
-from keisei_ray.store.checkpoint import CheckpointCallback
+from keisei_ray.store.saver import CheckpointCallback
 from keisei_ray.training.driver import Trainer
 from keisei_ray.training.metrics import METRICS_FILE, MetricsLog, RayMetrics, read_metrics
 

@@ -10,13 +10,9 @@ import pytest
 
 from keisei_ray.config import Config, load_config
 from keisei_ray.events import Callback, CheckpointSaved, UpdateDone
-from keisei_ray.store.checkpoint import (
-    CheckpointCallback,
-    find_resume_point,
-    list_checkpoints,
-    read_checkpoint,
-    run_id_of,
-)
+from keisei_ray.store.checkpoint import list_checkpoints, read_checkpoint, run_id_of
+from keisei_ray.store.resume import find_resume_point
+from keisei_ray.store.saver import CheckpointCallback
 from keisei_ray.training.driver import Trainer, TrainResult
 
 pytestmark = pytest.mark.usefixtures("ray_local")

@@ -64,7 +64,7 @@ def bench_stall(size: str = "small", updates: int = 12) -> dict[str, float]:
     """Driver stall per checkpoint with a checkpoint after every update, vs no checkpoints."""
     import ray  # noqa: PLC0415 (only the stall part needs Ray)
 
-    from keisei_ray.store.checkpoint import CheckpointCallback  # noqa: PLC0415
+    from keisei_ray.store.saver import CheckpointCallback  # noqa: PLC0415
     from keisei_ray.training.driver import Trainer  # noqa: PLC0415
     from keisei_ray.training.ray_cluster import connect_ray  # noqa: PLC0415
 

@@ -28,8 +28,9 @@ import ray
 from keisei_ray.arena.evaluation import BackgroundEvaluation
 from keisei_ray.config import Config, load_config
 from keisei_ray.events import Callback, CheckpointSaved, EvaluationDone, TrainStart, UpdateDone
-from keisei_ray.store.checkpoint import CheckpointCallback, create_run_id
+from keisei_ray.store.checkpoint import create_run_id
 from keisei_ray.store.run_dir import write_run_files
+from keisei_ray.store.saver import CheckpointCallback
 from keisei_ray.training.driver import Trainer
 from keisei_ray.training.ray_cluster import connect_ray
 
