@@ -199,7 +199,7 @@ def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback], *,
     if cfg.evaluation.enabled:
         # Before the checkpoint and metrics callbacks: evaluations that finish at the end of
         # training reach them before their own TrainEnd.
-        from keisei_ray.arena.evaluation import BackgroundEvaluation
+        from keisei_ray.arena.background import BackgroundEvaluation
 
         callbacks.append(BackgroundEvaluation(cfg, run_dir))
     from keisei_ray.store.saver import CheckpointCallback

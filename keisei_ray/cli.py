@@ -290,7 +290,7 @@ def ladder_cmd(
     import torch
 
     from keisei_ray.arena.elo import ANCHOR
-    from keisei_ray.arena.evaluation import ladder, plot_ladder, run_models
+    from keisei_ray.arena.ladder import ladder, plot_ladder, run_models
 
     if config is None and (run_dir / "config.yaml").is_file():
         config = run_dir / "config.yaml"
@@ -358,7 +358,6 @@ def gauntlet_cmd(
     score and Elo on the stored ladder scale per rung, plus a PNG."""
     import torch
 
-    from keisei_ray.arena.evaluation import run_models
     from keisei_ray.arena.gauntlet import (
         GauntletError,
         gauntlet,
@@ -368,6 +367,7 @@ def gauntlet_cmd(
         ratings_path,
     )
     from keisei_ray.arena.gauntlet import rate_ladder as play_ladder
+    from keisei_ray.arena.ladder import run_models
 
     if games < 1:
         raise ConfigError(f"--games must be at least 1, got {games}")

@@ -10,7 +10,8 @@ import torch
 
 from actors.evaluation import MatchResult
 from keisei_ray.arena.elo import elo_difference
-from keisei_ray.arena.evaluation import MatchSummary, run_models, wilson_interval
+from keisei_ray.arena.evaluation import MatchSummary, wilson_interval
+from keisei_ray.arena.ladder import run_models
 from keisei_ray.config import ModelConfig
 from keisei_ray.store.model_file import save_model
 from learner.model import build_model, export_weights

@@ -19,7 +19,7 @@ import ray
 import torch
 
 from actors.evaluation import Contestant, Evaluator
-from keisei_ray.arena.evaluation import BackgroundEvaluation
+from keisei_ray.arena.background import BackgroundEvaluation
 from keisei_ray.config import Config, load_config
 from keisei_ray.events import Callback, EvaluationDone, UpdateDone
 from keisei_ray.store.model_file import save_model

@@ -25,7 +25,7 @@ from typing import Any
 
 import ray
 
-from keisei_ray.arena.evaluation import BackgroundEvaluation
+from keisei_ray.arena.background import BackgroundEvaluation
 from keisei_ray.config import Config, load_config
 from keisei_ray.events import Callback, CheckpointSaved, EvaluationDone, TrainStart, UpdateDone
 from keisei_ray.store.checkpoint import create_run_id
