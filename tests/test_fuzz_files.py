@@ -14,7 +14,8 @@ import pytest
 import torch
 from hypothesis import given
 
-from keisei_ray.bench.fuzz import TARGETS, _pristine, _rehash, ci_settings
+from keisei_ray.bench.fuzz_files import _pristine, _rehash
+from keisei_ray.bench.fuzz_run import TARGETS, ci_settings
 from keisei_ray.codec import FORMAT_VERSION, CodecError, decode
 from keisei_ray.store.checkpoint import MANIFEST, CheckpointError, read_checkpoint
 from keisei_ray.store.model_file import ModelFileError, load_model

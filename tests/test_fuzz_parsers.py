@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 
-from keisei_ray.bench.fuzz import TARGETS, _bomb, ci_settings
+from keisei_ray.bench.fuzz_run import TARGETS, ci_settings
+from keisei_ray.bench.fuzz_text import _bomb
 from keisei_ray.config import MAX_DEPTH, ConfigError, load_config
 
 

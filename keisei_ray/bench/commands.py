@@ -257,7 +257,7 @@ def bench_fuzz_cmd(
     """Property-based fuzzing of every parser and decoder: cases tried and failures per target
     (exit 1 when a property failed)."""
     try:
-        from keisei_ray.bench.fuzz import TARGETS, run_all
+        from keisei_ray.bench.fuzz_run import TARGETS, run_all
     except ImportError as exc:
         fail(f"bench fuzz needs the dev extra (pip install 'keisei-ray[dev]'): {exc}",
               EXIT_USAGE)
