@@ -20,151 +20,25 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import ray
 import torch
 from torch import nn
 
+from actors.players import SCRIPTED, BaselinePlayer, Player, PolicyPlayer
 from keisei_ray.config import Config, ModelConfig
-from learner.features import encode_planes, legal_mask, to_tensors
-from learner.model import ModelSpec, build_model, choose_actions, load_weights
 from shogi import (
     Color,
-    CompactState,
-    HeuristicPlayer,
-    Move,
     Outcome,
     Position,
-    RandomPlayer,
-    action_to_move,
 )
-from shogi.tactics import MatePlayer
 from shogi.usi_engine import EnginePlayer
 
 log = logging.getLogger(__name__)
-
-BASELINES = ("random", "heuristic")
-"""Opponents that need no model (the ladder plays both)."""
-SCRIPTED = ("random", "heuristic", "mate")
-"""Every scripted player: the baselines and `mate` (`shogi.tactics.MatePlayer`)."""
-
-
-class Player(Protocol):
-    """Chooses one legal move for each position of a batch (none of them finished), or the
-    Outcome that ends a game there (only engines do: resignation, crash, illegal answer)."""
-
-    name: str
-
-    def choose(self, positions: Sequence[Position]) -> Sequence[Move | Outcome]: ...
-
-
-class BaselinePlayer:
-    """`random`, `heuristic` (see `shogi.players`) or `mate` (`shogi.tactics`), one move per
-    position."""
-
-    def __init__(self, kind: str, seed: int = 0, name: str | None = None) -> None:
-        if kind == "random":
-            self._player: RandomPlayer | HeuristicPlayer | MatePlayer = RandomPlayer(seed)
-        elif kind == "heuristic":
-            self._player = HeuristicPlayer(seed)
-        elif kind == "mate":
-            self._player = MatePlayer(seed)
-        else:
-            raise ValueError(f"unknown scripted player {kind!r} (expected one of {SCRIPTED})")
-        self.kind = kind
-        self.name = name or kind
-
-    def choose(self, positions: Sequence[Position]) -> list[Move]:
-        return [self._player.choose(p) for p in positions]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """A network player's choices for a batch, with its value estimates (side to move)."""
-
-    moves: list[Move]
-    values: np.ndarray  # float32 [N], in [-1, 1]
-    probabilities: np.ndarray  # float32 [N]: each chosen move's probability (greedy: at
-    # temperature 1; sampled: under the sampling temperature)
-
-
-class PolicyPlayer:
-    """A policy-value network choosing by argmax or by sampling, over a batch of positions.
-
-    With `greedy`, positions in the first `sample_plies` plies of their game are still sampled
-    (at `temperature`), so that two greedy networks do not replay one game over and over.
-    With `avoid_repetition`, once the position on the board has occurred before, moves back
-    into any earlier position are left out while another move exists: a deterministic player
-    otherwise walks the same cycle into a draw by repetition (or loses by perpetual check).
-    `max_moves` scales the ply plane exactly as in training.
-    """
-
-    def __init__(self, name: str, model: nn.Module, max_moves: int, *, greedy: bool = True,
-                 temperature: float = 1.0, sample_plies: int = 0, seed: int = 0,
-                 avoid_repetition: bool = False) -> None:
-        if not temperature > 0.0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if max_moves < 1:
-            raise ValueError(f"max_moves must be >= 1, got {max_moves!r}")
-        self.name = name
-        self.model = model.eval()
-        self.max_moves = max_moves
-        self.greedy = greedy
-        self.temperature = temperature
-        self.sample_plies = sample_plies
-        self.avoid_repetition = avoid_repetition
-        # The input layout the network was built for (model.attack_planes); stand-in modules
-        # without a spec take DESIGN.md's 46 planes.
-        spec = getattr(model, "spec", None)
-        self.attack_planes = bool(spec.attack_planes) if isinstance(spec, ModelSpec) else False
-        self.generator = torch.Generator().manual_seed(seed)
-
-    @classmethod
-    def from_weights(cls, name: str, config: ModelConfig, weights: Mapping[str, np.ndarray],
-                     max_moves: int, **kwargs: Any) -> PolicyPlayer:
-        model = build_model(config)
-        load_weights(model, weights)
-        return cls(name, model, max_moves, **kwargs)
-
-    def choose(self, positions: Sequence[Position]) -> list[Move]:
-        return self.decide(positions).moves
-
-    @torch.inference_mode()
-    def decide(self, positions: Sequence[Position]) -> Decision:
-        n = len(positions)
-        state = CompactState.concat([p.compact() for p in positions])
-        rows = [p.legal_actions() for p in positions]
-        counts = np.array([len(r) for r in rows])
-        if n == 0 or counts.min() == 0:
-            raise ValueError("every position given to a player must have a legal move")
-        offsets = np.zeros(n + 1, dtype=np.int32)
-        np.cumsum(counts, out=offsets[1:])
-        planes = encode_planes(to_tensors(state), self.max_moves, self.attack_planes)
-        mask = legal_mask(offsets, np.concatenate(rows), n)
-        if self.avoid_repetition:
-            for i, position in enumerate(positions):
-                if position.repetition_count() > 0:
-                    repeating = position.repeating_actions()
-                    if len(repeating) < counts[i]:
-                        mask[i, torch.from_numpy(repeating.astype(np.int64))] = False
-        logits, values = self.model(planes)
-        plies = torch.as_tensor(state.ply.astype(np.int64))
-        sampled = plies < self.sample_plies if self.greedy else torch.ones(n, dtype=torch.bool)
-        actions = torch.empty(n, dtype=torch.long)
-        log_probs = torch.empty(n)
-        for which, greedy in ((~sampled, True), (sampled, False)):
-            if which.any():
-                actions[which], log_probs[which] = choose_actions(
-                    logits[which], mask[which], greedy=greedy, temperature=self.temperature,
-                    generator=self.generator)
-        moves = [action_to_move(int(a), p.turn) for a, p in zip(actions.tolist(), positions,
-                                                               strict=True)]
-        return Decision(moves, values.float().numpy().copy(), log_probs.exp().numpy())
-
 
 # ----------------------------------------------------------------------------- results
 

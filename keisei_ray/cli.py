@@ -251,14 +251,8 @@ def evaluate_cmd(
                        f"score {100 * result.score:.1f}% (required: above "
                        f"{100 * score_above:.1f}%)"))
     if as_json:
-        sys.stdout.write(json.dumps({
-            "player": result.player, "opponent": result.opponent, "games": result.games,
-            "wins": result.wins, "draws": result.draws, "losses": result.losses,
-            "score": result.score, "score_ci95": list(summary.score_ci),
-            "win_rate": result.win_rate, "win_rate_ci95": list(summary.win_rate_ci),
-            "elo": summary.elo.elo, "elo_ci95": summary.elo.ci95, "reasons": result.reasons,
-            "as_black": result.as_black, "as_white": result.as_white,
-            "checks": {text: ok for ok, text in checks}}, indent=2) + "\n")
+        document = {**summary.document(), "checks": {text: ok for ok, text in checks}}
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         for line in summary.lines():
             out.print(line, markup=False)
@@ -364,9 +358,7 @@ def gauntlet_cmd(
         gauntlet_document,
         gauntlet_table,
         plot_gauntlet,
-        ratings_path,
     )
-    from keisei_ray.arena.gauntlet import rate_ladder as play_ladder
     from keisei_ray.arena.ladder import run_models
 
     if games < 1:
@@ -385,15 +377,7 @@ def gauntlet_cmd(
     if rate_ladder:
         if target is not None:
             fail("--rate-ladder rates the rungs themselves: give no MODEL", EXIT_USAGE)
-        try:
-            document = play_ladder(cfg, games, reach=reach, workers=workers, progress=progress)
-        except ValueError as exc:
-            fail(str(exc), EXIT_USAGE)
-        path = output or ratings_path()
-        path.write_text(json.dumps(document, indent=2) + "\n")
-        for name, entry in document["ratings"].items():
-            out.print(f"{name}: Elo {entry['elo']:+.0f} ± {entry['ci95']}", markup=False)
-        out.print(f"ratings written to {path}", markup=False)
+        _rate_ladder(cfg, games, reach, workers, output, progress)
         return
     if target is None:
         fail("give a MODEL file or RUN_DIR (or --rate-ladder)", EXIT_USAGE)
@@ -425,6 +409,22 @@ def gauntlet_cmd(
     path = plot_gauntlet(result, plot or default_plot)
     if not as_json:
         out.print(f"plot written to {path}", markup=False)
+
+
+def _rate_ladder(cfg: Config, games: int, reach: int, workers: int, output: Path | None,
+                 progress: Callable[[Any], None]) -> None:
+    """`gauntlet --rate-ladder`: play the rungs against each other, write their ratings."""
+    from keisei_ray.arena.gauntlet import rate_ladder, ratings_path
+
+    try:
+        document = rate_ladder(cfg, games, reach=reach, workers=workers, progress=progress)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    path = output or ratings_path()
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    for name, entry in document["ratings"].items():
+        out.print(f"{name}: Elo {entry['elo']:+.0f} ± {entry['ci95']}", markup=False)
+    out.print(f"ratings written to {path}", markup=False)
 
 
 PLAYER_OVERRIDES = ("evaluation.greedy", "evaluation.avoid_repetition",

@@ -10,15 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from actors.evaluation import (
-    BaselinePlayer,
-    Contestant,
-    Evaluator,
-    MatchResult,
-    PolicyPlayer,
-    lower_priority,
-    play_match,
-)
+from actors.evaluation import Contestant, Evaluator, MatchResult, lower_priority, play_match
+from actors.players import BaselinePlayer, PolicyPlayer
 from keisei_ray.config import Config, ModelConfig, load_config
 from learner.features import encode_planes, to_tensors
 from learner.model import build_model, export_weights

@@ -9,7 +9,8 @@ import cshogi
 import cshogi.KIF
 import pytest
 
-from actors.evaluation import BaselinePlayer, GameRecord, play_match
+from actors.evaluation import GameRecord, play_match
+from actors.players import BaselinePlayer
 from keisei_ray.arena.records import record_kif, record_svg, wandb_media, write_record
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.evaluation import BaselinePlayer, Contestant, Evaluator, PolicyPlayer, make_player
+from actors.evaluation import Contestant, Evaluator, make_player
+from actors.players import BaselinePlayer, PolicyPlayer
 from keisei_ray.arena.usi import UsiEngine
 from keisei_ray.config import Config, ModelConfig, load_config
 from keisei_ray.store.model_file import save_model

@@ -14,7 +14,7 @@ import cshogi.KIF
 import pytest
 from rich.console import Console
 
-from actors.evaluation import BaselinePlayer
+from actors.players import BaselinePlayer
 from keisei_ray.arena.play import TerminalGame, hands_of, hint, render_board
 from shogi import Color, Position
 

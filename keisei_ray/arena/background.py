@@ -29,11 +29,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayError
 
-from actors.evaluation import (
-    Contestant,
-    EvaluationActor,
-    MatchResult,
-)
+from actors.evaluation import Contestant, EvaluationActor, MatchResult
 from keisei_ray.arena.elo import EloStore
 from keisei_ray.arena.evaluation import (
     boxed,

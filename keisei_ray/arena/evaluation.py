@@ -10,17 +10,13 @@ import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
 
-from actors.evaluation import (
-    SCRIPTED,
-    Contestant,
-    EvaluationActor,
-    Evaluator,
-    MatchResult,
-)
+from actors.evaluation import Contestant, EvaluationActor, Evaluator, MatchResult
+from actors.players import SCRIPTED
 from keisei_ray.arena.elo import Z95, EloStore, Rating
 from keisei_ray.config import Config
 from keisei_ray.store.model_file import load_model
@@ -91,6 +87,17 @@ class MatchSummary:
         store.record(result.player, result.opponent, result.wins, result.draws, result.losses)
         return cls(result, wilson_interval(result.wins + 0.5 * result.draws, result.games),
                    wilson_interval(result.wins, result.games), store.rating(result.player))
+
+    def document(self) -> dict[str, Any]:
+        """The match as JSON-able data (`keisei-ray evaluate --json`)."""
+        r = self.result
+        return {
+            "player": r.player, "opponent": r.opponent, "games": r.games, "wins": r.wins,
+            "draws": r.draws, "losses": r.losses, "score": r.score,
+            "score_ci95": list(self.score_ci), "win_rate": r.win_rate,
+            "win_rate_ci95": list(self.win_rate_ci), "elo": self.elo.elo,
+            "elo_ci95": self.elo.ci95, "reasons": r.reasons, "as_black": r.as_black,
+            "as_white": r.as_white}
 
     def lines(self) -> list[str]:
         r = self.result

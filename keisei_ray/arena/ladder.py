@@ -9,11 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.evaluation import (
-    BASELINES,
-    Contestant,
-    MatchResult,
-)
+from actors.evaluation import Contestant, MatchResult
+from actors.players import BASELINES
 from keisei_ray.arena.elo import ANCHOR, EloStore, Rating
 from keisei_ray.arena.evaluation import (
     load_contestant,

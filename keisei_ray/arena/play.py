@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from actors.evaluation import Player
+from actors.players import Player
 from keisei_ray.arena.records import write_text_atomic
 from shogi import (
     HAND_PIECE_SYMBOLS,

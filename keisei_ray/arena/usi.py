@@ -24,7 +24,8 @@ from typing import BinaryIO, TextIO
 
 import torch
 
-from actors.evaluation import Contestant, Player, PolicyPlayer, make_player
+from actors.evaluation import Contestant, make_player
+from actors.players import Player, PolicyPlayer
 from keisei_ray import __version__
 from keisei_ray.config import Config
 from learner.model import build_model, load_weights
