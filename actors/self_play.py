@@ -9,6 +9,9 @@ Each slot's last transition is held back until the next collect when its game is
 because its reward is not known yet: if the opponent ends the game on the very next ply, that
 transition is the loser's (or drawer's) last move and must be terminal with the exact reward
 (DESIGN.md: both sides' last transitions are terminal for their own player).
+
+Over 400 lines because `collect`, the worker's hot loop, and its game bookkeeping (carry,
+GAE, state for checkpoints) belong together.
 """
 
 from __future__ import annotations
@@ -192,6 +195,9 @@ class SelfPlayWorker:
         self.version = version
 
     # ---------------------------------------------------------------- one rollout
+    # Long by choice: the hot loop of the worker, one function so the per-ply data flow (observe,
+    # act, step self-play / opponent / league games, fold rewards, hold back, GAE, encode) reads in
+    # one place over preallocated arrays.
     def collect(self, weights: Mapping[str, np.ndarray] | None, version: int,
                 league: LeagueAssignment | None = None) -> tuple[BatchSummary, bytes]:
         """Play `rollout_steps` plies of every game with policy `version`; encode the batch.

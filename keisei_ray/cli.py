@@ -3,6 +3,9 @@
 Commands stay thin: they parse arguments, build the effective config and call into the
 package. Expected failures (bad config, bad input) become one line on stderr and a non-zero
 exit code (2 for config and usage errors), never a traceback.
+
+The user commands live here and `keisei-ray bench ...` in `bench/commands.py`; most of each
+command's length is its declared options (Typer reads them off the signature).
 """
 
 from __future__ import annotations

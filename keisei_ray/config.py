@@ -3,6 +3,9 @@
 A config is built in layers: schema defaults <- preset <- YAML file <- dotted overrides
 (`env.max_moves=256`, values parsed as YAML scalars). Any problem (unreadable file, bad YAML,
 unknown key, bad value) raises one `ConfigError` whose message names the field path.
+
+Longer than other modules by design: it is the one place every setting and default is
+declared, with its description and bounds.
 """
 
 from __future__ import annotations

@@ -69,6 +69,8 @@ def ppo_loss(
     return loss, stats
 
 
+# Long by choice: the PPO update top to bottom, CleanRL-style (epochs, minibatches, micro-
+# batches, loss terms, clipping, statistics), so the algorithm reads in one screen.
 def ppo_update(
     forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     model: nn.Module,

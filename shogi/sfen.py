@@ -20,6 +20,7 @@ _BOARD_TOKEN = re.compile(r"\+?[PLNSGBRKplnsgbrk]|[1-9]")
 _HAND_TOKEN = re.compile(r"([1-9][0-9]?)?([PLNSGBRplnsgbr])")
 
 
+# Long by choice: one check per SFEN field and rule, in the order a reader checks them.
 def validate_sfen(sfen: str) -> str:
     """Check `sfen` thoroughly and return it with the move number filled in (default 1).
 

@@ -237,6 +237,7 @@ class EloStore:
         return store
 
 
+# Long by choice: one Newton solver (gradient, Hessian, damping, covariance) reads best whole.
 def _bradley_terry(n: int, pairs: list[tuple[int, int, float, float]],
                    start: np.ndarray | None = None,
                    max_iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:

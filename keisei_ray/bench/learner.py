@@ -28,6 +28,7 @@ from shogi.players import most_valuable_captures
 log = logging.getLogger(__name__)
 
 
+# Long by choice: a benchmark fixture that drives a real worker and records every stage.
 def collect_experience(
     num_games: int = 32,
     steps: int = 32,
@@ -240,6 +241,7 @@ def tactics_positions(count: int, seed: int) -> tuple[list[CompactState], list[n
     return states, legal, targets
 
 
+# Long by choice: one experiment script (data, two heads, training, test) read top to bottom.
 def bench_policy_head(positions: int = 20_000, steps: int = 600, *, size: str = "small",
                       minibatch_size: int = 256, test_positions: int = 2_000, seed: int = 0
                       ) -> dict[str, Any]:

@@ -9,6 +9,10 @@ update before collecting again: strictly synchronous PPO). Experience bytes trav
 workers to the learner as object refs; the driver only reads the small batch summaries.
 The driver owns the one timestep counter, and it advances only by transitions the learner
 accepted: a batch lost with a dying worker, or dropped as too old, is never counted.
+
+`Trainer` keeps set-up, the loop, snapshot and restore together: they share the consistent-
+cut invariant (a snapshot is only taken with the learner idle and no collect running). The
+worker pool is in `workers.py`, Ray set-up in `ray_cluster.py`.
 """
 
 from __future__ import annotations
