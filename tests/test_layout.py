@@ -102,3 +102,19 @@ def test_imports_point_down(path: Path) -> None:
         if target is not None and target > own:
             upward.append(f"{name} (layer {target} > {own})")
     assert not upward, f"{module_name(path)} imports upward: {', '.join(upward)}"
+
+
+def test_architecture_doc_lists_every_module() -> None:
+    """docs/architecture.md names each module once under its folder, and nothing else."""
+    text = (ROOT / "docs" / "architecture.md").read_text("utf-8")
+    block = text.split("## Modules", 1)[1]
+    listed: set[str] = set()
+    folder = ""
+    for line in block.splitlines():
+        if line.rstrip().endswith("/") or line.startswith("keisei_ray/  "):
+            folder = line.split()[0].rstrip("/")
+        elif line.startswith("  ") and line.split()[0].endswith(".py"):
+            listed.add(f"{folder}/{line.split()[0]}")
+    actual = {str(p.relative_to(ROOT)) for p in all_modules() if p.name != "__init__.py"}
+    assert listed == actual, (f"missing from the doc: {sorted(actual - listed)}; "
+                              f"not in the tree: {sorted(listed - actual)}")
