@@ -89,6 +89,7 @@ def test_rate_ladder_and_gauntlet_on_scripted_rungs(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which(FAIRY_STOCKFISH) is None,
                     reason=f"Fairy-Stockfish is not installed (`{INSTALL_HINT}`)")
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_gauntlet_command_end_to_end(tmp_path: Path) -> None:
     torch.manual_seed(0)

@@ -19,6 +19,7 @@ LEAGUE = ("league.enabled=true", "league.share=0.5", "league.snapshot_interval=2
           "league.pool_size=2", "league.evict=weakest")
 
 
+@pytest.mark.slow
 def test_training_with_league_games(tmp_path: Path) -> None:
     config = resume_config(tmp_path, *LEAGUE, "env.max_moves=16")
     trainer = Trainer(config, tmp_path)

@@ -74,6 +74,7 @@ def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_usi_command_applies_overrides_and_refuses_the_others(model_file: Path) -> None:
     done = run_cli("usi", str(model_file), "evaluation.sample_plies=0",
@@ -86,6 +87,7 @@ def test_usi_command_applies_overrides_and_refuses_the_others(model_file: Path) 
     assert "'evaluation.games' does not apply" in refused.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_play_command_applies_overrides(model_file: Path) -> None:
     # env.max_moves=2: the agent opens as Black, one reply, and the game ends at the cap.

@@ -143,6 +143,7 @@ def test_an_engine_that_never_starts_loses_without_hanging() -> None:
     engine.close()
 
 
+@pytest.mark.slow
 def test_duel_against_a_crashing_engine_keeps_training_games_going() -> None:
     opponent = duel_opponent(fake("crash", "name=c").replace("crash,", "crash 4,"), 0)
     env = OpponentEnv(4, opponent, max_moves=60)
@@ -215,6 +216,7 @@ def test_self_play_worker_trains_against_the_real_engine() -> None:
     worker.duels.opponent.close()
 
 
+@pytest.mark.slow
 @needs_stockfish
 @pytest.mark.timeout(300)
 def test_engine_opponent_inside_ray_evaluation_actors(ray_local: None) -> None:
