@@ -6,7 +6,6 @@ forward over every game in which it is its turn) and external USI engines (`Engi
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,9 +27,6 @@ from shogi import (
     action_to_move,
 )
 from shogi.tactics import MatePlayer
-
-log = logging.getLogger(__name__)
-
 
 BASELINES = ("random", "heuristic")
 """Opponents that need no model (the ladder plays both)."""

@@ -35,7 +35,7 @@ from keisei_ray.arena.evaluation import (
     boxed,
     load_contestant,
 )
-from keisei_ray.arena.records import write_record, write_text_atomic
+from keisei_ray.arena.records import write_record
 from keisei_ray.config import Config, ConfigError
 from keisei_ray.events import (
     Callback,
@@ -45,6 +45,7 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
+from keisei_ray.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from actors.players import Player
-from keisei_ray.arena.records import write_text_atomic
+from keisei_ray.files import write_text_atomic
 from shogi import (
     HAND_PIECE_SYMBOLS,
     Color,

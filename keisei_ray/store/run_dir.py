@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 from datetime import datetime
 from pathlib import Path
 
 from keisei_ray.config import Config, ConfigError, dump
 
-log = logging.getLogger(__name__)
 
 def new_run_dir(config: Config) -> Path:
     """runs_dir/<run_name or timestamp-shortid>, created (an existing one is refused)."""
