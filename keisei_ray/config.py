@@ -156,6 +156,10 @@ class TrainConfig(Section):
     learner_threads: int = Field(
         2, ge=1, le=256, description="torch threads of a CPU learner; may exceed learner_cpus "
         "(a scheduling reservation): workers mostly wait while the learner updates")
+    learner_heap_trim_s: float = Field(
+        30.0, ge=0.0, description="seconds between handing the learner's freed C heap back to "
+        "the OS (glibc malloc_trim, after an update); without it the learner's memory creeps "
+        "up for hours; 0: never")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="learner device; auto: cuda when the cluster has a GPU")
     half_weights: bool = Field(False, description="broadcast weights as float16 (half the bytes)")

@@ -115,6 +115,14 @@ def bench_weights_cmd(size: str = "large", half: bool = False, device: str = "cp
     _print_figures("Weights export", bench_weights(size, half=half, device=device), as_json)
 
 
+@bench_app.command("trim")
+def bench_trim_cmd(updates: int = 24, rounds: int = 2, as_json: JsonOpt = False) -> None:
+    """Learner update time without and with the heap trim the learner actor does per update."""
+    from keisei_ray.bench.learner import bench_heap_trim
+
+    _print_figures("Learner heap trim", bench_heap_trim(updates, rounds=rounds), as_json)
+
+
 @bench_app.command("worker")
 def bench_worker_cmd(size: str = "small", games: int = 64, steps: int = 32,
                      seconds: float = 5.0, attack_planes: bool = False,

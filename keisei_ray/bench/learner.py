@@ -18,6 +18,7 @@ import torch
 
 from keisei_ray.codec import ExperienceBatch, decode, encode, summarize_games
 from keisei_ray.config import Config, ModelConfig
+from keisei_ray.training.heap import can_release_heap, release_free_heap
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
 from learner.learner import Learner
@@ -322,4 +323,61 @@ def bench_weights(size: str = "large", *, half: bool = False, device: str = "cpu
         "megabytes": sum(a.nbytes for a in weights.values()) / 1e6,
         "half": half,
         "weights() ms": seconds * 1e3,
+    }
+
+
+def _rss_anon_mb() -> float | None:
+    """This process's anonymous resident memory (Linux), where the C heap lives."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def bench_heap_trim(updates: int = 24, *, rounds: int = 2, games: int = 32, steps: int = 32,
+                    seed: int = 0) -> dict[str, Any]:
+    """What trimming the learner's heap after each update costs: the default config's learner
+    on encoded self-play batches (decoded as the learner actor does), `rounds` times `updates`
+    updates without a trim, then `updates` with one after each. An update that follows a trim
+    pays for faulting its pages back in, so both sides time the update and the trim together.
+    """
+    lag = 1_000  # the batches keep policy version 0: the learner takes them this long
+    if 1 + 2 * rounds * updates > lag:
+        raise ValueError(f"at most {lag} updates in all: {updates} x 2 x {rounds} rounds")
+    config = Config.model_validate({"ppo": {"max_policy_lag": lag}})
+    torch.manual_seed(seed)
+    model = build_model(config.model)
+    payloads = [encode(collect_experience(games, steps, seed=seed + k, model=model))
+                for k in range(4)]  # a few batches of other sizes, as workers send
+    capacity = max(len(decode(p)) for p in payloads)
+    learner = Learner(config, capacity=capacity, device="cpu", total_timesteps=10**9, seed=seed)
+    learner.update([payloads[0]])  # warm-up
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    trim_ms: list[float] = []
+    rss: dict[str, float | None] = {"RssAnon MB at start": _rss_anon_mb()}
+    for round_ in range(rounds):
+        for trim in (False, True):
+            for k in range(updates):
+                start = time.perf_counter()
+                learner.update([payloads[k % len(payloads)]])
+                if trim:
+                    before = time.perf_counter()
+                    release_free_heap()
+                    trim_ms.append((time.perf_counter() - before) * 1e3)
+                seconds[trim].append(time.perf_counter() - start)
+            rss[f"RssAnon MB after round {round_ + 1} {'with' if trim else 'without'} trim"] = (
+                _rss_anon_mb())
+    plain, trimmed = (sum(seconds[t]) / len(seconds[t]) for t in (False, True))
+    return {
+        "glibc malloc_trim": can_release_heap(),
+        "model": config.model.size, "transitions per update": capacity,
+        "updates per side": len(seconds[False]),
+        "update s without trim": plain, "update s with trim (incl.)": trimmed,
+        "trim ms mean": sum(trim_ms) / len(trim_ms) if trim_ms else None,
+        "cost of trimming": f"{100 * (trimmed / plain - 1):+.1f}%",
+        **rss,
     }

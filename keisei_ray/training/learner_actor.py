@@ -17,6 +17,7 @@ import torch
 
 from keisei_ray.config import Config
 from keisei_ray.training.autotune import Measurement, TuneResult, micro_batch_candidates, search
+from keisei_ray.training.heap import release_free_heap
 from keisei_ray.training.metrics import LearnerMetrics
 from learner import Learner
 from learner.profiling import ProfileOutput, ProfileSession
@@ -53,6 +54,7 @@ class LearnerActor:
         self.learner = Learner(config, capacity=capacity, device=device)
         self.metrics = LearnerMetrics()
         self.profiler = ProfileSession()
+        self._heap_trimmed_at = time.monotonic()
         log.info("learner ready on %s (capacity %d transitions)", self.learner.device, capacity)
 
     def publish(self) -> Published:
@@ -67,14 +69,24 @@ class LearnerActor:
         busy = time.perf_counter() - start
         self.metrics.record(busy, int(metrics["accepted"]), int(metrics["dropped_batches"]),
                             float(metrics.get("samples_per_s", 0.0)))
+        published = self.publish()
+        self._trim_heap()
         return UpdateResult(
             metrics=metrics,
             accepted=int(metrics["accepted"]),
             dropped=int(metrics["dropped_batches"]),
             max_lag=int(metrics.get("max_policy_lag", 0)),
             busy_s=busy,
-            published=self.publish(),
+            published=published,
         )
+
+    def _trim_heap(self) -> None:
+        # Else the heap keeps what updates freed and creeps up as it fragments (heap.py).
+        # Not after every update: the next one faults the pages back in (bench trim).
+        interval = self.config.train.learner_heap_trim_s
+        if interval > 0 and time.monotonic() - self._heap_trimmed_at >= interval:
+            release_free_heap()
+            self._heap_trimmed_at = time.monotonic()
 
     def profile_start(self, memory: bool, with_stack: bool) -> None:
         self.profiler.start(memory=memory, with_stack=with_stack)
