@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from keisei_ray.bench.soak import Sample, SoakReport, ray_processes
 
@@ -32,3 +40,44 @@ def test_ray_processes_sees_only_this_process_without_ray() -> None:
     found = ray_processes()
     assert [p.pid for p in found["driver"]] == [os.getpid()]
     assert found["workers"] == [] and found["learner"] == []
+
+
+def test_missed_targets_name_each_target_the_run_missed() -> None:
+    report = SoakReport(minutes=1, warmup_s=0)
+    report.samples = [_sample(10 * k, 300.0, 500 * k) for k in range(8)]
+    report.timestep = report.accepted = 3500
+    report.max_update_gap_s = 12.0
+    assert report.missed_targets() == [] and report.figures()["targets"] == "all met"
+    report.samples += [_sample(80 + 10 * k, 330.0, 4000 + 500 * k) for k in range(3)]
+    report.max_update_gap_s = 31.5
+    report.accepted = 3400
+    missed = report.missed_targets()
+    assert len(missed) == 3, missed
+    assert missed[0].startswith("RSS workers grew +10.0%")
+    assert "3500 != accepted 3400" in missed[1] and "31.5 s" in missed[2]
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_soak_early_and_it_still_reports(tmp_path: Path) -> None:
+    out_file = tmp_path / "soak.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keisei_ray.cli", "bench", "soak", "--preset", "smoke",
+         "--minutes", "10", "--kill-every", "0", "--sample-every", "2", "--out", str(out_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 240
+    seen = []
+    for line in proc.stdout:  # wait until the loop runs
+        seen.append(line)
+        if "self-play worker(s) ready" in line or time.monotonic() > deadline:
+            break
+    time.sleep(8)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    text = "".join(seen) + out
+    assert proc.returncode == 0, text[-3000:]
+    figures = json.loads(out_file.read_text())["figures"]
+    assert figures["end"] == "interrupted" and figures["updates"] > 0
+    assert figures["counter == accepted"] is True and "targets" in figures
+    assert "Traceback" not in text

@@ -301,11 +301,14 @@ def bench_soak_cmd(
     out_path: Annotated[Path | None, typer.Option("--out", help="Also write the report "
                                                   "(figures and samples) as JSON here.",
                                                   dir_okay=False)] = None,
+    check: Annotated[bool, typer.Option(help="Exit with code 1 when a target is missed "
+                                        "(RSS growth, counter == accepted, stalls).")] = False,
     overrides: OverridesArg = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train with evaluation and checkpoints on, kill a worker every few minutes; RSS of the
-    driver, learner and workers, steps/s, restarts, counter vs accepted, longest stall."""
+    driver, learner and workers, steps/s, restarts, counter vs accepted, longest stall.
+    Ctrl-C ends the run early and still reports."""
     from keisei_ray.bench.soak import bench_soak
 
     if minutes <= 0 or sample_every <= 0 or kill_every < 0:
@@ -326,5 +329,7 @@ def bench_soak_cmd(
                           str(s.processes.get("workers", 0)))
         out.print(table)
     _print_figures("Soak", report.figures(), as_json)
+    if check and report.missed_targets():
+        raise typer.Exit(1)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import ray
 
+from keisei_ray.api import graceful_interrupt
 from keisei_ray.arena.background import BackgroundEvaluation
 from keisei_ray.config import Config, load_config
 from keisei_ray.events import Callback, CheckpointSaved, EvaluationDone, TrainStart, UpdateDone
@@ -40,6 +41,9 @@ psutil: Any = importlib.import_module("psutil")
 log = logging.getLogger(__name__)
 
 ROLES = ("driver", "learner", "workers", "evaluation")
+# The targets of a 60-minute soak on a 2-core machine (docs/soak.md).
+MAX_RSS_GROWTH = 0.05  # of each role, after warm-up
+MAX_UPDATE_GAP_S = 30.0
 _TITLES = {"learner": "ray::LearnerActor", "workers": "ray::SelfPlayActor",
            "evaluation": "ray::Evaluat"}
 
@@ -85,6 +89,19 @@ class SoakReport:
             growth[role] = last / first - 1.0
         return growth
 
+    def missed_targets(self) -> list[str]:
+        """The targets this run missed, each named (empty: all met)."""
+        missed = [f"RSS {role} grew {100 * grew:+.1f}% (at most +{100 * MAX_RSS_GROWTH:.0f}%)"
+                  for role, grew in self.rss_growth().items()
+                  if grew is not None and grew > MAX_RSS_GROWTH]
+        if self.timestep != self.accepted or self.counter_mismatches:
+            missed.append(f"timestep counter {self.timestep} != accepted {self.accepted} "
+                          f"({self.counter_mismatches} updates off)")
+        if self.max_update_gap_s > MAX_UPDATE_GAP_S:
+            missed.append(f"a gap of {self.max_update_gap_s:.1f} s between updates (at most "
+                          f"{MAX_UPDATE_GAP_S:.0f} s)")
+        return missed
+
     def figures(self) -> dict[str, Any]:
         rates = [s.steps_per_s for s in self.samples if s.t >= self.warmup_s and s.steps_per_s]
         growth = self.rss_growth()
@@ -105,6 +122,7 @@ class SoakReport:
             out[f"RSS {role} MB (last)"] = None if last is None else round(last, 1)
             out[f"RSS {role} growth after warm-up"] = (
                 None if grew is None else f"{100 * grew:+.1f}%")
+        out["targets"] = "; ".join(self.missed_targets()) or "all met"
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -264,7 +282,9 @@ def bench_soak(minutes: float, *, preset: str = "local", kill_every_s: float = 1
                                   kill_every_s=kill_every_s)
             callbacks: list[Callback] = [BackgroundEvaluation(config, folder),
                                          CheckpointCallback(config), monitor]
-            result = Trainer(config, folder, callbacks=callbacks).run()
+            trainer = Trainer(config, folder, callbacks=callbacks)
+            with graceful_interrupt(trainer.stop):  # Ctrl-C: stop cleanly, keep the report
+                result = trainer.run()
             report.worker_restarts = result.worker_restarts
         finally:
             if session.started_here:
