@@ -57,9 +57,10 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None,
 def worker_runtime_env() -> dict[str, Any]:
     """The environment of this job's actors: glibc capped at 2 malloc arenas.
 
-    With one arena per thread (glibc's default, up to 8 per core), the learner's anonymous
-    memory grew by about a third over a 60-minute soak (docs/soak.md); capped, a 4-minute run
-    stayed flat. A value the user already set is kept.
+    Fewer heaps for the threads of an actor (glibc's default is up to 8 per core) hold less
+    freed memory. The cap alone did not stop the learner's memory creeping up in a soak; the
+    learner's periodic heap trim does (training/heap.py, docs/soak.md). A value the user
+    already set is kept.
     """
     return {"env_vars": {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}}
 
