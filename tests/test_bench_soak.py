@@ -81,3 +81,12 @@ def test_ctrl_c_ends_a_soak_early_and_it_still_reports(tmp_path: Path) -> None:
     assert figures["end"] == "interrupted" and figures["updates"] > 0
     assert figures["counter == accepted"] is True and "targets" in figures
     assert "Traceback" not in text
+
+
+def test_rss_growth_of_a_long_run_averages_over_5_percent_windows() -> None:
+    report = SoakReport(minutes=60, warmup_s=0)
+    # 200 samples swinging between 500 and 600 MB with no trend: windows of 10 samples.
+    report.samples = [_sample(10 * k, 500.0 + 100 * (k % 2), 100 * k) for k in range(200)]
+    assert report.rss_growth()["workers"] == 0.0
+    report.samples[-10:] = [_sample(1990 + k, 660.0, 20_000) for k in range(10)]
+    assert abs(report.rss_growth()["workers"] - 0.2) < 1e-9  # 660 over a mean of 550

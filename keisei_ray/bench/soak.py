@@ -76,7 +76,9 @@ class SoakReport:
     warmup_s: float = 0.0
 
     def rss_growth(self) -> dict[str, float | None]:
-        """Per role: mean RSS of the last 3 samples over the first 3 after warm-up, minus 1."""
+        """Per role: mean RSS of the last samples over the first after warm-up, minus 1; each
+        window 5% of those samples, at least 3 (a learner's RSS swings by tens of MB within an
+        update and a heap trim, so 3 samples of a long run would compare phases, not trends)."""
         after = [s for s in self.samples if s.t >= self.warmup_s]
         growth: dict[str, float | None] = {}
         for role in ROLES:
@@ -84,7 +86,7 @@ class SoakReport:
             if len(values) < 4:
                 growth[role] = None
                 continue
-            k = min(3, len(values) // 2)
+            k = min(max(3, len(values) // 20), len(values) // 2)
             first, last = sum(values[:k]) / k, sum(values[-k:]) / k
             growth[role] = last / first - 1.0
         return growth
