@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from keisei_ray.bench.soak import Sample, SoakReport, ray_processes
+from tests.test_cli_train import interrupt_once_training, keisei
 
 
 def _sample(t: float, workers_mb: float, timestep: int) -> Sample:
@@ -60,23 +57,10 @@ def test_missed_targets_name_each_target_the_run_missed() -> None:
 @pytest.mark.slow
 def test_ctrl_c_ends_a_soak_early_and_it_still_reports(tmp_path: Path) -> None:
     out_file = tmp_path / "soak.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "keisei_ray.cli", "bench", "soak", "--preset", "smoke",
-         "--minutes", "10", "--kill-every", "0", "--sample-every", "2", "--out", str(out_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 240
-    seen = []
-    for line in proc.stdout:  # wait until the loop runs
-        seen.append(line)
-        if "self-play worker(s) ready" in line or time.monotonic() > deadline:
-            break
-    time.sleep(8)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    text = "".join(seen) + out
-    assert proc.returncode == 0, text[-3000:]
+    code, text = interrupt_once_training(
+        keisei("bench", "soak", "--preset", "smoke", "--minutes", "10", "--kill-every", "0",
+               "--sample-every", "2", "--out", str(out_file)), after_s=8)
+    assert code == 0, text[-3000:]
     figures = json.loads(out_file.read_text())["figures"]
     assert figures["end"] == "interrupted" and figures["updates"] > 0
     assert figures["counter == accepted"] is True and "targets" in figures

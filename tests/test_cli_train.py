@@ -43,12 +43,11 @@ def test_train_config_error_exits_2_before_any_run_folder(tmp_path: Path) -> Non
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.slow
-def test_ctrl_c_finishes_cleanly(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        keisei("train", "--preset", "smoke", f"train.runs_dir={tmp_path}", "train.run_name=int",
-               "train.total_timesteps=100000000"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+def interrupt_once_training(command: list[str], *, after_s: float) -> tuple[int, str]:
+    """Run `command`, send it Ctrl-C `after_s` seconds after its workers are ready; its exit
+    code and output."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=ENV)
     assert proc.stdout is not None
     deadline = time.monotonic() + 240
     seen = []
@@ -56,10 +55,17 @@ def test_ctrl_c_finishes_cleanly(tmp_path: Path) -> None:
         seen.append(line)
         if "self-play worker(s) ready" in line or time.monotonic() > deadline:
             break
-    time.sleep(3)
+    time.sleep(after_s)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
-    text = "".join(seen) + out
-    assert proc.returncode == 130, text[-3000:]
+    return proc.returncode, "".join(seen) + out
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_cleanly(tmp_path: Path) -> None:
+    code, text = interrupt_once_training(
+        keisei("train", "--preset", "smoke", f"train.runs_dir={tmp_path}", "train.run_name=int",
+               "train.total_timesteps=100000000"), after_s=3)
+    assert code == 130, text[-3000:]
     assert "interrupted" in text
     assert "Traceback" not in text
