@@ -1,12 +1,15 @@
 """Handing the freed part of a process's C heap back to the OS (glibc's `malloc_trim`).
 
-Why the learner needs it: glibc raises its mmap threshold (up to 32 MiB) each time a large
-mmapped block is freed, so after the first updates the PPO temporaries of tens of MB come
-from the heap; what they leave free in the middle of it stays resident, and the heap's
-footprint creeps up as it fragments. In a soak the learner's RSS grew by a third in an hour
-with one malloc arena as with eight. Seen with gdb 14 minutes in: the main heap held 714 MB
-of which 231 MB were in use, and `malloc_trim(0)` took RssAnon from 858 to 398 MB
-(docs/soak.md). Trimming once per update costs a few milliseconds (`keisei-ray bench trim`).
+Why the learner needs it (the likely path; the retention itself was measured): glibc raises
+its mmap threshold (up to 32 MiB) each time a large mmapped block is freed, so after the
+first updates the PPO temporaries of tens of MB come from the heap; what they leave free in
+the middle of it stays resident, and the heap's footprint creeps up as it fragments. In a
+60-minute soak the learner's RSS grew by a third; capped at 2 malloc arenas it still went
+from 640 to 885 MB of RssAnon in 8 minutes. Seen with gdb 14 minutes in: the main heap held
+714 MB of which 231 MB were in use, and `malloc_trim(0)` took RssAnon from 858 to 398 MB
+(docs/soak.md). A trim takes about 14 ms and the update after it faults its pages back in:
+after every update that cost 11% (`keisei-ray bench trim`), so the learner trims every
+`train.learner_heap_trim_s` instead.
 """
 
 from __future__ import annotations
