@@ -352,7 +352,7 @@ def bench_heap_trim(updates: int = 24, *, rounds: int = 2, games: int = 32, step
     torch.manual_seed(seed)
     model = build_model(config.model)
     payloads = [encode(collect_experience(games, steps, seed=seed + k, model=model))
-                for k in range(4)]  # a few batches of other sizes, as workers send
+                for k in range(4)]  # different games in each, as workers send
     capacity = max(len(decode(p)) for p in payloads)
     learner = Learner(config, capacity=capacity, device="cpu", total_timesteps=10**9, seed=seed)
     learner.update([payloads[0]])  # warm-up
