@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from keisei_ray.bench.learner import bench_heap_trim
 from keisei_ray.config import Config
 from keisei_ray.training import learner_actor
 from keisei_ray.training.heap import can_release_heap
@@ -61,3 +62,12 @@ def test_the_learner_actor_trims_once_its_interval_has_passed(
     for _ in range(3):
         actor.update()  # no batches: nothing to learn, the weights are still published
     assert len(calls) == trims
+
+
+def test_bench_trim_times_updates_without_and_with_a_trim() -> None:
+    figures = bench_heap_trim(2, rounds=1, games=4, steps=4)
+    assert figures["updates per side"] == 2 and figures["transitions per update"] == 16
+    assert figures["update s without trim"] > 0 and figures["update s with trim (incl.)"] > 0
+    assert figures["trim ms mean"] >= 0 and figures["glibc malloc_trim"] == can_release_heap()
+    with pytest.raises(ValueError, match="at most 1000 updates"):
+        bench_heap_trim(500, rounds=1)
