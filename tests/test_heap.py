@@ -47,6 +47,7 @@ def _actor(trim_s: float) -> LearnerActor:
     return LearnerActor(config, capacity=16, device="cpu")
 
 
+@pytest.mark.slow  # starts Ray
 @pytest.mark.parametrize(("trim_s", "trims"), [(0.0, 0), (1e-9, 3), (3600.0, 0)])
 def test_the_learner_actor_trims_once_its_interval_has_passed(
         ray_local: None, monkeypatch: pytest.MonkeyPatch, trim_s: float, trims: int) -> None:
