@@ -5,13 +5,15 @@ wrapper. One `collect` plays T plies of every game with batched inference, compu
 GAE per game, and returns a small summary for the driver plus the encoded batch for the
 learner. Games continue across collect calls: a rollout boundary is not a game boundary.
 
-Each slot's last transition is held back until the next collect when its game is still running,
-because its reward is not known yet: if the opponent ends the game on the very next ply, that
-transition is the loser's (or drawer's) last move and must be terminal with the exact reward
-(DESIGN.md: both sides' last transitions are terminal for their own player).
+Every row of a batch is played by the collect's policy version, so the batch's stamp is the
+behaviour version of each of its rows and the learner's lag bound holds row by row. A game
+still running when the rollout ends bootstraps its last row from the value of the state after
+it (a truncation by the rollout, not by the game); nothing is held back for the next collect.
+(Holding that row back for its exact outcome made it a version older than its batch: two
+versions behind the learner with pipelining, one with `ppo.max_policy_lag=0`.)
 
-Over 400 lines because `collect`, the worker's hot loop, and its game bookkeeping (carry,
-GAE, state for checkpoints) belong together.
+Over 400 lines because `collect`, the worker's hot loop, and its game bookkeeping (folding
+replies, shaping, GAE, state for checkpoints) belong together.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from actors.league_games import (
 )
 from actors.metrics import WorkerMetrics
 from keisei_ray.codec import ExperienceBatch, encode, summarize_games
-from keisei_ray.config import Config
+from keisei_ray.config import Config, RewardConfig
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
 from learner.model import act, build_model, choose_actions, load_weights
@@ -135,15 +137,6 @@ class SelfPlayWorker:
         self.generator = torch.Generator().manual_seed(torch_seed)
         self.version = -1
         self._obs = self._observe()
-        # The held-back last transition of each slot whose game was still running.
-        e = self.num_games
-        self._carry_state = CompactState.empty(e)
-        self._carry_offsets = np.zeros(e + 1, dtype=np.int32)
-        self._carry_legal = np.zeros(0, dtype=np.int16)
-        self._carry_action = np.zeros(e, dtype=np.int16)
-        self._carry_logp = np.zeros(e, dtype=np.float32)
-        self._carry_value = np.zeros(e, dtype=np.float32)
-        self._has_carry = np.zeros(e, dtype=bool)
 
     def _observe(self) -> Observation | None:
         """Self-play games first, then the games against the fixed opponent, then the league
@@ -196,14 +189,16 @@ class SelfPlayWorker:
 
     # ---------------------------------------------------------------- one rollout
     # Long by choice: the hot loop of the worker, one function so the per-ply data flow (observe,
-    # act, step self-play / opponent / league games, fold rewards, hold back, GAE, encode) reads in
+    # act, step self-play / opponent / league games, fold rewards, shape, GAE, encode) reads in
     # one place over preallocated arrays.
     def collect(self, weights: Mapping[str, np.ndarray] | None, version: int,
-                league: LeagueAssignment | None = None) -> tuple[BatchSummary, bytes]:
+                league: LeagueAssignment | None = None, *,
+                progress: float = 0.0) -> tuple[BatchSummary, bytes]:
         """Play `rollout_steps` plies of every game with policy `version`; encode the batch.
 
         `weights` may be None when the worker already holds `version`. `league`: the opponents
         of the league games that start in this collect (needed when the worker plays any).
+        `progress`: how far training is, in [0, 1] (it anneals the material shaping).
         """
         start = time.perf_counter()
         if version != self.version:
@@ -212,8 +207,7 @@ class SelfPlayWorker:
                                  f"was given no weights for version {version}")
             self.load(weights, version)
         reply = self._begin_league(league)
-        e, t_steps = self.num_games, self.steps
-        rows = t_steps + 1  # row 0: the held-back transitions, rows 1..T: this rollout's plies
+        e, rows = self.num_games, self.steps
         values = np.zeros((rows, e), np.float32)
         log_probs = np.zeros((rows, e), np.float32)
         actions = np.zeros((rows, e), np.int16)
@@ -222,17 +216,11 @@ class SelfPlayWorker:
         game_over = np.zeros((rows, e), bool)
         next_values = np.zeros((rows, e), np.float32)
         # -1: the next state has the other player to move (self-play); +1: the learner again
-        # (against the fixed opponent, whose reply is folded into the transition).
+        # (against the fixed opponent or a league member, whose reply is folded into the row).
         next_sign = np.full((rows, e), -1.0, np.float32)
         next_sign[:, self.num_self:] = 1.0
-        states = [self._carry_state]
-        csr = [(self._carry_offsets, self._carry_legal)]
-
-        # Row 0 exists only where a transition was held back; elsewhere it is an inert stop.
-        values[0], log_probs[0] = self._carry_value, self._carry_logp
-        actions[0] = self._carry_action
-        terminated[0] = game_over[0] = ~self._has_carry
-        truncated_rows: list[tuple[int, int, CompactState]] = []
+        states: list[CompactState] = []
+        csr: list[tuple[np.ndarray, np.ndarray]] = []
         final_rows: list[tuple[int, int, CompactState]] = []
         finished: list[FinishedGame] = []
         duel_results: list[float] = []  # the learner's result in each game vs the opponent
@@ -244,17 +232,16 @@ class SelfPlayWorker:
             """Opponent games' step results into row r (the reply is part of the move)."""
             last = first + len(duel.rewards)
             rewards[r, first:last] = duel.rewards
-            terminated[r, first:last] = duel.terminated
+            # Every end of a game is terminal for learning, the move cap (a draw) included.
+            terminated[r, first:last] = duel.terminated | duel.truncated
             for game in duel.finished:
                 s = first + game.slot
                 game_over[r, s] = True
                 final_rows.append((r, s, game.final_state))
                 # The game may have ended on the opponent's reply: who moves in it?
                 next_sign[r, s] = 1.0 if duel.final_agent_to_move[game.slot] else -1.0
-                if duel.truncated[game.slot]:
-                    truncated_rows.append((r, s, game.final_state))
 
-        for r in range(1, rows):
+        for r in range(rows):
             obs = self.obs
             a, lp, v = self._policy(obs)
             states.append(obs.state)
@@ -273,46 +260,39 @@ class SelfPlayWorker:
             with record_function("env_step"):
                 step = self.env.step(a[:ns])
             rewards[r, :ns] = step.rewards
-            terminated[r, :ns] = step.terminated
+            terminated[r, :ns] = step.terminated | step.truncated  # the cap: a terminal draw
             for game in step.finished:
                 s = game.slot
                 game_over[r, s] = True
                 finished.append(game)
-                # The previous ply of this game (the opponent's last move) ends too; it lives
-                # in row r-1 unless that row belongs to an earlier game or holds nothing.
-                if step.terminated[s] and not game_over[r - 1, s]:
+                # The previous ply of this game (the opponent's last move) ends too: row r-1,
+                # unless that row belongs to an earlier game, or to the previous collect (which
+                # shipped it bootstrapped: the rollout ended while its game went on).
+                if r > 0 and not game_over[r - 1, s]:
                     terminated[r - 1, s] = True
                     rewards[r - 1, s] = -step.rewards[s]
                 final_rows.append((r, s, game.final_state))
-                if step.truncated[s]:
-                    truncated_rows.append((r, s, game.final_state))
             self.obs = self._observe()
 
-        # Bootstraps: the next row's value, the current states after the last row, and the
-        # final positions of truncated games. Terminal rows ignore theirs.
+        # A row against an opponent spans the learner's move and the reply (two plies: the same
+        # side moves next, sign +1), or one ply when the game ended on the learner's move.
+        plies = np.where(next_sign > 0, 2, 1).astype(np.int8)
+        # Bootstraps: the next row's value, and the current states after the last row. Terminal
+        # rows (every finished game's last two plies) ignore theirs.
         next_values[:-1] = values[1:]
         next_values[-1] = self._values(self.obs.state)
-        if truncated_rows:
-            finals = self._values(CompactState.concat([f for _, _, f in truncated_rows]))
-            for (r, s, _), value in zip(truncated_rows, finals, strict=True):
-                next_values[r, s] = value
         all_state = CompactState.concat(states)  # row index r*E + slot
-        if self.config.reward.material > 0:
-            rewards += self._material_shaping(all_state, final_rows, ~self._has_carry,
-                                              next_sign)
+        weight = material_weight(self.config.reward, progress)
+        if weight > 0:
+            rewards += self._material_shaping(all_state, final_rows, next_sign, plies, weight)
         advantages, returns = compute_gae(values, rewards, next_values, terminated, game_over,
                                           gamma=self.config.ppo.gamma,
-                                          lam=self.config.ppo.gae_lambda, next_sign=next_sign)
+                                          lam=self.config.ppo.gae_lambda, next_sign=next_sign,
+                                          plies=plies)
 
-        # Ship every known-outcome row; hold back each running game's last row.
-        ship = np.ones((rows, e), bool)
-        ship[0] = self._has_carry
-        running = ~game_over[-1]
-        running[ns:] = False  # against the opponent a row's outcome is known at once
-        ship[-1] = ~running
+        # Every row ships, slot-major: one game's plies together.
         offsets, legal = _concat_csr(csr)
-        order = np.flatnonzero(ship.T.reshape(-1))  # slot-major: one game's plies together
-        r_idx, s_idx = order % rows, order // rows
+        s_idx, r_idx = np.divmod(np.arange(rows * e), rows)
         flat = r_idx * e + s_idx
         batch_offsets, batch_legal = csr_take(offsets, legal, flat)
         results, lengths, reasons = summarize_games(finished)
@@ -331,11 +311,9 @@ class SelfPlayWorker:
             game_lengths=lengths,
             game_reasons=reasons,
         )
-        self._hold_back(running, all_state, offsets, legal, actions[-1], log_probs[-1],
-                        values[-1], base=t_steps * e)
         with record_function("encode"):
             payload = encode(batch)
-        summary = _summarise(self.worker_id, version, len(order), len(payload),
+        summary = _summarise(self.worker_id, version, len(flat), len(payload),
                              time.perf_counter() - start, finished)
         return dataclasses.replace(
             summary, incarnation=self.incarnation, opponent_games=len(duel_results),
@@ -388,30 +366,22 @@ class SelfPlayWorker:
 
     # ---------------------------------------------------------------- state (checkpoints)
     def get_state(self) -> dict[str, Any]:
-        """What a resumed run needs to continue this worker exactly: the running games, the
-        held-back rows and the sampling generator (numpy arrays and plain values). The weights
-        are not part of it: the driver hands the current ones to the next collect."""
-        carry = {f"state_{f.name}": getattr(self._carry_state, f.name)
-                 for f in dataclasses.fields(CompactState)}
+        """What a resumed run needs to continue this worker exactly: the running games and the
+        sampling generator (numpy arrays and plain values). The weights are not part of it:
+        the driver hands the current ones to the next collect."""
         return {
             "worker_id": self.worker_id,
             "env": self.env.get_state(),
             "duels": None if self.duels is None else self.duels.get_state(),
             "league": None if self.league is None else self.league.get_state(),
             "generator": self.generator.get_state().numpy(),
-            "carry": {**carry, "offsets": self._carry_offsets, "legal": self._carry_legal,
-                      "action": self._carry_action, "log_prob": self._carry_logp,
-                      "value": self._carry_value, "has": self._has_carry},
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Restore `get_state`'s result (same shape of worker); ValueError if it does not fit."""
-        carry = {name: np.array(value) for name, value in state["carry"].items()}
-        e = self.num_games
-        if len(carry["has"]) != e or len(carry["offsets"]) != e + 1 or any(
-                len(carry[name]) != e for name in ("action", "log_prob", "value")):
-            raise ValueError(f"worker state: held-back rows are for {len(carry['has'])} games, "
-                             f"this worker plays {e}")
+        """Restore `get_state`'s result (same shape of worker); ValueError if it does not fit.
+
+        A state saved by an older worker may hold rows it held back for its next collect
+        ("carry"): they are not shipped (at most one transition per game is lost)."""
         generator = torch.Generator()
         generator.set_state(torch.from_numpy(np.array(state["generator"], dtype=np.uint8)))
         if (state.get("duels") is None) != (self.duels is None):
@@ -426,27 +396,26 @@ class SelfPlayWorker:
         if self.league is not None:
             self.league.set_state(state["league"])
             self.opponent_models = {}  # the next collect loads the members its games play
+        if "carry" in state:
+            log.info("worker-%d: the saved state holds rows held back by an older version; "
+                     "they are not shipped", self.worker_id)
         self.obs = self._observe()
         self.generator = generator
-        self._carry_state = CompactState(**{f.name: carry[f"state_{f.name}"]
-                                            for f in dataclasses.fields(CompactState)})
-        self._carry_offsets, self._carry_legal = carry["offsets"], carry["legal"]
-        self._carry_action, self._carry_logp = carry["action"], carry["log_prob"]
-        self._carry_value, self._has_carry = carry["value"], carry["has"].astype(bool)
 
     def _material_shaping(self, all_state: CompactState,
                           final_rows: list[tuple[int, int, CompactState]],
-                          inert_first_row: np.ndarray, next_sign: np.ndarray) -> np.ndarray:
-        """Potential-based shaping c * (gamma * sign * M(next) - M(before)) per row, [T+1, E].
+                          next_sign: np.ndarray, plies: np.ndarray,
+                          coefficient: float) -> np.ndarray:
+        """Potential-based shaping c * (gamma^k * sign * M(next) - M(before)) per row, [T, E].
 
         M is the material balance from the side to move's view, so the state after a move is
         worth -M(next) to its mover in self-play (sign -1), +M(next) when the same side moves
-        again (sign +1). A finished game's next state is its final position, which keeps its
-        potential: over a game the shaping adds about c * (the final balance) to the result, so
-        material is a small prize of its own. That keeps returns near the result, inside the
-        tanh value head's range; a potential of 0 after the end (policy-invariant shaping)
-        asks the value head for -c * M, beyond [-1, 1] when far ahead, and learned worse here
-        (README, "Does it learn?").
+        again (sign +1, k = 2 plies: the reply is folded in). A finished game's next state is
+        its final position, which keeps its potential: over a game the shaping adds about
+        c * (the final balance) to the result, a small prize of its own that keeps returns
+        near the result, inside the tanh value head's range. `coefficient` anneals to 0 with
+        training progress (`material_weight`), the final potential's weight with it, so the
+        objective at the end is the game result alone.
         """
         e = self.num_games
         before = material_balance(all_state).reshape(-1, e)
@@ -455,22 +424,19 @@ class SelfPlayWorker:
         after[-1] = material_balance(self.obs.state)
         for r, s, final in final_rows:
             after[r, s] = material_balance(final)[0]
-        shaping = self.config.reward.material * (
-            self.config.ppo.gamma * next_sign * after - before)
-        shaping[0, inert_first_row] = 0.0  # no held-back transition there
+        discount = self.config.ppo.gamma ** plies.astype(np.float64)
+        shaping = coefficient * (discount * next_sign * after - before)
         return shaping.astype(np.float32)
 
-    def _hold_back(self, running: np.ndarray, all_state: CompactState, offsets: np.ndarray,
-                   legal: np.ndarray, action: np.ndarray, log_prob: np.ndarray,
-                   value: np.ndarray, base: int) -> None:
-        e = self.num_games
-        flat = base + np.arange(e)
-        self._carry_state = all_state.take(flat)
-        self._carry_offsets, self._carry_legal = csr_take(offsets, legal, flat)
-        self._carry_action = action.copy()
-        self._carry_logp = log_prob.copy()
-        self._carry_value = value.copy()
-        self._has_carry = running.copy()
+
+def material_weight(reward: RewardConfig, progress: float) -> float:
+    """The material shaping's coefficient at training `progress` in [0, 1]: reward.material,
+    falling linearly to 0 over the first reward.material_anneal_share of training (None:
+    constant)."""
+    share = reward.material_anneal_share
+    if share is None:
+        return reward.material
+    return reward.material * max(0.0, 1.0 - max(progress, 0.0) / share)
 
 
 def _concat_csr(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -538,12 +504,14 @@ class SelfPlayActorImpl:
         return str(ray.get_runtime_context().get_node_id())
 
     def collect(self, weights_box: list[Any], version: int,
-                league: LeagueAssignment | None = None) -> tuple[BatchSummary, bytes]:
+                league: LeagueAssignment | None = None, progress: float = 0.0
+                ) -> tuple[BatchSummary, bytes]:
         # The weights ref travels boxed in a list so Ray does not fetch it unless needed.
         with record_function("collect"):
             with record_function("load_weights"):
                 weights = ray.get(weights_box[0]) if version != self.worker.version else None
-            summary, payload = self.worker.collect(weights, version, league)
+            summary, payload = self.worker.collect(weights, version, league,
+                                                      progress=progress)
         self.metrics.record(summary.collect_s, summary.transitions, summary.games)
         return summary, payload
 

@@ -36,8 +36,9 @@ class Section(BaseModel):
 class EnvConfig(Section):
     """The game as the environment plays it."""
 
-    max_moves: int = Field(512, ge=1, le=32_767, description="ply cap: a draw for statistics, "
-                           "a truncation (bootstrapped) for learning")
+    max_moves: int = Field(512, ge=1, le=32_767, description="ply cap: a draw, for statistics "
+                           "and for learning alike (a terminal: the ply is in the observation, "
+                           "so the cap is part of the game; no bootstrap)")
     impasse: Literal["off", "27"] = Field("off", description="entering-king declaration rule")
 
     @field_validator("impasse", mode="before")
@@ -76,11 +77,25 @@ class ModelConfig(Section):
 class PPOConfig(Section):
     """PPO and GAE: the learner's update and the workers' advantage estimates."""
 
-    gamma: float = Field(0.99, gt=0.0, le=1.0, description="discount per ply")
-    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda")
-    clip_range: float = Field(0.2, gt=0.0, lt=1.0, description="policy ratio clip")
+    gamma: float = Field(0.99, gt=0.0, le=1.0, description="discount per ply (a transition "
+                         "whose opponent reply is folded in spans two plies: gamma^2)")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda, per ply like "
+                              "gamma (lambda^2 over a two-ply transition)")
+    clip_range: float = Field(0.2, gt=0.0, lt=1.0, description="policy ratio clip, around the "
+                              "proximal policy (ppo.decoupled) or the behaviour policy")
+    decoupled: bool = Field(
+        True, description="decoupled PPO (Hilton et al. 2021): one no-grad forward at the "
+        "start of each update gives the proximal policy (the learner's own); the clip and "
+        "target_kl are centred on it and each row is weighted by its behaviour ratio "
+        "pi_prox / pi_behaviour, clipped at behaviour_ratio_clip. false: the clip is centred "
+        "on the behaviour policy that played the row (classic PPO; the workers' data is one "
+        "version old when pipelined)")
+    behaviour_ratio_clip: float = Field(
+        2.0, ge=1.0, le=1000.0, description="upper bound of each row's behaviour ratio "
+        "pi_prox / pi_behaviour (ppo.decoupled), as V-trace truncates its importance weights")
     value_clip_range: float | None = Field(
-        None, gt=0.0, description="per-element value clip around the behaviour value (None: off)")
+        None, gt=0.0, description="per-element value clip around the proximal value "
+        "(ppo.decoupled) or the behaviour value (None: off)")
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="initial learning rate "
                                  "(1e-3 with 2 epochs learned fastest per CPU minute here)")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
@@ -103,7 +118,8 @@ class PPOConfig(Section):
                                        "over each update's transitions")
     target_kl: float | None = Field(
         None, gt=0.0, description="stop the update's remaining steps once a minibatch's "
-        "approx KL exceeds this (None: off)")
+        "approx KL from the proximal policy (ppo.decoupled; else the behaviour policy) exceeds "
+        "this, after at least one optimizer step (None: off)")
     optimizer: Literal["adam", "adamw"] = Field("adam", description="optimizer")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="weight decay "
                                 "(decoupled with adamw)")
@@ -124,6 +140,11 @@ class RewardConfig(Section):
         "material the move gains: c * (-gamma * M(next) - M(before)), M = the mover's material "
         "minus the opponent's (board and hands); the final position keeps its M, so a game's "
         "shaping sums to about c * its final balance")
+    material_anneal_share: float | None = Field(
+        0.5, gt=0.0, le=1.0, description="the material shaping's coefficient falls linearly "
+        "to 0 over this share of training (progress: the larger of timesteps / "
+        "train.total_timesteps and minutes / train.max_minutes), so the objective at the end "
+        "is the game result alone; None: constant")
 
 
 class TrainConfig(Section):

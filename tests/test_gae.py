@@ -146,3 +146,143 @@ def test_same_mover_rows_keep_the_sign() -> None:
     adv_minus, _ = compute_gae(values, rewards, next_values, terminated, game_over, gamma=gamma,
                                lam=lam, next_sign=-sign)
     np.testing.assert_array_equal(adv_default, adv_minus)
+
+
+def test_two_ply_rows_discount_by_gamma_and_lambda_squared() -> None:
+    # A folded row spans the learner's move and the reply: gamma^2 and lambda^2 per row.
+    gamma, lam = 0.9, 0.8
+    values = np.array([[0.1], [0.2]], np.float32)
+    rewards = np.zeros((2, 1), np.float32)
+    next_values = np.array([[0.2], [0.7]], np.float32)
+    none = np.zeros((2, 1), bool)
+    sign, plies = np.ones((2, 1), np.float32), np.full((2, 1), 2)
+    adv, _ = compute_gae(values, rewards, next_values, none, none, gamma=gamma, lam=lam,
+                         next_sign=sign, plies=plies)
+    a1 = gamma**2 * 0.7 - 0.2
+    a0 = gamma**2 * 0.2 - 0.1 + (gamma * lam) ** 2 * a1
+    np.testing.assert_allclose(adv[:, 0], [a0, a1], rtol=1e-6)
+    with pytest.raises(ValueError, match="plies must be >= 1"):
+        compute_gae(values, rewards, next_values, none, none, gamma=gamma, lam=lam,
+                    plies=np.zeros((2, 1)))
+
+
+# ----------------------------------------------------------------------------- forward view
+
+
+def lambda_returns(values: list[float], rewards: list[float], terminal: list[bool],
+                   stop: list[bool], boot: list[float], sign: list[float], plies: list[int],
+                   gamma: float, lam: float) -> list[float]:
+    """The forward-view lambda-return of each row of one slot's rollout, computed naively.
+
+    G_t = sum over n of w_n * G_t^(n): the n-step returns G_t^(n) (rewards discounted by
+    gamma^plies and signed row by row, then the value of the row n steps on, or `boot` at a
+    row that stops without being terminal, or nothing after a terminal row), weighted
+    (1 - lam^k) * prod(lam^k) for the returns that bootstrap mid-game and the remaining weight
+    on the longest one. O(n^2), no recursion: an independent check of compute_gae.
+    """
+    out = []
+    size = len(values)
+    for t in range(size):
+        end = t
+        while not (terminal[end] or stop[end] or end == size - 1):
+            end += 1
+        longest = end - t + 1
+        total, trace = 0.0, 1.0
+        for n in range(1, longest + 1):
+            scale, g = 1.0, 0.0
+            for i in range(n):
+                g += scale * rewards[t + i]
+                scale *= gamma ** plies[t + i] * sign[t + i]
+            last = t + n - 1
+            if n < longest:
+                g += scale * values[t + n]  # the game goes on: the next row's own value
+                weight = trace * (1.0 - lam ** plies[last])
+            else:
+                g += 0.0 if terminal[last] else scale * boot[last]
+                weight = trace
+            total += weight * g
+            trace *= lam ** plies[last]
+        out.append(total)
+    return out
+
+
+def random_rollouts(rng: np.random.Generator, slots: int, collects: int, steps: int
+                    ) -> list[list[dict[str, list]]]:
+    """Random trajectories cut into rollouts of `steps` rows: per collect, per slot, the rows'
+    fields. Slots alternate between self-play (sign -1, one ply) and a folded opponent reply
+    (sign +1, two plies). Games end by a decision (+1 / -1), the move cap (a draw) or, rarely,
+    a non-terminal truncation that bootstraps; several games follow each other in a slot and
+    run across rollout ends, where the last row bootstraps from the next rollout's first value.
+    """
+    per_slot = []
+    for slot in range(slots):
+        folded = slot % 2 == 1
+        length = collects * steps
+        values = rng.uniform(-1, 1, length + 1).tolist()  # distinct value per state
+        rewards = [0.0] * length
+        terminal, stop = [False] * length, [False] * length
+        boot = rng.uniform(-1, 1, length).tolist()
+        sign = [1.0 if folded else -1.0] * length
+        plies = [2 if folded else 1] * length
+        game_start = 0
+        for t in range(length):
+            if rng.random() > 0.2:
+                continue
+            kind = rng.choice(["decided", "cap", "truncated"], p=[0.5, 0.4, 0.1])
+            if kind == "truncated":
+                stop[t] = True
+            else:
+                result = float(rng.choice([-1.0, 1.0])) if kind == "decided" else 0.0
+                rewards[t], terminal[t], stop[t] = result, True, True
+                if folded and rng.random() < 0.5:
+                    sign[t], plies[t] = -1.0, 1  # ended on the learner's move: no reply
+                # Self-play: the other player's last move ends too, if it is in this rollout.
+                if not folded and t > game_start and t % steps != 0:
+                    rewards[t - 1], terminal[t - 1] = -result, True
+            game_start = t + 1
+        per_slot.append(dict(values=values, rewards=rewards, terminal=terminal, stop=stop,
+                             boot=boot, sign=sign, plies=plies))
+    rollouts = []
+    for c in range(collects):
+        part = slice(c * steps, (c + 1) * steps)
+        rollout = []
+        for data in per_slot:
+            rows = {key: data[key][part] for key in ("rewards", "terminal", "stop", "sign",
+                                                    "plies")}
+            rows["values"] = data["values"][part]
+            # The rollout's last row bootstraps from the next rollout's first state, unless a
+            # truncation set its own bootstrap.
+            rows["boot"] = [b if s else np.nan for b, s in zip(data["boot"][part],
+                                                               rows["stop"], strict=True)]
+            if not rows["stop"][-1]:
+                rows["boot"][-1] = data["values"][(c + 1) * steps]
+            rollout.append(rows)
+        rollouts.append(rollout)
+    return rollouts
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_gae_matches_the_forward_view_lambda_return(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    gamma, lam = float(rng.choice([0.9, 0.99, 1.0])), float(rng.choice([0.0, 0.8, 0.95, 1.0]))
+    steps = 12
+    for rollout in random_rollouts(rng, slots=4, collects=3, steps=steps):
+        def column(key: str, rollout: list[dict[str, list]] = rollout) -> np.ndarray:
+            return np.array([slot[key] for slot in rollout]).T
+
+        values = column("values")
+        next_values = np.empty_like(values)
+        next_values[:-1] = values[1:]  # what the game's next row is worth
+        next_values[-1] = column("boot")[-1]
+        stop = column("stop")
+        next_values = np.where(stop & ~column("terminal"), column("boot"), next_values)
+        adv, ret = compute_gae(values, column("rewards"), next_values, column("terminal"), stop,
+                               gamma=gamma, lam=lam, next_sign=column("sign"),
+                               plies=column("plies"))
+        for e, slot in enumerate(rollout):
+            expected = lambda_returns(slot["values"], slot["rewards"], slot["terminal"],
+                                      slot["stop"], slot["boot"], slot["sign"], slot["plies"],
+                                      gamma, lam)
+            np.testing.assert_allclose(ret[:, e], expected, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(adv[:, e], np.array(expected) - values[:, e],
+                                       rtol=1e-4, atol=1e-5)

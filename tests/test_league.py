@@ -168,8 +168,9 @@ def test_league_bootstrap_keeps_the_sign() -> None:
     weights = export_weights(worker.model)
     _, payload = worker.collect(weights, 0, LeagueAssignment([0], {0: [weights]}))
     batch = decode(payload)
-    assert len(batch) == 1  # the self-play row is held back; the league row ships
-    np.testing.assert_allclose(batch.advantage, [GAMMA * V_BOOT - V_STATE], rtol=1e-6)
+    assert len(batch) == 2  # slot-major: the self-play row, then the league row
+    # Two plies (the member's reply is folded in): gamma^2 per ply, like two self-play rows.
+    np.testing.assert_allclose(batch.advantage[-1:], [GAMMA**2 * V_BOOT - V_STATE], rtol=1e-6)
 
 
 def league_config(steps: int = 6) -> Config:

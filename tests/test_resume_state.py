@@ -117,7 +117,7 @@ def test_worker_state_round_trip_gives_identical_batches() -> None:
     cfg = worker_config()
     worker = SelfPlayWorker(cfg, worker_id=2)
     weights = export_weights(worker.model)
-    for version in range(4):  # games end (16 plies) and restart; rows are held back
+    for version in range(4):  # games end (16 plies) and restart across collects
         worker.collect(weights, version)
     state = worker.get_state()
     assert 0 < state["env"]["move_counts"].max() < 16
@@ -135,5 +135,5 @@ def test_worker_state_refuses_another_worker_shape() -> None:
     state = worker.get_state()
     other = SelfPlayWorker(load_config(None, [
         "model.size=tiny", "env.max_moves=16", "train.games_per_worker=4"]), worker_id=0)
-    with pytest.raises(ValueError, match="held-back rows are for 3 games, this worker plays 4"):
+    with pytest.raises(ValueError, match="num_games is 3, this env has 4"):
         other.set_state(state)

@@ -1,4 +1,4 @@
-"""The self-play worker without Ray: terminal rewards, truncation, hold-back across rollouts.
+"""The self-play worker without Ray: terminal rewards, the move cap, rollout ends, versions.
 
 A scripted policy picks the moves and reports fixed values, so every advantage and return
 below is computed by hand from the two-player conventions of DESIGN.md.
@@ -70,41 +70,67 @@ def test_decisive_game_terminal_rewards_for_both_players() -> None:
     assert list(batch.game_results) == [1]
 
 
-def test_terminal_reward_reaches_the_held_back_transition() -> None:
-    # One ply per rollout: White's move cannot be judged until Black's reply is played.
+def test_a_rollout_end_bootstraps_and_nothing_is_held_back() -> None:
+    # One ply per rollout: White's move ships at once, bootstrapped from Black's -V; Black's
+    # mate in the next collect is its own terminal row.
     worker = make_worker(steps=1)
     summary, first = collect(worker)
-    assert len(first) == 0 and summary.transitions == 0  # held back, not guessed
+    assert len(first) == 1 and summary.transitions == 1
+    np.testing.assert_allclose(first.advantage, [-GAMMA * V_BOOT - V_STATE], rtol=1e-6)
     summary, second = collect(worker, version=1)
     assert summary.games == 1
-    np.testing.assert_allclose(second.returns, [-1.0, 1.0])
-    assert list(second.state.color) == [1, 0]
+    np.testing.assert_allclose(second.returns, [1.0])
+    assert list(first.state.color) == [1] and list(second.state.color) == [0]
 
 
-def test_truncated_game_bootstraps_from_the_final_state() -> None:
-    # A cap of one ply: every game is White's 9c9d, then truncation.
+def test_the_move_cap_is_a_terminal_draw() -> None:
+    # A cap of one ply: every game is White's 9c9d, then the cap: a draw, terminal.
     worker = make_worker(steps=2, max_moves=1)
     summary, batch = collect(worker)
     assert summary.cap_draws == 2 and summary.games == 2  # two one-ply games in the rollout
-    # Each row is White's only ply of a truncated game: bootstrap from -V(final), no recursion.
-    expected_adv = 0.0 - GAMMA * V_BOOT - V_STATE
-    np.testing.assert_allclose(batch.advantage, [expected_adv, expected_adv], rtol=1e-6)
-    np.testing.assert_allclose(batch.returns, batch.advantage + V_STATE, rtol=1e-6)
+    np.testing.assert_allclose(batch.advantage, [-V_STATE, -V_STATE], rtol=1e-6)
+    np.testing.assert_allclose(batch.returns, [0.0, 0.0], atol=1e-7)
+
+
+def test_the_move_cap_ends_both_players_last_moves() -> None:
+    # Start position, a cap of two plies: Black's move and White's, both terminal draws (no
+    # bootstrap from the capped position, no recursion from White's row into Black's).
+    cfg = load_config(None, ["model.size=tiny", "train.rollout_steps=2",
+                             "train.games_per_worker=1", "env.max_moves=2",
+                             f"ppo.gamma={GAMMA}", f"ppo.gae_lambda={LAM}"])
+    worker = ScriptedWorker(cfg, worker_id=0)
+    summary, batch = collect(worker)
+    assert summary.cap_draws == 1
+    np.testing.assert_allclose(batch.returns, [0.0, 0.0], atol=1e-7)
+
+
+def test_the_move_cap_is_terminal_against_a_fixed_opponent() -> None:
+    from shogi.duel import OpponentEnv
+
+    cfg = load_config(None, ["model.size=tiny", "train.rollout_steps=1",
+                             "train.games_per_worker=2", "train.opponent_share=0.5",
+                             "env.max_moves=2", f"ppo.gamma={GAMMA}", f"ppo.gae_lambda={LAM}"])
+    worker = ScriptedWorker(cfg, worker_id=0)
+    worker.duels = OpponentEnv(1, ScriptedOpponent(), max_moves=2)
+    worker.obs = worker._observe()
+    summary, batch = collect(worker)
+    assert summary.opponent_games == 1 and summary.opponent_draws == 1
+    np.testing.assert_allclose(batch.returns[-1:], [0.0], atol=1e-7)  # not +gamma^2 * V_BOOT
 
 
 def test_running_game_bootstraps_and_recurses() -> None:
-    # Start position, a long game: two rollout rows, the second held back.
+    # Start position, a long game: three rollout rows, every one shipped.
     cfg = load_config(None, ["model.size=tiny", "train.rollout_steps=3",
                              "train.games_per_worker=1", f"ppo.gamma={GAMMA}",
                              f"ppo.gae_lambda={LAM}"])
     worker = ScriptedWorker(cfg, worker_id=0)
     _, batch = collect(worker)
-    assert len(batch) == 2  # rows 1 and 2 shipped, row 3 held back
-    # row 3 (held back): A3 = -g*V_BOOT - V ; row 2: A2 = -g*V - V - g*l*A3 ; row 1 likewise.
+    assert len(batch) == 3
+    # row 3: A3 = -g*V_BOOT - V ; row 2: A2 = -g*V - V - g*l*A3 ; row 1 likewise.
     a3 = -GAMMA * V_BOOT - V_STATE
     a2 = -GAMMA * V_STATE - V_STATE - GAMMA * LAM * a3
     a1 = -GAMMA * V_STATE - V_STATE - GAMMA * LAM * a2
-    np.testing.assert_allclose(batch.advantage, [a1, a2], rtol=1e-5)
+    np.testing.assert_allclose(batch.advantage, [a1, a2, a3], rtol=1e-5)
 
 
 def test_real_policy_batches_are_consistent_and_reproducible() -> None:
@@ -122,8 +148,7 @@ def test_real_policy_batches_are_consistent_and_reproducible() -> None:
     total = sum(len(b) for b in runs[0])
     games = sum(len(b.game_results) for b in runs[0])
     assert games >= 4 * 3  # 24 plies per slot, 6-ply games
-    # Every transition shipped once: all plies played minus those still held back.
-    assert 4 * 8 * 3 - 4 <= total <= 4 * 8 * 3
+    assert total == 4 * 8 * 3  # every ply of every game shipped once
     for batch in runs[0]:
         assert np.all(np.isfinite(batch.log_prob)) and np.all(batch.log_prob <= 0)
         rows = np.diff(batch.legal_offsets)
@@ -179,10 +204,11 @@ def test_material_shaping_is_potential_based() -> None:
         _, batch = collect(worker)
     finally:
         SCRIPT.discard("5d5e")
-    assert len(batch) == 1  # Black's reply is held back
+    assert len(batch) == 2  # White's capture, then Black's reply
     shaping = c * (-GAMMA * -6.0 - (-4.0))
     # lambda = 0: A = r - gamma * V(next) - V, V(next) being Black's value of the next state.
-    np.testing.assert_allclose(batch.advantage, [shaping - GAMMA * V_STATE - V_STATE], rtol=1e-5)
+    np.testing.assert_allclose(batch.advantage[:1], [shaping - GAMMA * V_STATE - V_STATE],
+                               rtol=1e-5)
 
 
 def test_material_shaping_keeps_the_final_position_potential() -> None:
@@ -237,8 +263,9 @@ def test_fixed_opponent_bootstrap_keeps_the_sign() -> None:
                              f"ppo.gamma={GAMMA}", f"ppo.gae_lambda={LAM}"])
     worker = ScriptedWorker(cfg, worker_id=0)
     _, batch = collect(worker)
-    assert len(batch) == 1  # the self-play slot's row is held back; the duel row ships
-    np.testing.assert_allclose(batch.advantage, [GAMMA * V_BOOT - V_STATE], rtol=1e-6)
+    assert len(batch) == 2  # the self-play slot's row, then the duel slot's
+    # The row spans two plies (the reply is folded in): gamma^2, as two self-play rows would.
+    np.testing.assert_allclose(batch.advantage[-1:], [GAMMA**2 * V_BOOT - V_STATE], rtol=1e-6)
 
 
 def test_worker_state_round_trip_with_opponent_games() -> None:
@@ -254,3 +281,65 @@ def test_worker_state_round_trip_with_opponent_games() -> None:
         sa, pa = a.collect(weights, 0)
         sb, pb = b.collect(weights, 0)
         assert pa == pb and sa.opponent_games == sb.opponent_games
+
+
+def test_material_shaping_anneals_to_zero() -> None:
+    from actors.self_play import material_weight
+    from keisei_ray.config import RewardConfig
+
+    reward = RewardConfig(material=0.04, material_anneal_share=0.5)
+    assert [material_weight(reward, p) for p in (0.0, 0.25, 0.5, 0.9)] == pytest.approx(
+        [0.04, 0.02, 0.0, 0.0])
+    assert material_weight(RewardConfig(material=0.04, material_anneal_share=None), 1.0) == 0.04
+    # In the worker: half-way through the anneal the shaping is half, after it none at all
+    # (the final position's potential included): the returns are the game's result.
+    c = 0.01
+    for progress, scale in ((0.25, 0.5), (0.5, 0.0), (1.0, 0.0)):
+        worker = make_worker(steps=2)
+        worker.config = worker.config.model_copy(update={"reward": RewardConfig(
+            material=c, material_anneal_share=0.5)})
+        _, payload = worker.collect(export_weights(worker.model), 0, progress=progress)
+        batch = decode(payload)
+        white = -1.0 + scale * c * (-GAMMA * 6.0 - (-6.0))
+        black = 1.0 + scale * c * (-GAMMA * -6.0 - 6.0)
+        np.testing.assert_allclose(batch.returns, [white, black], rtol=1e-6)
+
+
+def test_shaping_discounts_a_two_ply_row_by_gamma_squared() -> None:
+    # Against the fixed opponent, a row whose reply is folded in: c * (gamma^2 * M(next) -
+    # M(before)), M(next) from the learner's view again (sign +1). Start position: no capture,
+    # M = 0 throughout, so build one: the learner (White) takes a silver with a pawn.
+    from shogi.duel import OpponentEnv
+
+    c = 0.01
+    cfg = load_config(None, ["model.size=tiny", "train.rollout_steps=1",
+                             "train.games_per_worker=3", "train.opponent_share=0.67",
+                             f"ppo.gamma={GAMMA}", "ppo.gae_lambda=0", f"reward.material={c}"])
+    SCRIPT.add("5d5e")
+    try:
+        worker = ScriptedWorker(cfg, worker_id=0)
+        # Two duel slots; the learner plays White in the second (to move first here).
+        worker.duels = OpponentEnv(2, ScriptedOpponent(),
+                                   start_sfen="4k4/9/9/4p4/4S4/9/9/9/4K4 w - 1")
+        worker.obs = worker._observe()
+        _, payload = worker.collect(export_weights(worker.model), 0)
+    finally:
+        SCRIPT.discard("5d5e")
+    batch = decode(payload)
+    # White: M(before) = 1 - 5 = -4; after 5d5e (the silver to hand) and Black's reply (a king
+    # move: Black has nothing else), White is to move again with M = 1 + 5 = 6.
+    shaping = c * (GAMMA**2 * 6.0 - (-4.0))
+    np.testing.assert_allclose(batch.advantage[-1:], [shaping + GAMMA**2 * V_BOOT - V_STATE],
+                               rtol=1e-5)
+
+
+def test_training_progress_is_the_budget_that_ends_the_run_first() -> None:
+    from keisei_ray.config import TrainConfig
+    from keisei_ray.training.driver import training_progress
+
+    steps = TrainConfig(total_timesteps=1000)
+    assert training_progress(steps, 250, 9_999.0) == 0.25  # no time limit: timesteps alone
+    timed = TrainConfig(total_timesteps=1000, max_minutes=10.0)
+    assert training_progress(timed, 250, 300.0) == 0.5  # half the time is up first
+    assert training_progress(timed, 900, 60.0) == 0.9
+    assert training_progress(timed, 5000, 0.0) == 1.0

@@ -44,8 +44,9 @@ def collect_experience(
     """`steps` plies of `num_games` games as one batch (rows game by game, then by ply).
 
     With a model, actions, log-probs and values come from it (eval mode); without one the
-    policy is uniformly random with value 0. Rewards follow the GAE conventions: a decided
-    game marks both last transitions terminal, a truncated one bootstraps from its final state.
+    policy is uniformly random with value 0. Rewards follow the GAE conventions: a finished
+    game (the move cap included) marks both last transitions terminal; games still running
+    bootstrap from the state after the rollout.
     """
     env = VecEnv(num_games, max_moves=max_moves, seed=seed)
     generator = torch.Generator().manual_seed(seed)
@@ -84,21 +85,16 @@ def collect_experience(
                                                        obs.legal_actions)
         result = env.step(actions[t].astype(np.int64))
         rewards[t] = result.rewards
-        terminated[t] = result.terminated
         game_over[t] = result.terminated | result.truncated
-        if t > 0:  # the other player's last move of a decided game: terminal, opposite reward
-            previous = result.terminated & ~game_over[t - 1]
+        terminated[t] = game_over[t]  # the move cap too: a terminal draw
+        if t > 0:  # the other player's last move of a finished game: terminal, opposite reward
+            previous = game_over[t] & ~game_over[t - 1]
             terminated[t - 1] |= previous
             rewards[t - 1] = np.where(previous, -result.rewards, rewards[t - 1])
-        for game in result.finished:
-            if result.truncated[game.slot]:
-                next_values[t, game.slot] = value_of(game.final_state)[0]
         finished.extend(result.finished)
     obs = env.observe()  # games still running bootstrap from the state after the rollout
-    last_values = value_of(obs.state)
-    running = ~game_over
-    next_values[:-1] = np.where(running[:-1], values[1:], next_values[:-1])
-    next_values[-1] = np.where(running[-1], last_values, next_values[-1])
+    next_values[:-1] = values[1:]  # terminal rows ignore theirs
+    next_values[-1] = value_of(obs.state)
     advantages, returns = compute_gae(values, rewards, next_values, terminated, game_over,
                                       gamma=gamma, lam=lam)
 

@@ -40,7 +40,7 @@ from ray.exceptions import (
     RayTaskError,
 )
 
-from keisei_ray.config import Config
+from keisei_ray.config import Config, TrainConfig
 from keisei_ray.events import (
     BatchCollected,
     Callback,
@@ -152,7 +152,7 @@ class Trainer:
         if train.autotune and self.resume is None:  # a resumed run keeps its saved values
             tune_games(self.config)
         resources = ray.cluster_resources()
-        # A batch holds at most E*(T+1) transitions (T plies plus the held-back ones).
+        # A batch holds E*T transitions (T plies of E games).
         self.capacity = max(workers, _auto_workers(self.config)) * _batch_capacity(self.config)
         capacity = self.capacity
         name = self.config.cluster.learner_resource  # only the learner lands on that node
@@ -345,7 +345,7 @@ class Trainer:
             self.pool.grow_to_capacity()
             if not self.pool.slots:
                 raise TrainingError("every self-play worker is gone")
-            self.pool.launch(self.published, self.league)
+            self.pool.launch(self.published, self.league, self.progress())
 
     def _begin(self) -> tuple[list[Any] | None, GameStats]:
         """Start the actors, restore a resumed run, fire TrainStart, launch the first round.
@@ -363,10 +363,12 @@ class Trainer:
         self.bus.emit(TrainStart(self.run_dir, self.config, self.state.timestep,
                                  self.state.version, self.resumed, bus=self.bus))
         if self.resume is None:
-            self.pool.launch(self.published, self.league)
+            self.pool.launch(self.published, self.league, self.progress())
             return None, GameStats()
         batches = [ray.put(payload) for payload in self.resume.pending]
-        self._reserve(len(batches) * _batch_capacity(self.config))
+        # Batches saved by versions that held a row per game back hold up to E*(T+1) rows.
+        games = self.config.train.games_per_worker
+        self._reserve(len(batches) * (_batch_capacity(self.config) + games))
         return batches, GameStats(**self.resume.pending_games)
 
     def _collect(self) -> tuple[list[Any], GameStats]:
@@ -408,6 +410,11 @@ class Trainer:
                      train.max_minutes, self.state.timestep)
             return True
         return False
+
+    def progress(self) -> float:
+        """How far training is, in [0, 1] (`training_progress` of this run, now)."""
+        return training_progress(self.config.train, self.state.timestep,
+                                 time.monotonic() - self._started)
 
     def _time_is_up(self) -> bool:
         limit = self.config.train.max_minutes
@@ -474,8 +481,17 @@ class Trainer:
             snapshot=functools.partial(self.snapshot, *cut)))
 
 
+def training_progress(train: TrainConfig, timestep: int, elapsed_s: float) -> float:
+    """How far training is, in [0, 1]: the larger of the timestep share and (with
+    train.max_minutes) the share of the time limit, whichever budget ends the run first."""
+    done = timestep / train.total_timesteps
+    if train.max_minutes is not None:
+        done = max(done, elapsed_s / (60.0 * train.max_minutes))
+    return min(max(done, 0.0), 1.0)
+
+
 def _batch_capacity(config: Config) -> int:
-    return config.train.games_per_worker * (config.train.rollout_steps + 1)
+    return config.train.games_per_worker * config.train.rollout_steps
 
 
 def _auto_workers(config: Config) -> int:

@@ -243,13 +243,15 @@ class WorkerPool:
             self.wait_until_ready()
 
     # ---------------------------------------------------------------- rounds
-    def launch(self, published: Published, league: League | None = None) -> None:
+    def launch(self, published: Published, league: League | None = None,
+               progress: float = 0.0) -> None:
         """Start a collect on every ready, idle worker with the given weights (and, with a
-        league, the opponents of the league games that start in it)."""
+        league, the opponents of the league games that start in it) at training `progress`."""
         for slot in self.ready_workers:
             if slot.pending is None:
                 refs = slot.actor.collect.options(num_returns=2).remote(
-                    published.weights, published.version, assignment(league, self.config))
+                    published.weights, published.version, assignment(league, self.config),
+                    progress)
                 slot.pending = (refs[0], refs[1])
                 slot.launched_at = time.monotonic()
 
