@@ -30,10 +30,14 @@ class Minibatch:
     legal_offsets: torch.Tensor  # long [B + 1]: CSR legal actions of the rows
     legal_actions: torch.Tensor  # int16 [M]
     actions: torch.Tensor  # long [B]
-    log_probs: torch.Tensor  # float32 [B]: behaviour policy
+    log_probs: torch.Tensor  # float32 [B]: behaviour policy (the worker's, that played the row)
     values: torch.Tensor  # float32 [B]: behaviour value estimates
     advantages: torch.Tensor  # float32 [B]
     returns: torch.Tensor  # float32 [B]
+    # The proximal policy and value (the learner's own at the start of the update, decoupled
+    # PPO); equal to the behaviour ones when the update is not decoupled.
+    prox_log_probs: torch.Tensor  # float32 [B]
+    prox_values: torch.Tensor  # float32 [B]
 
 
 class ExperienceBuffer:
@@ -54,6 +58,8 @@ class ExperienceBuffer:
         self.values = alloc(capacity, dtype=torch.float32)
         self.advantages = alloc(capacity, dtype=torch.float32)
         self.returns = alloc(capacity, dtype=torch.float32)
+        self.prox_log_probs = alloc(capacity, dtype=torch.float32)  # set by the update
+        self.prox_values = alloc(capacity, dtype=torch.float32)
         self.legal_offsets = alloc(capacity + 1, dtype=torch.int64)
         self.legal_actions = alloc(capacity * INITIAL_LEGAL_PER_ROW, dtype=torch.int16)
         self.size = 0
@@ -121,7 +127,14 @@ class ExperienceBuffer:
             values=self.values[rows],
             advantages=self.advantages[rows],
             returns=self.returns[rows],
+            prox_log_probs=self.prox_log_probs[rows],
+            prox_values=self.prox_values[rows],
         )
+
+    def behaviour_as_proximal(self) -> None:
+        """Classic PPO: the proximal policy and value are the behaviour ones."""
+        self.prox_log_probs[:self.size] = self.log_probs[:self.size]
+        self.prox_values[:self.size] = self.values[:self.size]
 
 
 def _copy_into(target: torch.Tensor, array: np.ndarray) -> None:

@@ -185,12 +185,16 @@ class PolicyValueNet(nn.Module):
         )
 
     def forward(self, planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(policy logits [N, 13527], value [N]) of planes [N, 46 or 50, 9, 9]."""
+        """(policy logits [N, 13527] in fp32, value [N]) of planes [N, 46 or 50, 9, 9]."""
         x = self.tower(self.stem(planes))
         n = x.shape[0]
+        # The policy head runs in fp32 even under autocast: in bf16 (8 bits of mantissa) logits
+        # of a few units are off by ~0.02, and so are the learner's log-probs from the fp32 ones
+        # the workers sampled with (ratios off by 2% at zero lag).
+        with torch.autocast(x.device.type, enabled=False):
+            out = self.policy_head(x.float())
         # One gather puts every action's logit in place, reading the head's output in the
         # order it lies in memory (a channels_last model's is square-major: no copy).
-        out = self.policy_head(x)
         if out.is_contiguous():
             flat, index = out.reshape(n, -1), self.index_nchw
         else:
@@ -319,9 +323,13 @@ def act(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched inference for self-play and evaluation: (actions, log_probs, values).
 
-    The model runs in eval mode (BatchNorm uses its running statistics, the numbers the
-    learner will reproduce) and its mode is restored afterwards. Actions and log-probs as in
-    `choose_actions`: the sampled log-prob is the true behaviour probability PPO needs.
+    The model runs in eval mode and its mode is restored afterwards. With GroupNorm (the
+    default) that is the same function the learner trains in training mode; with BatchNorm
+    (model.norm=batch) it is not: eval mode uses the running statistics, the learner's
+    training forwards each minibatch's own. Decoupled PPO centres its clip on the learner's
+    own training-mode numbers, so that difference lands in the clipped behaviour ratio.
+    Actions and log-probs as in `choose_actions`: the sampled log-prob is the true behaviour
+    probability of the worker's policy.
     """
     was_training = model.training
     model.eval()

@@ -5,13 +5,31 @@ total_timesteps, where the learner counts the transitions it trained on (the sam
 the driver counts). The learning rate is set before every optimizer step from the progress
 reached at the end of that step, so the very last step of training runs exactly at the
 final learning rate.
+
+Decoupled PPO (Hilton et al. 2021, "Batch size-invariance for policy optimization"), the
+default: the workers' data is a version old when collection overlaps the update, so the clip
+is not centred on the behaviour policy that played a row but on the proximal policy, the
+learner's own at the start of the update (one no-grad forward over the buffer), and each
+row's surrogate is weighted by its behaviour ratio pi_prox / pi_behaviour, clipped at
+`ppo.behaviour_ratio_clip`. `target_kl` measures the KL from the proximal policy too. The
+proximal forward runs exactly as the first epoch's forwards do (same mode, same minibatch
+and micro-batch rows, same autocast), so the first step's ratio is 1 whatever the network's
+normalisation or precision (up to a device's nondeterminism); the behaviour ratio carries
+what differs from the worker's eval-mode fp32 forward (BatchNorm's batch statistics, bf16
+rounding) and the policy lag.
+With `ppo.decoupled=false` the proximal policy is the behaviour one (classic PPO).
+
+An update takes at least one optimizer step: `target_kl` is checked from the second
+minibatch on. Every accepted transition counts for the timestep clock (and the LR schedule)
+whether or not target_kl ends the update early: the update trained on the buffer they filled.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import nn
@@ -36,22 +54,30 @@ def lr_at(progress: float, ppo: PPOConfig) -> float:
 def ppo_loss(
     logits: torch.Tensor, values: torch.Tensor, batch: Minibatch, ppo: PPOConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The PPO objective of one minibatch and its statistics (detached tensors)."""
+    """The PPO objective of one minibatch and its statistics (detached tensors).
+
+    The ratio is taken from the proximal policy (`batch.prox_log_probs`) and each row's
+    clipped surrogate is weighted by min(pi_prox / pi_behaviour, behaviour_ratio_clip); when
+    the proximal policy is the behaviour one (classic PPO) that weight is exactly 1.
+    """
     policy = LegalPolicy.from_csr(logits, batch.legal_offsets, batch.legal_actions)
-    log_ratio = policy.log_prob(batch.actions) - batch.log_probs
+    log_ratio = policy.log_prob(batch.actions) - batch.prox_log_probs
     ratio = log_ratio.exp()
+    behaviour_log_ratio = batch.prox_log_probs - batch.log_probs
+    behaviour_ratio = behaviour_log_ratio.exp()
+    weight = behaviour_ratio.clamp(max=ppo.behaviour_ratio_clip)
 
     # Clipped surrogate (advantages were normalised over the whole update, if asked).
     adv = batch.advantages
     clipped_ratio = ratio.clamp(1.0 - ppo.clip_range, 1.0 + ppo.clip_range)
-    policy_loss = -torch.min(ratio * adv, clipped_ratio * adv).mean()
+    policy_loss = -(weight * torch.min(ratio * adv, clipped_ratio * adv)).mean()
 
-    # Value loss, optionally clipped per element around the behaviour value.
+    # Value loss, optionally clipped per element around the proximal (or behaviour) value.
     values = values.float()
     value_error = (values - batch.returns).square()
     if ppo.value_clip_range is not None:
-        clipped = batch.values + (values - batch.values).clamp(-ppo.value_clip_range,
-                                                               ppo.value_clip_range)
+        clipped = batch.prox_values + (values - batch.prox_values).clamp(
+            -ppo.value_clip_range, ppo.value_clip_range)
         value_error = torch.max(value_error, (clipped - batch.returns).square())
     value_loss = 0.5 * value_error.mean()
 
@@ -65,12 +91,55 @@ def ppo_loss(
             "entropy": entropy.detach(),
             "approx_kl": ((ratio - 1.0) - log_ratio).mean(),  # k3 estimator, >= 0
             "clip_fraction": ((ratio - 1.0).abs() > ppo.clip_range).float().mean(),
+            # How far the proximal policy is from the one that played (lag, numerics).
+            "behaviour_kl": ((behaviour_ratio - 1.0) - behaviour_log_ratio).mean(),
+            "behaviour_clipped": (behaviour_ratio > ppo.behaviour_ratio_clip).float().mean(),
         }
     return loss, stats
 
 
-# Long by choice: the PPO update top to bottom, CleanRL-style (epochs, minibatches, micro-
-# batches, loss terms, clipping, statistics), so the algorithm reads in one screen.
+@contextmanager
+def _batch_norm_statistics_kept(model: nn.Module) -> Iterator[None]:
+    """BatchNorm running statistics restored on exit: a forward in training mode that is not
+    a training step must not move them."""
+    buffers = [b for m in model.modules() if isinstance(m, nn.BatchNorm2d) for b in m.buffers()]
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved, strict=True):
+                buffer.copy_(value)
+
+
+def proximal_pass(
+    forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    model: nn.Module,
+    buffer: ExperienceBuffer,
+    order: torch.Tensor,
+    ppo: PPOConfig,
+    *,
+    max_moves: int,
+    attack_planes: bool,
+    autocast: Callable[[], AbstractContextManager[object]],
+) -> None:
+    """The proximal log-probs and values of every row into the buffer: one no-grad forward in
+    training mode over `order` (the first epoch's), chunked exactly as the first epoch is."""
+    micro = ppo.micro_batch_size or ppo.minibatch_size
+    with torch.no_grad(), _batch_norm_statistics_kept(model):
+        for start in range(0, len(order), ppo.minibatch_size):
+            for chunk in order[start:start + ppo.minibatch_size].split(micro):
+                batch = buffer.minibatch(chunk, max_moves, attack_planes)
+                with autocast():
+                    logits, values = forward(batch.planes)
+                policy = LegalPolicy.from_csr(logits, batch.legal_offsets, batch.legal_actions)
+                buffer.prox_log_probs[chunk] = policy.log_prob(batch.actions)
+                buffer.prox_values[chunk] = values.float()
+
+
+# Long by choice: the PPO update top to bottom, CleanRL-style (proximal pass, epochs,
+# minibatches, micro-batches, loss terms, clipping, statistics), so the algorithm reads in one
+# screen.
 def ppo_update(
     forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     model: nn.Module,
@@ -96,14 +165,26 @@ def ppo_update(
     steps_per_epoch = math.ceil(n / ppo.minibatch_size)
     planned = ppo.epochs * steps_per_epoch
     model.train()
+    first_order = torch.randperm(n, generator=generator).to(buffer.device)
+    started = time.perf_counter()
+    if ppo.decoupled:
+        with record_function("proximal"):
+            proximal_pass(forward, model, buffer, first_order, ppo, max_moves=max_moves,
+                          attack_planes=attack_planes, autocast=autocast)
+            if buffer.device.type == "cuda":
+                torch.cuda.synchronize(buffer.device)
+    else:
+        buffer.behaviour_as_proximal()
+    proximal_s = time.perf_counter() - started
     totals: dict[str, torch.Tensor] = {}
     grad_norm_total = torch.zeros((), device=buffer.device)
     evaluated = steps = epochs_run = samples = 0
     lr = optimizer.param_groups[0]["lr"]
     stopped_early = False
     micro = ppo.micro_batch_size or ppo.minibatch_size
-    for _ in range(ppo.epochs):
-        order = torch.randperm(n, generator=generator).to(buffer.device)
+    for epoch in range(ppo.epochs):
+        order = (first_order if epoch == 0
+                 else torch.randperm(n, generator=generator).to(buffer.device))
         for start in range(0, n, ppo.minibatch_size):
             rows = order[start:start + ppo.minibatch_size]
             # Larger than a micro-batch: its chunks' gradients are accumulated, each weighted
@@ -126,8 +207,9 @@ def ppo_update(
                 totals[key] = totals.get(key, 0.0) + value
             evaluated += 1
             samples += len(rows)
-            if ppo.target_kl is not None and minibatch_stats["approx_kl"].item() > ppo.target_kl:
-                stopped_early = True  # this minibatch's step is not taken
+            if (ppo.target_kl is not None and steps > 0
+                    and minibatch_stats["approx_kl"].item() > ppo.target_kl):
+                stopped_early = True  # this minibatch's step is not taken (never the first)
                 optimizer.zero_grad(set_to_none=True)
                 break
 
@@ -152,4 +234,5 @@ def ppo_update(
     metrics["epochs"] = float(epochs_run)
     metrics["early_stopped"] = float(stopped_early)
     metrics["samples"] = float(samples)
+    metrics["proximal_s"] = proximal_s
     return metrics

@@ -199,3 +199,76 @@ def test_policy_head_benchmark_returns_its_figures() -> None:
     for head in ("relative", "absolute"):
         assert 0.0 <= figures[f"{head} test accuracy @4"] <= 1.0
         assert figures[f"{head} train s"] > 0
+
+
+# ----------------------------------------------------------------------------- decoupled PPO
+
+
+def lagged_update(batch: ExperienceBatch, **ppo: object) -> dict[str, float]:
+    """The metrics of an update on data one version old: the learner first trains on `batch`
+    (played by its own initial weights), then gets `batch` again as version 0's data. One
+    epoch of one minibatch: the metrics are those of the first step, before it is taken."""
+    learner = Learner(config(learning_rate=0.05, **ppo), capacity=200, device="cpu",
+                      total_timesteps=10_000)
+    learner.update([batch])
+    settings = {"epochs": 1, "minibatch_size": len(batch), **ppo}
+    learner.ppo = learner.config.ppo.model_copy(update=settings)
+    return learner.update([replace(batch, policy_version=0)])
+
+
+def test_decoupled_ppo_clips_around_the_learners_own_policy(batch: ExperienceBatch) -> None:
+    decoupled = lagged_update(batch)  # the default
+    assert decoupled["max_policy_lag"] == 1
+    # The clip is centred on the proximal policy: no row is past it before the first step, so
+    # every sample gives a gradient; the lag shows in the behaviour ratios instead.
+    assert decoupled["clip_fraction"] == 0.0
+    assert decoupled["approx_kl"] < 1e-9
+    assert decoupled["behaviour_kl"] > 1e-3
+    classic = lagged_update(batch, decoupled=False)
+    assert classic["clip_fraction"] > 0.05  # rows past the behaviour-centred clip: no gradient
+    assert classic["approx_kl"] == pytest.approx(decoupled["behaviour_kl"], rel=1e-4)
+    assert classic["behaviour_kl"] == 0.0
+
+
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_target_kl_never_stops_an_update_before_its_first_step(batch: ExperienceBatch,
+                                                               decoupled: bool) -> None:
+    metrics = lagged_update(batch, decoupled=decoupled, target_kl=1e-12, epochs=4,
+                            minibatch_size=32)
+    assert metrics["early_stopped"] == 1
+    assert metrics["optimizer_steps"] == 1  # the first minibatch's step is always taken
+    assert metrics["accepted"] == len(batch) and metrics["samples"] == 64
+
+
+def test_batch_norm_ratio_starts_at_one_and_its_statistics_stay(batch: ExperienceBatch
+                                                                ) -> None:
+    # The workers act in eval mode (running statistics); the learner trains in training mode
+    # (batch statistics): the proximal pass runs as the first step does, so the first ratio is
+    # exactly 1, and it leaves BatchNorm's running statistics as one training forward does.
+    def update(decoupled: bool) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        cfg = Config.model_validate({
+            "env": {"max_moves": MAX_MOVES}, "model": {"size": "tiny", "norm": "batch"},
+            "ppo": {"minibatch_size": len(batch), "epochs": 1, "decoupled": decoupled}})
+        torch.manual_seed(0)
+        data = collect_experience(4, 40, seed=0, max_moves=MAX_MOVES,
+                                  model=build_model(cfg.model))
+        learner = Learner(cfg, capacity=200, device="cpu", total_timesteps=10_000)
+        metrics = learner.update([data])
+        stats = {k: v.clone() for k, v in learner.model.state_dict().items()
+                 if "running" in k or "num_batches" in k}
+        return metrics, stats
+
+    decoupled, stats = update(True)
+    assert decoupled["approx_kl"] < 1e-9 and decoupled["clip_fraction"] == 0.0
+    classic, classic_stats = update(False)
+    assert classic["approx_kl"] > 1e-3  # train-mode numbers are not the workers' eval-mode
+    assert decoupled["behaviour_kl"] == pytest.approx(classic["approx_kl"], rel=1e-4)
+    for name, value in stats.items():
+        torch.testing.assert_close(value, classic_stats[name], rtol=0, atol=0, msg=name)
+
+
+def test_bf16_autocast_ratio_starts_at_one(batch: ExperienceBatch) -> None:
+    learner = Learner(config(amp="bf16", epochs=1, minibatch_size=len(batch)), capacity=200,
+                      device="cpu", total_timesteps=10_000)
+    metrics = learner.update([batch])
+    assert metrics["approx_kl"] < 1e-9 and metrics["clip_fraction"] == 0.0

@@ -273,6 +273,35 @@ def test_group_norm_gives_the_same_numbers_in_train_and_eval_mode() -> None:
     torch.testing.assert_close(train_out, eval_out)
 
 
+def test_batch_norm_training_numbers_are_not_the_workers_eval_mode_ones() -> None:
+    # What act()'s docstring says: BatchNorm's training forward normalises by the batch, the
+    # workers' eval mode by the running statistics, so the learner does not reproduce the
+    # workers' numbers there (decoupled PPO centres its clip on the learner's own instead).
+    model = PolicyValueNet(spec_for(ModelConfig(size="tiny", norm="batch")))
+    x = planes(8)
+    with torch.no_grad():
+        train_logits = model.train()(x)[0]
+        eval_logits = model.eval()(x)[0]
+    assert not torch.allclose(train_logits, eval_logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_policy_logits_are_fp32_under_bf16_autocast(size: str) -> None:
+    # The policy head runs outside autocast: its logits (and the log-probs PPO takes from
+    # them) keep fp32 precision while the tower and the value head run in bf16.
+    model = build_model(ModelConfig(size=size)).train()
+    x = planes(4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, values = model(x)
+        features = model.tower(model.stem(x))
+    assert logits.dtype == torch.float32
+    assert values.dtype == torch.bfloat16 and features.dtype == torch.bfloat16
+    with torch.no_grad():  # the head on those bf16 features, in fp32: the same logits
+        head = model.policy_head(features.float())
+    expected = nn.functional.pad(head.reshape(4, -1), (0, 1)).index_select(1, model.index_nchw)
+    torch.testing.assert_close(logits, expected)
+
+
 def test_weights_round_trip_with_buffers_and_half_precision() -> None:
     source = build_model(ModelConfig(size="tiny", norm="batch"))
     source.train()

@@ -59,20 +59,25 @@ def test_ppo_config_is_validated() -> None:
             load_config(overrides=[override])
 
 
-def two_row_minibatch() -> tuple[torch.Tensor, Minibatch]:
+def two_row_minibatch(prox: tuple[float, float] | None = None) -> tuple[torch.Tensor, Minibatch]:
     """Row 0: legal {10, 20} at equal logits, took 10 with behaviour prob 1/4 (ratio 2).
-    Row 1: legal {30, 40}, probs 3/4 and 1/4, took 30 with behaviour prob 3/4 (ratio 1)."""
+    Row 1: legal {30, 40}, probs 3/4 and 1/4, took 30 with behaviour prob 3/4 (ratio 1).
+    `prox`: the proximal probabilities of the taken actions (default: the behaviour ones)."""
     logits = torch.zeros(2, NUM_ACTIONS)
     logits[1, 30] = math.log(3.0)
+    behaviour = torch.tensor([math.log(0.25), math.log(0.75)])
+    values = torch.tensor([0.0, 0.0])
     batch = Minibatch(
         planes=torch.zeros(2, NUM_PLANES, 9, 9),
         legal_offsets=torch.tensor([0, 2, 4]),
         legal_actions=torch.tensor([10, 20, 30, 40], dtype=torch.int16),
         actions=torch.tensor([10, 30]),
-        log_probs=torch.tensor([math.log(0.25), math.log(0.75)]),
-        values=torch.tensor([0.0, 0.0]),
+        log_probs=behaviour,
+        values=values,
         advantages=torch.tensor([1.0, -1.0]),
         returns=torch.tensor([1.0, 0.0]),
+        prox_log_probs=behaviour if prox is None else torch.tensor(prox).log(),
+        prox_values=values,
     )
     return logits, batch
 
@@ -91,6 +96,27 @@ def test_loss_matches_hand_computed_numbers() -> None:
     assert stats["approx_kl"].item() == pytest.approx((1 - math.log(2)) / 2, abs=1e-6)
     assert stats["clip_fraction"].item() == pytest.approx(0.5)
     assert loss.item() == pytest.approx(-0.1 + 0.5 * 0.125 - 0.01 * entropy, abs=1e-6)
+
+
+def test_decoupled_loss_clips_around_the_proximal_policy_and_weights_by_behaviour() -> None:
+    # Row 0: behaviour 1/4, proximal 0.4, current 1/2: ratio 1.25 (clipped to 1.2), behaviour
+    # ratio 1.6. Row 1: behaviour 3/4, proximal 0.25, current 3/4: ratio 3, the behaviour ratio
+    # 1/3; A = -1 so min(3 * -1, 1.2 * -1) = -3.
+    logits, batch = two_row_minibatch(prox=(0.4, 0.25))
+    _, stats = ppo_loss(logits, torch.zeros(2), batch, PPOConfig(behaviour_ratio_clip=2.0))
+    expected = -(1.6 * 1.2 * 1.0 + (1 / 3) * -3.0) / 2
+    assert stats["policy_loss"].item() == pytest.approx(expected, abs=1e-5)
+    assert stats["clip_fraction"].item() == pytest.approx(1.0)  # both ratios past 1 +- 0.2
+    kl = ((1.25 - 1 - math.log(1.25)) + (3 - 1 - math.log(3))) / 2
+    assert stats["approx_kl"].item() == pytest.approx(kl, abs=1e-5)  # from the proximal
+    behaviour_kl = ((1.6 - 1 - math.log(1.6)) + (1 / 3 - 1 - math.log(1 / 3))) / 2
+    assert stats["behaviour_kl"].item() == pytest.approx(behaviour_kl, abs=1e-5)
+    assert stats["behaviour_clipped"].item() == 0.0
+    # A bound of 1.5 clips row 0's behaviour ratio 1.6 to 1.5.
+    _, bounded = ppo_loss(logits, torch.zeros(2), batch, PPOConfig(behaviour_ratio_clip=1.5))
+    expected = -(1.5 * 1.2 * 1.0 + (1 / 3) * -3.0) / 2
+    assert bounded["policy_loss"].item() == pytest.approx(expected, abs=1e-5)
+    assert bounded["behaviour_clipped"].item() == pytest.approx(0.5)
 
 
 def test_value_clipping_uses_its_own_range() -> None:
