@@ -1,4 +1,4 @@
-"""Two-player GAE: sign flips, both sides' terminal rewards, truncation, rollout ends.
+"""Two-player GAE: sign flips, both sides' terminal rewards, truncation, rollout ends, plies.
 
 Every expected number below is computed by hand from the docstring's formulas with
 gamma = 0.9 and lambda = 0.8 (so gamma * lambda = 0.72).
@@ -51,7 +51,8 @@ def test_draw_gives_zero_to_both_last_moves() -> None:
 
 
 def test_truncation_bootstraps_from_the_negated_final_value() -> None:
-    # Move cap after t1: not terminal, bootstraps from -V(final) = -0.5, recursion stops.
+    # A game cut off after t1 for a reason that is not part of it (not the move cap, which is a
+    # terminal draw): not terminal, bootstraps from -V(final) = -0.5, recursion stops.
     adv, ret = run(values=[0.1, 0.2], rewards=[0, 0], next_values=[0.2, 0.5],
                    terminated=[False, False], game_over=[False, True])
     # A1 = -0.9*0.5 - 0.2 = -0.65; A0 = (-0.18 - 0.1) - 0.72 * (-0.65) = 0.188.

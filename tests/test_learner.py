@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from keisei_ray.bench.learner import (
+    bench_decoupled,
     bench_policy_head,
     bench_ppo,
     bench_weights,
@@ -184,6 +185,9 @@ def test_benchmarks_return_their_figures() -> None:
     assert ppo["tiny samples per s"] > 0 and ppo["device"] == "cpu"
     weights = bench_weights("tiny", repeats=1)
     assert weights["weights() ms"] > 0 and weights["parameters"] > 0
+    cost = bench_decoupled(("tiny",), transitions=128, minibatch_size=64, rounds=1, epochs=1)
+    assert 0 < cost["tiny proximal pass s"] < cost["tiny decoupled update s"]
+    assert cost["tiny classic samples per s"] > 0 and cost["transitions"] == 128
 
 
 def test_tactics_positions_target_the_heuristic_choices() -> None:

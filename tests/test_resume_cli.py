@@ -34,7 +34,7 @@ from learner import Learner
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERVAL = 300
-UPDATE = 2 * 4 * 12  # two workers, 4 games, 12 plies (plus held-back rows: at most 2*4*13)
+UPDATE = 2 * 4 * 12  # two workers, 4 games, 12 plies
 TOTAL = 3000
 
 

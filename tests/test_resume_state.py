@@ -137,3 +137,17 @@ def test_worker_state_refuses_another_worker_shape() -> None:
         "model.size=tiny", "env.max_moves=16", "train.games_per_worker=4"]), worker_id=0)
     with pytest.raises(ValueError, match="num_games is 3, this env has 4"):
         other.set_state(state)
+
+
+def test_worker_state_of_an_older_version_with_held_back_rows_loads() -> None:
+    # Older workers held each running game's last row back and saved it as "carry": such a
+    # checkpoint still resumes (those rows are not shipped); the games continue as saved.
+    cfg = worker_config()
+    worker = SelfPlayWorker(cfg, worker_id=2)
+    weights = export_weights(worker.model)
+    worker.collect(weights, 0)
+    state = {**worker.get_state(), "carry": {"has": np.ones(3, bool)}}
+    twin = SelfPlayWorker(cfg, worker_id=2)
+    twin.set_state(state)
+    assert twin.obs.state.equals(worker.obs.state)
+    assert twin.collect(weights, 1)[1] == worker.collect(weights, 1)[1]

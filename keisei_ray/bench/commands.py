@@ -84,14 +84,25 @@ def bench_ppo_cmd(
     minibatch: int = 256,
     attack_planes: bool = False,
     policy_head: PolicyHeadOpt = "relative",
+    compare_decoupled: Annotated[bool, typer.Option(
+        help="Time updates with ppo.decoupled on and off, alternated (the proximal pass's "
+        "cost), instead.")] = False,
+    epochs: Annotated[int, typer.Option(help="PPO epochs per update.")] = 1,
+    rounds: Annotated[int, typer.Option(help="Alternations (--compare-decoupled).")] = 5,
     as_json: JsonOpt = False,
 ) -> None:
     """PPO update throughput (samples/s) per model size."""
-    from keisei_ray.bench.learner import bench_ppo
+    from keisei_ray.bench.learner import bench_decoupled, bench_ppo
 
+    if compare_decoupled:
+        _print_figures("Decoupled PPO: the proximal pass's cost",
+                       bench_decoupled(tuple(sizes.split(",")), transitions=transitions,
+                                       device=device, amp=amp, epochs=epochs,
+                                       minibatch_size=minibatch, rounds=rounds), as_json)
+        return
     _print_figures("PPO learner", bench_ppo(tuple(sizes.split(",")), transitions=transitions,
                                             device=device, amp=amp, compile=compile_model,
-                                            minibatch_size=minibatch,
+                                            epochs=epochs, minibatch_size=minibatch,
                                             attack_planes=attack_planes,
                                             policy_head=policy_head), as_json)
 

@@ -215,6 +215,55 @@ def bench_ppo(
     return figures
 
 
+def bench_decoupled(
+    sizes: Sequence[str] = ("small",),
+    *,
+    transitions: int = 2048,
+    device: str = "cpu",
+    amp: str = "off",
+    epochs: int = 2,
+    minibatch_size: int = 512,
+    rounds: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The cost of decoupled PPO's proximal pass: the same update with `ppo.decoupled` on and
+    off, alternated round by round so that a shared machine's load falls on both alike; the
+    median update time of each, and of the proximal pass alone. The first update of each
+    (warm-up) is not timed."""
+    games = 64
+    batch = collect_experience(games, max(1, transitions // games), seed=seed)
+    n = len(batch)
+    figures: dict[str, Any] = {"device": device, "amp": amp, "transitions": n, "epochs": epochs,
+                               "minibatch": minibatch_size, "rounds": rounds,
+                               "threads": torch.get_num_threads()}
+    for size in sizes:
+        learners = {}
+        for decoupled in (True, False):
+            config = Config.model_validate({
+                "model": {"size": size},
+                "ppo": {"epochs": epochs, "minibatch_size": minibatch_size, "amp": amp,
+                        "max_policy_lag": 1_000, "decoupled": decoupled}})
+            learners[decoupled] = Learner(config, capacity=n, device=device,
+                                          total_timesteps=10**9, seed=seed)
+            learners[decoupled].update([batch])
+        update_s: dict[bool, list[float]] = {True: [], False: []}
+        proximal_s = []
+        for _ in range(rounds):
+            for decoupled, learner in learners.items():
+                metrics = learner.update([batch])
+                update_s[decoupled].append(metrics["update_s"])
+                if decoupled:
+                    proximal_s.append(metrics["proximal_s"])
+        on, off = float(np.median(update_s[True])), float(np.median(update_s[False]))
+        figures[f"{size} decoupled update s"] = on
+        figures[f"{size} classic update s"] = off
+        figures[f"{size} proximal pass s"] = float(np.median(proximal_s))
+        figures[f"{size} decoupled samples per s"] = epochs * n / on
+        figures[f"{size} classic samples per s"] = epochs * n / off
+        figures[f"{size} extra time"] = on / off - 1.0
+    return figures
+
+
 def tactics_positions(count: int, seed: int) -> tuple[list[CompactState], list[np.ndarray],
                                                       list[np.ndarray]]:
     """Positions of random games where the heuristic player has a reason for its move: (states,

@@ -4,7 +4,7 @@ A checkpoint is one directory, `RUN_DIR/checkpoints/ckpt-<timestep>`:
 
     learner.pt      Learner.state_dict(): model, optimizer, AMP scaler, generator, counters
                     (the LR schedule has no state of its own: it is a function of the timestep)
-    workers.pt      each self-play worker's running games, held-back rows and generator
+    workers.pt      each self-play worker's running games and generator
     pending.pt      experience batches gathered at the cut but not trained on yet
     driver.pt       the driver process's RNG states
     state.json      the driver's counters and statistics (TrainState), the pending games
