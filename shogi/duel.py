@@ -66,7 +66,7 @@ class DuelStep:
 
     rewards: np.ndarray  # float32 [N]: +1 the agent won, -1 it lost, 0 otherwise
     terminated: np.ndarray  # bool [N]
-    truncated: np.ndarray  # bool [N]: the move cap ended the game
+    truncated: np.ndarray  # bool [N]: the move cap ended the game (a draw, terminal for learning)
     finished: list[FinishedGame]  # outcome.winner is a colour; see agent_colors
     agent_colors: list[Color]  # the agent's colour in each finished game, same order
     final_agent_to_move: np.ndarray  # bool [N]: in a finished game, the agent was to move last

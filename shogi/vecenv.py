@@ -92,7 +92,7 @@ class StepResult:
 
     rewards: np.ndarray  # float32 [N]: +1 the move won the game, -1 it lost it, else 0
     terminated: np.ndarray  # bool [N]: the game ended with a result (win, loss or draw)
-    truncated: np.ndarray  # bool [N]: the game hit max_moves with no result
+    truncated: np.ndarray  # bool [N]: the game hit max_moves (a draw, terminal for learning)
     finished: list[FinishedGame]
 
 
