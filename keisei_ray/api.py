@@ -31,7 +31,7 @@ from keisei_ray.events import Callback, load_callback
 from keisei_ray.logs import run_log_file
 
 if TYPE_CHECKING:
-    from actors.evaluation import Contestant, MatchResult
+    from actors.evaluation import MatchResult
     from keisei_ray.store.checkpoint import RunSnapshot
     from keisei_ray.training.driver import TrainResult
 
@@ -239,25 +239,20 @@ def evaluate(player: str | Path, opponent: str | Path, *, games: int | None = No
              config: ConfigLike = None, workers: int = 1,
              seed: int | None = None) -> MatchResult:
     """A match of `player` vs `opponent` (model files, checkpoint directories, run folders:
-    their best, else newest good, checkpoint; or `random`, `heuristic`), colours alternated:
+    their best, else newest good, checkpoint; `random`, `heuristic`, `mate` or a USI engine),
+    colours alternated:
     wins, draws, losses, score. `games` defaults to `evaluation.games`; with `workers` > 1 the
     games are split over Ray actors (an embedded local Ray is started, and shut down again,
     when none is running)."""
     from keisei_ray.arena.evaluation import load_contestant, run_match
-    from keisei_ray.store.checkpoint import model_checkpoint
     from keisei_ray.training.ray_cluster import connect_ray
-
-    def contestant(spec: str | Path) -> Contestant:
-        path = model_checkpoint(Path(spec))  # a run folder -> its checkpoint, else unchanged
-        return load_contestant(str(spec) if path == Path(spec) else str(path),
-                               name=None if path == Path(spec) else Path(spec).name)
 
     cfg = as_config(config)
     if games is not None and games < 1:
         raise ConfigError(f"games must be at least 1, got {games}")
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
-    a, b = contestant(player), contestant(opponent)
+    a, b = load_contestant(str(player)), load_contestant(str(opponent))
     if a.name == b.name:
         raise ConfigError(f"a match needs two different players, got {a.name!r} twice")
     if workers == 1:

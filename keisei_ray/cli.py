@@ -123,19 +123,18 @@ def _run_training(run: Callable[[], RunResult]) -> None:
 @app.command("export")
 def export_cmd(
     checkpoint: Annotated[Path, typer.Argument(
-        help="A checkpoint directory (or a run folder: its best, else newest good, checkpoint).",
-        show_default=False)],
+        help="A run folder (its best checkpoint, else its newest good one), a checkpoint "
+        "directory or a model file.", show_default=False)],
     output: Annotated[Path, typer.Argument(help="The model file to write.", dir_okay=False,
                                            show_default=False)],
 ) -> None:
     """Write a small inference-only model file (weights + model config) from a checkpoint."""
-    from keisei_ray.store.checkpoint import CheckpointError, model_checkpoint
     from keisei_ray.store.model_file import ModelFileError, load_model, save_model
     from learner.model import export_weights
 
     try:
-        loaded = load_model(model_checkpoint(checkpoint))
-    except (CheckpointError, ModelFileError) as exc:
+        loaded = load_model(checkpoint)
+    except ModelFileError as exc:
         fail(str(exc), EXIT_USAGE)
     path = save_model(output, export_weights(loaded.model), loaded.config, meta=loaded.meta)
     out.print(f"model written to {path} ({path.stat().st_size / 1e6:.2f} MB, timestep "
@@ -182,8 +181,9 @@ def sweep_agent_cmd(
 # ----------------------------------------------------------------------------- playing the agent
 
 PlayerArg = Annotated[str, typer.Argument(
-    help="A model file or checkpoint directory, 'random' / 'heuristic' / 'mate', or a USI "
-    "engine (usi:COMMAND,depth=N,... or an alias such as sf-d1).", show_default=False)]
+    help="A model file, a checkpoint directory or a run folder (its best checkpoint), "
+    "'random' / 'heuristic' / 'mate', or a USI engine (usi:COMMAND,depth=N,... or an alias "
+    "such as sf-d1).", show_default=False)]
 ThreadsOpt = Annotated[int, typer.Option(help="Torch threads (1 is fastest for small batches).")]
 
 
@@ -330,7 +330,8 @@ def ladder_cmd(
 @app.command("gauntlet")
 def gauntlet_cmd(
     target: Annotated[str | None, typer.Argument(
-        help="A model file, a run folder (its newest model plays), or any player spec.",
+        help="A model file, a checkpoint directory, a run folder (its best checkpoint "
+        "plays), or any player spec.",
         show_default=False)] = None,
     games: Annotated[int, typer.Option("--games", "-n", help="Games per rung (per pair with "
                                        "--rate-ladder).")] = 20,
@@ -362,7 +363,6 @@ def gauntlet_cmd(
         gauntlet_table,
         plot_gauntlet,
     )
-    from keisei_ray.arena.ladder import run_models
 
     if games < 1:
         raise ConfigError(f"--games must be at least 1, got {games}")
@@ -384,18 +384,8 @@ def gauntlet_cmd(
         return
     if target is None:
         fail("give a MODEL file or RUN_DIR (or --rate-ladder)", EXIT_USAGE)
-    spec, where = target, Path(target)
-    if where.is_dir() and not (where / "model.pt").is_file() and not (where / "manifest.json")\
-            .is_file():
-        try:
-            models = run_models(where)
-        except FileNotFoundError as exc:
-            fail(str(exc), EXIT_USAGE)
-        if not models:
-            fail(f"run folder {where}: no checkpoints or model files", EXIT_USAGE)
-        spec = str(models[-1].path)
-        log.info("gauntlet of %s (the newest model of %s)", spec, where)
-    player = _contestant(spec)
+    where = Path(target)
+    player = _contestant(target)
     try:
         result = gauntlet(cfg, player, games, workers=workers, progress=progress)
     except GauntletError as exc:

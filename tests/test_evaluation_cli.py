@@ -70,7 +70,10 @@ def test_evaluate_bad_input_is_one_line(capsys: pytest.CaptureFixture[str],
     code, _, err = run_cli(["evaluate", "random", "random", "-n", "2"], capsys)
     assert code == 2 and "two different players, got 'random' twice" in err
     code, _, err = run_cli(["evaluate", str(tmp_path / "x.pt"), "random"], capsys)
-    assert code == 2 and "x.pt: not found" in err
+    assert code == 2 and "x.pt': not found (no model file, checkpoint or run folder" in err
+    code, _, err = run_cli(["evaluate", "heurstic", "random"], capsys)
+    assert code == 2 and "player 'heurstic': not found" in err
+    assert err.strip().endswith("did you mean 'heuristic'?")
     code, _, err = run_cli(["evaluate", "heuristic", "random", "-n", "0"], capsys)
     assert code == 2 and "--games must be at least 1" in err
     assert "Traceback" not in err
