@@ -37,6 +37,7 @@ from keisei_ray.console import (
 )
 from keisei_ray.events import CallbackImportError, load_callback
 from keisei_ray.logs import setup_logging
+from keisei_ray.text import did_you_mean
 
 log = logging.getLogger("keisei_ray")
 
@@ -187,6 +188,13 @@ PlayerArg = Annotated[str, typer.Argument(
 ThreadsOpt = Annotated[int, typer.Option(help="Torch threads (1 is fastest for small batches).")]
 
 
+def _at_least_one(**counts: int | None) -> None:
+    """A count option below 1 is a one-line usage error (exit 2), before any work starts."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def _contestant(spec: str) -> Any:
     """Load a player by name or path; a bad one is a one-line usage error."""
     from keisei_ray.arena.evaluation import load_contestant
@@ -226,10 +234,7 @@ def evaluate_cmd(
     from keisei_ray.arena.records import write_record
 
     cfg = load_config(config, overrides or [], preset=preset)
-    if games is not None and games < 1:
-        raise ConfigError(f"--games must be at least 1, got {games}")
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    _at_least_one(games=games, workers=workers, threads=threads)
     torch.set_num_threads(threads)
     a, b = _contestant(player), _contestant(opponent)
     if a.name == b.name:
@@ -292,6 +297,7 @@ def ladder_cmd(
     if config is None and (run_dir / "config.yaml").is_file():
         config = run_dir / "config.yaml"
     cfg = load_config(config, overrides or [], preset=preset)
+    _at_least_one(games=games, workers=workers, threads=threads)
     torch.set_num_threads(threads)
     try:
         models = run_models(run_dir)
@@ -364,8 +370,7 @@ def gauntlet_cmd(
         plot_gauntlet,
     )
 
-    if games < 1:
-        raise ConfigError(f"--games must be at least 1, got {games}")
+    _at_least_one(games=games, workers=workers, reach=reach, threads=threads)
     cfg = load_config(config, overrides or [], preset=preset)
     torch.set_num_threads(threads)
     if workers > 1:
@@ -432,7 +437,8 @@ def _player_overrides(command: str, overrides: list[str] | None) -> list[str]:
         key = item.partition("=")[0].strip()
         if key not in PLAYER_OVERRIDES:
             raise ConfigError(f"{command}: override {key!r} does not apply here (it "
-                              f"takes {', '.join(PLAYER_OVERRIDES)})")
+                              f"takes {', '.join(PLAYER_OVERRIDES)})"
+                              f"{did_you_mean(key, PLAYER_OVERRIDES)}")
     return list(overrides or [])
 
 
@@ -453,6 +459,7 @@ def usi_cmd(
     root = logging.getLogger()
     root.setLevel(max(root.level, logging.WARNING))
     cfg = load_config(config, _player_overrides("usi", overrides), preset=preset)
+    _at_least_one(threads=threads)
     torch.set_num_threads(threads)
     serve(_contestant(model), config=cfg, stdin=sys.stdin.buffer, stdout=sys.stdout,
           threads=threads)
@@ -489,6 +496,7 @@ def play_cmd(
     options += [f"evaluation.{k}={str(v).lower()}" for k, v in
                 (("greedy", greedy), ("seed", seed)) if v is not None]
     cfg = load_config(config, options, preset=preset)
+    _at_least_one(threads=threads)
     torch.set_num_threads(threads)
     agent = make_player(_contestant(model), cfg)
     if color == "random":

@@ -24,9 +24,14 @@ def signed(value: float, digits: int = 0) -> str:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`"; did you mean 'x'?"` naming the choices closest to `word` (difflib's ratio of at
-    least 0.6, at most three), or `""` when none is close."""
-    close = [repr(c) for c in difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)]
-    if not close:
+    least 0.6, and within 0.1 of the closest: a shared `section.` prefix makes every key of a
+    section look alike; at most three), or `""` when none is close."""
+    options = list(dict.fromkeys(choices))
+    matches = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
+    if not matches:
         return ""
+    best = difflib.SequenceMatcher(None, word, matches[0]).ratio()
+    close = [repr(c) for c in matches
+             if difflib.SequenceMatcher(None, word, c).ratio() >= best - 0.1]
     listed = close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}"
     return f"; did you mean {listed}?"
