@@ -91,7 +91,8 @@ def train(config: ConfigLike = None, *, preset: str | None = None,
     """Train by PPO self-play; returns how the run ended.
 
     `resume`: a run folder (its newest good checkpoint) or one checkpoint; the run's own config
-    is used, `overrides` apply on top (`config` and `preset` must then be None). `allow_fresh`:
+    is used, `overrides` apply on top (`config` and `preset` must then be None); a run that has
+    reached its `train.total_timesteps` is refused (ConfigError) unless an override raises it. `allow_fresh`:
     with `resume`, start the run over when it has no good checkpoint. `callbacks` see every
     event after the run's own ones and those named in `train.callbacks`. `progress`: the live
     view (terminal) or a progress log line every 10 s. `stop`: set it (from another thread) to
@@ -111,6 +112,13 @@ def train(config: ConfigLike = None, *, preset: str | None = None,
             raise ConfigError("--resume continues a run with its own config: give changes as "
                               "dotted overrides, not --config/--preset")
         cfg, run_dir, snapshot = resume_point(Path(resume), list(overrides), allow_fresh)
+        if snapshot is not None and snapshot.timestep >= cfg.train.total_timesteps:
+            # Before Ray starts: there is nothing to train.
+            raise ConfigError(
+                f"train.total_timesteps: run {run_dir} has reached timestep "
+                f"{snapshot.timestep:,} of its {cfg.train.total_timesteps:,} already; raise it "
+                f"to go on, e.g. keisei-ray train --resume {run_dir} train.total_timesteps="
+                f"{snapshot.timestep + cfg.train.total_timesteps}")
         user = [load_callback(spec) for spec in cfg.train.callbacks]
     return train_in(cfg, run_dir, snapshot, [*user, *callbacks], progress=progress,
                     run_id=run_id, stop=stop)
@@ -170,6 +178,9 @@ def train_in(cfg: Config, run_dir: Path, snapshot: RunSnapshot | None,
                  result.state.timestep, result.state.updates, result.steps_per_s,
                  100 * result.learner_busy, 100 * result.worker_busy, result.worker_restarts,
                  run_dir)
+        if result.reason == "interrupted":
+            log.warning("interrupted at timestep %d; %s", result.state.timestep,
+                        resume_hint(run_dir))
     return RunResult.of(result)
 
 

@@ -72,3 +72,6 @@ def test_ctrl_c_finishes_cleanly(tmp_path: Path) -> None:
     assert code == 130, text[-3000:]
     assert "interrupted" in text
     assert "Traceback" not in text
+    # It says how to go on (Rich may wrap the log line: compare without line breaks).
+    flat = " ".join(text.split())
+    assert f"continue with: keisei-ray train --resume {tmp_path / 'int'}" in flat, text[-3000:]
