@@ -92,11 +92,12 @@ def train(config: ConfigLike = None, *, preset: str | None = None,
 
     `resume`: a run folder (its newest good checkpoint) or one checkpoint; the run's own config
     is used, `overrides` apply on top (`config` and `preset` must then be None); a run that has
-    reached its `train.total_timesteps` is refused (ConfigError) unless an override raises it. `allow_fresh`:
-    with `resume`, start the run over when it has no good checkpoint. `callbacks` see every
-    event after the run's own ones and those named in `train.callbacks`. `progress`: the live
-    view (terminal) or a progress log line every 10 s. `stop`: set it (from another thread) to
-    end the run cleanly, as the first Ctrl-C does. `run_id`: the id of a new run (W&B sweeps).
+    reached its `train.total_timesteps` is refused (ConfigError) unless an override raises it.
+    `allow_fresh`: with `resume`, start the run over when it has no good checkpoint.
+    `callbacks` see every event after the run's own ones and those named in `train.callbacks`.
+    `progress`: the live view (terminal) or a progress log line every 10 s. `stop`: set it
+    (from another thread) to end the run cleanly, as the first Ctrl-C does. `run_id`: the id
+    of a new run (W&B sweeps).
     """
     from keisei_ray.store.run_dir import new_run_dir
 
