@@ -37,7 +37,7 @@ from keisei_ray.console import (
 )
 from keisei_ray.events import CallbackImportError, load_callback
 from keisei_ray.logs import setup_logging
-from keisei_ray.text import did_you_mean
+from keisei_ray.text import did_you_mean, signed
 
 log = logging.getLogger("keisei_ray")
 
@@ -321,14 +321,14 @@ def ladder_cmd(
     for i, row in enumerate(rows):
         before = rows[i - 1].name if i > 0 else ""
         scores = [row.scores.get(k) for k in ("random", "heuristic", before)]
-        table.add_row(row.name, f"{row.timestep:,}", f"{row.rating.elo:+.0f}",
+        table.add_row(row.name, f"{row.timestep:,}", signed(row.rating.elo),
                       f"± {row.rating.ci95:.0f}",
                       *("-" if s is None else f"{100 * s:.0f}%" for s in scores))
     out.print(table)
     ratings = store.ratings()
     if "heuristic" in ratings:
         h = ratings["heuristic"]
-        out.print(f"heuristic: Elo {h.elo:+.0f} ± {h.ci95:.0f}", markup=False)
+        out.print(f"heuristic: Elo {signed(h.elo)} ± {h.ci95:.0f}", markup=False)
     path = plot_ladder(rows, store, plot or run_dir / "ladder.png")
     out.print(f"plot written to {path}", markup=False)
 
@@ -399,7 +399,7 @@ def gauntlet_cmd(
         sys.stdout.write(json.dumps(gauntlet_document(result), indent=2) + "\n")
     else:
         out.print(gauntlet_table(result))
-        out.print(f"{result.player}: gauntlet Elo {result.rating.elo:+.0f} ± "
+        out.print(f"{result.player}: gauntlet Elo {signed(result.rating.elo)} ± "
                   f"{result.rating.ci95:.0f} (95%), {sum(r.result.games for r in result.rows)} "
                   f"games in {result.seconds:.0f} s", markup=False)
     default_plot = (where.parent if where.is_file() else where if where.is_dir()
@@ -421,7 +421,7 @@ def _rate_ladder(cfg: Config, games: int, reach: int, workers: int, output: Path
     path = output or ratings_path()
     path.write_text(json.dumps(document, indent=2) + "\n")
     for name, entry in document["ratings"].items():
-        out.print(f"{name}: Elo {entry['elo']:+.0f} ± {entry['ci95']}", markup=False)
+        out.print(f"{name}: Elo {signed(entry['elo'])} ± {entry['ci95']}", markup=False)
     out.print(f"ratings written to {path}", markup=False)
 
 

@@ -87,6 +87,10 @@ def test_match_summary_lines() -> None:
     assert summary.elo.elo == pytest.approx(elo_difference(75.5 / 101))
     text = "\n".join(summary.lines())
     assert "+75 =0 -25" in text and "win checkmate 75" in text and "loss checkmate 25" in text
+    # A difference that rounds to zero reads +0, never -0 (1000 wins, 1001 losses: -0.35 Elo).
+    even = MatchSummary.of(MatchResult("a", "b", wins=1000, draws=0, losses=1001))
+    assert -0.5 < even.elo.elo < 0
+    assert "Elo difference +0 ± 15 (95%)" in even.lines()
 
 
 @pytest.mark.slow

@@ -46,6 +46,7 @@ from keisei_ray.events import (
     UpdateDone,
 )
 from keisei_ray.files import write_text_atomic
+from keisei_ray.text import signed
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ class BackgroundEvaluation(Callback):
         self._previous = Contestant(request.name, self.config.model, request.weights)
         matches = ", ".join(f"vs {r.opponent} +{r.wins} ={r.draws} -{r.losses} "
                             f"({100 * r.score:.0f}%)" for r in results)
-        elo_text = f"Elo {own.elo:+.0f} ± {own.ci95:.0f}" if own else "no Elo"
+        elo_text = f"Elo {signed(own.elo)} ± {own.ci95:.0f}" if own else "no Elo"
         log.info("evaluation %s (v%d): %s; %s (%.0f s)", request.name, request.version, matches,
                  elo_text, time.monotonic() - running.started)
         self._write_elo()

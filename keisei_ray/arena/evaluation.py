@@ -20,7 +20,7 @@ from actors.players import SCRIPTED
 from keisei_ray.arena.elo import Z95, EloStore, Rating
 from keisei_ray.config import Config
 from keisei_ray.store.model_file import load_model
-from keisei_ray.text import did_you_mean
+from keisei_ray.text import did_you_mean, signed
 from learner.model import export_weights
 from shogi.usi_engine import ENGINE_ALIASES, INSTALL_HINT, EngineSpec, is_engine_spec
 
@@ -117,7 +117,7 @@ class MatchSummary:
             f"{100 * self.score_ci[1]:.1f}%)",
             f"win rate {100 * r.win_rate:.1f}% (draws count as non-wins; 95% interval "
             f"{100 * self.win_rate_ci[0]:.1f}-{100 * self.win_rate_ci[1]:.1f}%)",
-            f"Elo difference {self.elo.elo:+.0f} ± {self.elo.ci95:.0f} (95%)",
+            f"Elo difference {signed(self.elo.elo)} ± {self.elo.ci95:.0f} (95%)",
             f"as Black +{r.as_black[0]} ={r.as_black[1]} -{r.as_black[2]}, "
             f"as White +{r.as_white[0]} ={r.as_white[1]} -{r.as_white[2]}",
             f"results by reason: {reasons or 'none'}",
