@@ -36,6 +36,7 @@ from keisei_ray.console import (
     out,
 )
 from keisei_ray.events import CallbackImportError, load_callback
+from keisei_ray.files import set_file_mode
 from keisei_ray.logs import setup_logging
 from keisei_ray.text import did_you_mean, signed
 
@@ -329,7 +330,7 @@ def ladder_cmd(
     if "heuristic" in ratings:
         h = ratings["heuristic"]
         out.print(f"heuristic: Elo {signed(h.elo)} ± {h.ci95:.0f}", markup=False)
-    path = plot_ladder(rows, store, plot or run_dir / "ladder.png")
+    path = set_file_mode(plot_ladder(rows, store, plot or run_dir / "ladder.png"))
     out.print(f"plot written to {path}", markup=False)
 
 

@@ -5,6 +5,7 @@ history a checkpoint predates folded back in from elo.json."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from keisei_ray.arena.background import BackgroundEvaluation
 from keisei_ray.events import EventBus, TrainStart
 from keisei_ray.store.checkpoint import BEST_FILE, CHECKPOINTS, list_checkpoints, read_checkpoint
 from keisei_ray.training.metrics import METRICS_FILE, read_metrics
+from tests.test_files import run_files_modes
 
 INTERVAL = 1024  # divides the smoke preset's 2048 timesteps: the last update crosses it
 
@@ -38,11 +40,16 @@ def test_resuming_a_finished_run_keeps_its_elo_history_and_its_best_checkpoint(
     overrides = [f"train.runs_dir={tmp_path}", "train.run_name=elo",
                  f"checkpoint.interval_timesteps={INTERVAL}", "checkpoint.keep_last=1",
                  f"evaluation.interval_timesteps={INTERVAL}", "evaluation.games=8",
-                 "evaluation.opponents=[random]", "evaluation.records=0",
+                 "evaluation.opponents=[random]", "evaluation.records=1",
                  "evaluation.priority=normal"]
-    first = train(load_config(preset="smoke", overrides=overrides), progress=False)
+    before = os.umask(0o077)  # one mode for every run file, whatever the umask
+    try:
+        first = train(load_config(preset="smoke", overrides=overrides), progress=False)
+    finally:
+        os.umask(before)
     assert first.reason == "completed"
     run_dir = first.run_dir
+    assert run_files_modes(run_dir) == {}
     history = history_of(run_dir)
     assert history[-1]["timestep"] == first.timestep, "the final policy was evaluated"
 
@@ -65,6 +72,7 @@ def test_resuming_a_finished_run_keeps_its_elo_history_and_its_best_checkpoint(
     best = json.loads((run_dir / CHECKPOINTS / BEST_FILE).read_text())
     assert best["checkpoint"] == true_best(run_dir, after)
     assert (run_dir / CHECKPOINTS / best["checkpoint"] / "manifest.json").is_file()
+    assert run_files_modes(run_dir) == {}
 
 
 def row(name: str, timestep: int, wins: int, draws: int, losses: int) -> dict[str, Any]:

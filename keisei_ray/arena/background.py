@@ -45,7 +45,7 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
-from keisei_ray.files import write_text_atomic
+from keisei_ray.files import make_dir, write_text_atomic
 from keisei_ray.text import signed
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class BackgroundEvaluation(Callback):
         if self.run_dir is None:
             return
         folder = self.run_dir / "evaluation"
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dir(folder)
         write_text_atomic(folder / ELO_FILE, json.dumps(
             {"history": self.history, "ratings": _ratings_table(self.elo),
              "store": self.elo.state_dict()}, indent=1) + "\n")

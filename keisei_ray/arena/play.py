@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from actors.players import Player
-from keisei_ray.files import write_text_atomic
+from keisei_ray.files import make_dir, write_text_atomic
 from shogi import (
     HAND_PIECE_SYMBOLS,
     Color,
@@ -212,7 +212,7 @@ class TerminalGame:
         """The game so far as KIF (for a Shogi GUI)."""
         names = ("you", self.agent.name) if self.human == Color.BLACK else (self.agent.name,
                                                                              "you")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(path.parent)
         write_text_atomic(path, self.position.to_kif(names=names))
         return path
 

@@ -10,7 +10,7 @@ from typing import Any
 import cshogi
 
 from actors.evaluation import GameRecord
-from keisei_ray.files import write_text_atomic
+from keisei_ray.files import make_dir, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def record_svg(record: GameRecord) -> str:
 def write_record(record: GameRecord, folder: Path, stem: str, *, max_moves: int | None = None,
                  impasse: bool = False) -> list[Path]:
     """Write `<stem>.kif` and `<stem>.svg` into `folder` (created); return both paths."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     paths = []
     for suffix, text in ((".kif", record_kif(record, max_moves=max_moves, impasse=impasse)),
                          (".svg", record_svg(record))):

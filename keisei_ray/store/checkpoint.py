@@ -44,7 +44,7 @@ import torch
 import yaml
 
 from keisei_ray.config import Config, ConfigError, dump, saved_model_config, validate
-from keisei_ray.files import write_atomic
+from keisei_ray.files import DIR_MODE, FILE_MODE, make_dir, write_atomic
 from keisei_ray.text import signed
 from shogi import NUM_ACTIONS
 
@@ -149,7 +149,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def write_checkpoint(folder: Path, snapshot: RunSnapshot, *, run_id: str, reason: str) -> Path:
     """Write `snapshot` as `folder/ckpt-<timestep>` atomically; returns its path."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     files = {
         "learner.pt": _torch_bytes(snapshot.learner),
         "workers.pt": _torch_bytes(_to_torch(snapshot.workers)),
@@ -177,6 +177,7 @@ def write_checkpoint(folder: Path, snapshot: RunSnapshot, *, run_id: str, reason
     final = folder / checkpoint_name(snapshot.timestep)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=folder))
     try:
+        os.chmod(tmp, DIR_MODE)  # mkdtemp makes it 0700
         for name, data in files.items():
             _write_synced(tmp / name, data)
         _write_synced(tmp / MANIFEST, _json_bytes(manifest))  # last: it marks completeness
@@ -207,6 +208,7 @@ def _json_bytes(obj: Any) -> bytes:
 
 def _write_synced(path: Path, data: bytes) -> None:
     with open(path, "wb") as handle:
+        os.chmod(path, FILE_MODE)
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

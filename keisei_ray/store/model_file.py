@@ -23,7 +23,7 @@ import torch
 from pydantic import ValidationError
 
 from keisei_ray.config import ModelConfig, saved_model_config
-from keisei_ray.files import write_atomic
+from keisei_ray.files import make_dir, write_atomic
 from keisei_ray.store.checkpoint import (
     _NAME,
     MANIFEST,
@@ -54,7 +54,7 @@ def save_model(path: str | Path, weights: Mapping[str, np.ndarray], config: Mode
                meta: Mapping[str, Any] | None = None) -> Path:
     """Write weights + model config to `path` atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     tensors = {name: torch.from_numpy(np.array(array)) for name, array in weights.items()}
     payload = {
         "format": FORMAT,

@@ -24,7 +24,7 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
-from keisei_ray.files import write_atomic
+from keisei_ray.files import make_dir, write_atomic
 from keisei_ray.store.checkpoint import (
     _NAME,
     BEST_FILE,
@@ -140,7 +140,7 @@ class CheckpointCallback(Callback):
     # ---------------------------------------------------------------- events
     def on_train_start(self, event: TrainStart) -> None:
         self.folder = Path(event.run_dir) / CHECKPOINTS
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_dir(self.folder)
         self.run_id = run_id_of(event.run_dir, create=True)
         self.bus = event.bus
         for stale in self.folder.glob(".tmp-ckpt-*"):  # a save killed half-way
