@@ -11,15 +11,25 @@ import cshogi
 
 from actors.evaluation import GameRecord
 from keisei_ray.files import make_dir, write_text_atomic
+from shogi import Color, Outcome, Termination
+from shogi.records import FORFEITS
 
 log = logging.getLogger(__name__)
 
 
+# Ends that only a player brings (the board does not show them): the record's reason says so.
+_DECLARED = (Termination.RESIGN, *FORFEITS)
+
+
 def record_kif(record: GameRecord, *, max_moves: int | None = None, impasse: bool = False) -> str:
     """The game as KIF text, its ending included (`max_moves`/`impasse`: the rules it was
-    played under, so that a capped game ends as 持将棋)."""
+    played under, so that a capped game ends as 持将棋; an engine's resignation or forfeit comes
+    from the record)."""
     position = record.position(max_moves=max_moves, impasse=impasse)
-    return position.to_kif(names=(record.black, record.white))
+    ending = (Outcome(None if record.winner is None else Color(record.winner),
+                      Termination(record.reason))
+              if record.reason in _DECLARED else None)  # a str Enum: "resign" matches
+    return position.to_kif(names=(record.black, record.white), ending=ending)
 
 
 def record_svg(record: GameRecord) -> str:
