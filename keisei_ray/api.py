@@ -31,7 +31,7 @@ from keisei_ray.events import Callback, load_callback
 from keisei_ray.logs import run_log_file
 
 if TYPE_CHECKING:
-    from actors.evaluation import Contestant, MatchResult
+    from actors.evaluation import MatchResult
     from keisei_ray.store.checkpoint import RunSnapshot
     from keisei_ray.training.driver import TrainResult
 
@@ -91,11 +91,13 @@ def train(config: ConfigLike = None, *, preset: str | None = None,
     """Train by PPO self-play; returns how the run ended.
 
     `resume`: a run folder (its newest good checkpoint) or one checkpoint; the run's own config
-    is used, `overrides` apply on top (`config` and `preset` must then be None). `allow_fresh`:
-    with `resume`, start the run over when it has no good checkpoint. `callbacks` see every
-    event after the run's own ones and those named in `train.callbacks`. `progress`: the live
-    view (terminal) or a progress log line every 10 s. `stop`: set it (from another thread) to
-    end the run cleanly, as the first Ctrl-C does. `run_id`: the id of a new run (W&B sweeps).
+    is used, `overrides` apply on top (`config` and `preset` must then be None); a run that has
+    reached its `train.total_timesteps` is refused (ConfigError) unless an override raises it.
+    `allow_fresh`: with `resume`, start the run over when it has no good checkpoint.
+    `callbacks` see every event after the run's own ones and those named in `train.callbacks`.
+    `progress`: the live view (terminal) or a progress log line every 10 s. `stop`: set it
+    (from another thread) to end the run cleanly, as the first Ctrl-C does. `run_id`: the id
+    of a new run (W&B sweeps).
     """
     from keisei_ray.store.run_dir import new_run_dir
 
@@ -111,6 +113,13 @@ def train(config: ConfigLike = None, *, preset: str | None = None,
             raise ConfigError("--resume continues a run with its own config: give changes as "
                               "dotted overrides, not --config/--preset")
         cfg, run_dir, snapshot = resume_point(Path(resume), list(overrides), allow_fresh)
+        if snapshot is not None and snapshot.timestep >= cfg.train.total_timesteps:
+            # Before Ray starts: there is nothing to train.
+            raise ConfigError(
+                f"train.total_timesteps: run {run_dir} has reached timestep "
+                f"{snapshot.timestep:,} of its {cfg.train.total_timesteps:,} already; raise it "
+                f"to go on, e.g. keisei-ray train --resume {run_dir} train.total_timesteps="
+                f"{snapshot.timestep + cfg.train.total_timesteps}")
         user = [load_callback(spec) for spec in cfg.train.callbacks]
     return train_in(cfg, run_dir, snapshot, [*user, *callbacks], progress=progress,
                     run_id=run_id, stop=stop)
@@ -170,6 +179,9 @@ def train_in(cfg: Config, run_dir: Path, snapshot: RunSnapshot | None,
                  result.state.timestep, result.state.updates, result.steps_per_s,
                  100 * result.learner_busy, 100 * result.worker_busy, result.worker_restarts,
                  run_dir)
+        if result.reason == "interrupted":
+            log.warning("interrupted at timestep %d; %s", result.state.timestep,
+                        resume_hint(run_dir))
     return RunResult.of(result)
 
 
@@ -239,25 +251,20 @@ def evaluate(player: str | Path, opponent: str | Path, *, games: int | None = No
              config: ConfigLike = None, workers: int = 1,
              seed: int | None = None) -> MatchResult:
     """A match of `player` vs `opponent` (model files, checkpoint directories, run folders:
-    their best, else newest good, checkpoint; or `random`, `heuristic`), colours alternated:
+    their best, else newest good, checkpoint; `random`, `heuristic`, `mate` or a USI engine),
+    colours alternated:
     wins, draws, losses, score. `games` defaults to `evaluation.games`; with `workers` > 1 the
     games are split over Ray actors (an embedded local Ray is started, and shut down again,
     when none is running)."""
     from keisei_ray.arena.evaluation import load_contestant, run_match
-    from keisei_ray.store.checkpoint import model_checkpoint
     from keisei_ray.training.ray_cluster import connect_ray
-
-    def contestant(spec: str | Path) -> Contestant:
-        path = model_checkpoint(Path(spec))  # a run folder -> its checkpoint, else unchanged
-        return load_contestant(str(spec) if path == Path(spec) else str(path),
-                               name=None if path == Path(spec) else Path(spec).name)
 
     cfg = as_config(config)
     if games is not None and games < 1:
         raise ConfigError(f"games must be at least 1, got {games}")
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
-    a, b = contestant(player), contestant(opponent)
+    a, b = load_contestant(str(player)), load_contestant(str(opponent))
     if a.name == b.name:
         raise ConfigError(f"a match needs two different players, got {a.name!r} twice")
     if workers == 1:

@@ -36,7 +36,9 @@ from keisei_ray.console import (
     out,
 )
 from keisei_ray.events import CallbackImportError, load_callback
+from keisei_ray.files import set_file_mode
 from keisei_ray.logs import setup_logging
+from keisei_ray.text import did_you_mean, signed
 
 log = logging.getLogger("keisei_ray")
 
@@ -123,19 +125,18 @@ def _run_training(run: Callable[[], RunResult]) -> None:
 @app.command("export")
 def export_cmd(
     checkpoint: Annotated[Path, typer.Argument(
-        help="A checkpoint directory (or a run folder: its best, else newest good, checkpoint).",
-        show_default=False)],
+        help="A run folder (its best checkpoint, else its newest good one), a checkpoint "
+        "directory or a model file.", show_default=False)],
     output: Annotated[Path, typer.Argument(help="The model file to write.", dir_okay=False,
                                            show_default=False)],
 ) -> None:
     """Write a small inference-only model file (weights + model config) from a checkpoint."""
-    from keisei_ray.store.checkpoint import CheckpointError, model_checkpoint
     from keisei_ray.store.model_file import ModelFileError, load_model, save_model
     from learner.model import export_weights
 
     try:
-        loaded = load_model(model_checkpoint(checkpoint))
-    except (CheckpointError, ModelFileError) as exc:
+        loaded = load_model(checkpoint)
+    except ModelFileError as exc:
         fail(str(exc), EXIT_USAGE)
     path = save_model(output, export_weights(loaded.model), loaded.config, meta=loaded.meta)
     out.print(f"model written to {path} ({path.stat().st_size / 1e6:.2f} MB, timestep "
@@ -182,9 +183,17 @@ def sweep_agent_cmd(
 # ----------------------------------------------------------------------------- playing the agent
 
 PlayerArg = Annotated[str, typer.Argument(
-    help="A model file or checkpoint directory, 'random' / 'heuristic' / 'mate', or a USI "
-    "engine (usi:COMMAND,depth=N,... or an alias such as sf-d1).", show_default=False)]
+    help="A model file, a checkpoint directory or a run folder (its best checkpoint), "
+    "'random' / 'heuristic' / 'mate', or a USI engine (usi:COMMAND,depth=N,... or an alias "
+    "such as sf-d1).", show_default=False)]
 ThreadsOpt = Annotated[int, typer.Option(help="Torch threads (1 is fastest for small batches).")]
+
+
+def _at_least_one(**counts: int | None) -> None:
+    """A count option below 1 is a one-line usage error (exit 2), before any work starts."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def _contestant(spec: str) -> Any:
@@ -226,10 +235,7 @@ def evaluate_cmd(
     from keisei_ray.arena.records import write_record
 
     cfg = load_config(config, overrides or [], preset=preset)
-    if games is not None and games < 1:
-        raise ConfigError(f"--games must be at least 1, got {games}")
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    _at_least_one(games=games, workers=workers, threads=threads)
     torch.set_num_threads(threads)
     a, b = _contestant(player), _contestant(opponent)
     if a.name == b.name:
@@ -292,6 +298,7 @@ def ladder_cmd(
     if config is None and (run_dir / "config.yaml").is_file():
         config = run_dir / "config.yaml"
     cfg = load_config(config, overrides or [], preset=preset)
+    _at_least_one(games=games, workers=workers, threads=threads)
     torch.set_num_threads(threads)
     try:
         models = run_models(run_dir)
@@ -315,22 +322,23 @@ def ladder_cmd(
     for i, row in enumerate(rows):
         before = rows[i - 1].name if i > 0 else ""
         scores = [row.scores.get(k) for k in ("random", "heuristic", before)]
-        table.add_row(row.name, f"{row.timestep:,}", f"{row.rating.elo:+.0f}",
+        table.add_row(row.name, f"{row.timestep:,}", signed(row.rating.elo),
                       f"± {row.rating.ci95:.0f}",
                       *("-" if s is None else f"{100 * s:.0f}%" for s in scores))
     out.print(table)
     ratings = store.ratings()
     if "heuristic" in ratings:
         h = ratings["heuristic"]
-        out.print(f"heuristic: Elo {h.elo:+.0f} ± {h.ci95:.0f}", markup=False)
-    path = plot_ladder(rows, store, plot or run_dir / "ladder.png")
+        out.print(f"heuristic: Elo {signed(h.elo)} ± {h.ci95:.0f}", markup=False)
+    path = set_file_mode(plot_ladder(rows, store, plot or run_dir / "ladder.png"))
     out.print(f"plot written to {path}", markup=False)
 
 
 @app.command("gauntlet")
 def gauntlet_cmd(
     target: Annotated[str | None, typer.Argument(
-        help="A model file, a run folder (its newest model plays), or any player spec.",
+        help="A model file, a checkpoint directory, a run folder (its best checkpoint "
+        "plays), or any player spec.",
         show_default=False)] = None,
     games: Annotated[int, typer.Option("--games", "-n", help="Games per rung (per pair with "
                                        "--rate-ladder).")] = 20,
@@ -362,10 +370,8 @@ def gauntlet_cmd(
         gauntlet_table,
         plot_gauntlet,
     )
-    from keisei_ray.arena.ladder import run_models
 
-    if games < 1:
-        raise ConfigError(f"--games must be at least 1, got {games}")
+    _at_least_one(games=games, workers=workers, reach=reach, threads=threads)
     cfg = load_config(config, overrides or [], preset=preset)
     torch.set_num_threads(threads)
     if workers > 1:
@@ -384,18 +390,8 @@ def gauntlet_cmd(
         return
     if target is None:
         fail("give a MODEL file or RUN_DIR (or --rate-ladder)", EXIT_USAGE)
-    spec, where = target, Path(target)
-    if where.is_dir() and not (where / "model.pt").is_file() and not (where / "manifest.json")\
-            .is_file():
-        try:
-            models = run_models(where)
-        except FileNotFoundError as exc:
-            fail(str(exc), EXIT_USAGE)
-        if not models:
-            fail(f"run folder {where}: no checkpoints or model files", EXIT_USAGE)
-        spec = str(models[-1].path)
-        log.info("gauntlet of %s (the newest model of %s)", spec, where)
-    player = _contestant(spec)
+    where = Path(target)
+    player = _contestant(target)
     try:
         result = gauntlet(cfg, player, games, workers=workers, progress=progress)
     except GauntletError as exc:
@@ -404,7 +400,7 @@ def gauntlet_cmd(
         sys.stdout.write(json.dumps(gauntlet_document(result), indent=2) + "\n")
     else:
         out.print(gauntlet_table(result))
-        out.print(f"{result.player}: gauntlet Elo {result.rating.elo:+.0f} ± "
+        out.print(f"{result.player}: gauntlet Elo {signed(result.rating.elo)} ± "
                   f"{result.rating.ci95:.0f} (95%), {sum(r.result.games for r in result.rows)} "
                   f"games in {result.seconds:.0f} s", markup=False)
     default_plot = (where.parent if where.is_file() else where if where.is_dir()
@@ -426,7 +422,7 @@ def _rate_ladder(cfg: Config, games: int, reach: int, workers: int, output: Path
     path = output or ratings_path()
     path.write_text(json.dumps(document, indent=2) + "\n")
     for name, entry in document["ratings"].items():
-        out.print(f"{name}: Elo {entry['elo']:+.0f} ± {entry['ci95']}", markup=False)
+        out.print(f"{name}: Elo {signed(entry['elo'])} ± {entry['ci95']}", markup=False)
     out.print(f"ratings written to {path}", markup=False)
 
 
@@ -442,7 +438,8 @@ def _player_overrides(command: str, overrides: list[str] | None) -> list[str]:
         key = item.partition("=")[0].strip()
         if key not in PLAYER_OVERRIDES:
             raise ConfigError(f"{command}: override {key!r} does not apply here (it "
-                              f"takes {', '.join(PLAYER_OVERRIDES)})")
+                              f"takes {', '.join(PLAYER_OVERRIDES)})"
+                              f"{did_you_mean(key, PLAYER_OVERRIDES)}")
     return list(overrides or [])
 
 
@@ -463,6 +460,7 @@ def usi_cmd(
     root = logging.getLogger()
     root.setLevel(max(root.level, logging.WARNING))
     cfg = load_config(config, _player_overrides("usi", overrides), preset=preset)
+    _at_least_one(threads=threads)
     torch.set_num_threads(threads)
     serve(_contestant(model), config=cfg, stdin=sys.stdin.buffer, stdout=sys.stdout,
           threads=threads)
@@ -499,6 +497,7 @@ def play_cmd(
     options += [f"evaluation.{k}={str(v).lower()}" for k, v in
                 (("greedy", greedy), ("seed", seed)) if v is not None]
     cfg = load_config(config, options, preset=preset)
+    _at_least_one(threads=threads)
     torch.set_num_threads(threads)
     agent = make_player(_contestant(model), cfg)
     if color == "random":

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from keisei_ray.text import did_you_mean
+
 
 class ConfigError(ValueError):
     """A configuration file, override or value is invalid; the message names the field."""
@@ -201,10 +203,26 @@ class TrainConfig(Section):
     runs_dir: str = Field("runs", description="folder that holds one folder per run")
     run_name: str | None = Field(None, description="run folder name (None: timestamp + short id)")
 
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _worker_count(cls, value: Any) -> Any:
+        # Before pydantic's union: one message for every bad value, not one per member.
+        if value == "auto":
+            return value
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+            raise ValueError("expected a number of workers from 1 to 100000, or auto")
+        return value
+
     @field_validator("opponent")
     @classmethod
     def _known_opponent(cls, value: str) -> str:
-        from shogi.usi_engine import EngineSpec, is_engine_spec  # noqa: PLC0415
+        from shogi.usi_engine import (  # noqa: PLC0415
+            ENGINE_ALIASES,
+            EngineSpec,
+            is_engine_spec,
+        )
 
         if value in ("heuristic", "random", "mate"):
             return value
@@ -212,7 +230,8 @@ class TrainConfig(Section):
             EngineSpec.parse(value)  # EngineSpecError (a ValueError) names what is wrong
             return value
         raise ValueError(f"expected heuristic, random, mate or a USI engine (usi:... or an "
-                         f"alias such as sf-d1), got {value!r}")
+                         f"alias such as sf-d1)"
+                         f"{did_you_mean(value, ['heuristic', 'random', 'mate', *ENGINE_ALIASES])}")
 
 
 class EvaluationConfig(Section):
@@ -228,7 +247,8 @@ class EvaluationConfig(Section):
     opponents: list[str] = Field(default_factory=lambda: ["random", "heuristic"],
                                  description="fixed opponents: random, heuristic, mate, "
                                  "USI engines (usi:... or a gauntlet rung such as sf-d1) "
-                                 "or model files")
+                                 "or models (a model file, a checkpoint, or a run folder: "
+                                 "its best checkpoint)")
     previous: bool = Field(True, description="also play the previously evaluated policy of the "
                            "run (rates checkpoints against each other)")
     greedy: bool = Field(True, description="network players take their most likely move "
@@ -401,13 +421,25 @@ def _format_validation_error(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field"
+            msg = "unknown field" + did_you_mean(path, _known_keys(e["loc"][:-1]))
         elif "input" in e and e["type"] not in ("missing",):
             msg = f"{msg} (got {_short_repr(e['input'])})"
         parts.append(f"{path}: {msg}")
     return "; ".join(parts)
+
+
+def _known_keys(loc: Sequence[Any]) -> list[str]:
+    """The dotted names of the fields of the config section at `loc` (for "did you mean")."""
+    section: Any = Config
+    for part in loc:
+        field = section.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type)
+                                 and issubclass(field.annotation, BaseModel)):
+            return []
+        section = field.annotation
+    return [".".join([*map(str, loc), name]) for name in section.model_fields]
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

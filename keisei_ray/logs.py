@@ -11,6 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
+from keisei_ray.files import make_dir, set_file_mode
+
 _FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 # One console for everything keisei-ray draws on the terminal (logs, live progress, tables), so
@@ -32,8 +34,9 @@ def setup_logging(level: int | str = logging.INFO, log_file: Path | None = None)
     rich_handler._keisei = True  # type: ignore[attr-defined]
     root.addHandler(rich_handler)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(log_file.parent)
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        set_file_mode(log_file)
         file_handler.setFormatter(logging.Formatter(_FILE_FORMAT))
         file_handler._keisei = True  # type: ignore[attr-defined]
         root.addHandler(file_handler)
@@ -58,8 +61,9 @@ def run_log_file(path: Path) -> Iterator[None]:
     even for a library caller who never set logging up (the root logger's WARNING default);
     what reaches the caller's own handlers is up to their levels.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     handler = logging.FileHandler(path, encoding="utf-8")
+    set_file_mode(path)
     handler.setFormatter(logging.Formatter(_FILE_FORMAT))
     root = logging.getLogger()
     root.addHandler(handler)

@@ -279,9 +279,10 @@ class Position:
             in_check=np.array([self._checks[-1]], dtype=np.uint8),
         )
 
-    def to_kif(self, names: tuple[str, str] = ("Black", "White")) -> str:
+    def to_kif(self, names: tuple[str, str] = ("Black", "White"),
+               ending: Outcome | None = None, *, interrupted: bool = False) -> str:
         """The game so far as KIF text (see `shogi.records.to_kif`)."""
-        return to_kif(self, names)
+        return to_kif(self, names, ending, interrupted=interrupted)
 
     def to_csa(self, names: tuple[str, str] = ("Black", "White")) -> str:
         """The game so far as CSA text (see `shogi.records.to_csa`)."""

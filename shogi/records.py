@@ -24,11 +24,14 @@ def _is_standard_start(sfen: str) -> bool:
     return sfen.split()[:3] == STARTING_SFEN.split()[:3]
 
 
-def to_kif(position: Position, names: tuple[str, str] = ("Black", "White")) -> str:
+def to_kif(position: Position, names: tuple[str, str] = ("Black", "White"),
+           ending: Outcome | None = None, *, interrupted: bool = False) -> str:
     """The game of `position` (from its start SFEN) as KIF text, with its result if it ended.
 
     Mates are written `詰み`; a side left without a legal move `投了`; sennichite `千日手`;
     perpetual check as the checker's `反則負け`; impasse `入玉宣言`; the move cap `持将棋`.
+    `ending`: how the game ended where the board does not show it (a resignation `投了`, an
+    engine's forfeit `反則負け`); `interrupted`: it stopped unfinished (`中断`).
     """
     lines = []
     if _is_standard_start(position.start_sfen):
@@ -41,9 +44,11 @@ def to_kif(position: Position, names: tuple[str, str] = ("Black", "White")) -> s
     for number, move in enumerate(history, start=1):
         lines.append(f"{number:>4} {cshogi.KIF.move_to_kif(move, previous)}   ( 0:00/00:00:00)")
         previous = move
-    outcome = position.outcome()
+    outcome = position.outcome() or ending
     if outcome is not None:
         lines += _kif_ending(outcome, len(history))
+    elif interrupted:
+        lines += [f"{len(history) + 1:>4} 中断", f"まで{len(history)}手で中断"]
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,16 @@ class Recorder(Callback):
         self.end = event
 
 
+def test_the_errors_the_readme_names_are_importable() -> None:
+    from keisei_ray import CheckpointError, ConfigError, TrainingError
+    from keisei_ray.store.checkpoint import CheckpointError as StoreCheckpointError
+    from keisei_ray.training.ray_cluster import TrainingError as DriverTrainingError
+
+    assert CheckpointError is StoreCheckpointError and TrainingError is DriverTrainingError
+    assert issubclass(ConfigError, ValueError)
+    assert {"CheckpointError", "TrainingError"} <= set(keisei_ray.__all__)
+
+
 def test_import_stays_light() -> None:
     code = ("import sys, keisei_ray; keisei_ray.train; "
             "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from keisei_ray.config import load_config
 from keisei_ray.training.autotune import (
     Measurement,
     games_candidates,
@@ -14,7 +15,7 @@ from keisei_ray.training.autotune import (
     predict_memory,
     search,
 )
-from keisei_ray.training.waits import bottleneck_hint, wait_split
+from keisei_ray.training.waits import bottleneck_hint, learner_remedies, wait_split
 
 CANDIDATES = [2 ** k for k in range(3, 13)]  # 8 .. 4096
 
@@ -89,6 +90,8 @@ def test_hints_name_the_side_that_holds_the_run_back() -> None:
     assert "the learner holds" in bottleneck_hint(learner_busy=0.9, worker_busy=0.3)
     assert "elsewhere" in bottleneck_hint(learner_busy=0.2, worker_busy=0.2)
     assert bottleneck_hint(learner_busy=0.7, worker_busy=0.7).startswith("balanced")
+    assert bottleneck_hint(0.9, 0.3, ["fewer epochs"]).endswith(
+        "the learner holds the run back; fewer epochs")
     split = wait_split(wall_s=10.0, learner_busy_s=4.0, worker_busy_s=36.0, workers=4)
     assert split.learner_waiting == pytest.approx(0.6)
     assert split.workers_waiting == pytest.approx(0.1)
@@ -134,3 +137,17 @@ def test_a_micro_batch_trial_leaves_the_learner_as_it_was() -> None:
     for key, value in learner.model.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
     assert all(p.grad is None for p in learner.model.parameters())
+
+
+def test_a_slow_learner_is_advised_only_what_its_run_can_still_change() -> None:
+    # The smoke preset's tiny model: no smaller one to advise (issue 26).
+    smoke = load_config(preset="smoke")
+    assert learner_remedies(smoke, "cpu") == ["a GPU", "fewer epochs"]
+    assert "smaller model" not in wait_split(10.0, 9.5, 2.0, 1,
+                                             learner_remedies(smoke, "cpu")).hint()
+    assert learner_remedies(load_config(), "cpu") == ["a GPU", "a smaller model", "fewer epochs"]
+    split = load_config(preset="cluster", overrides=["ppo.epochs=1",
+                                                     "ppo.micro_batch_size=128"])
+    assert learner_remedies(split, "cuda") == ["a smaller model", "a larger micro-batch"]
+    floor = load_config(None, ["model.size=tiny", "ppo.epochs=1"])
+    assert learner_remedies(floor, "cuda") == ["a faster GPU"]

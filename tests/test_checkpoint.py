@@ -256,6 +256,7 @@ class Harness(Callback):
                  start: int = 0, resumed: bool = False) -> None:
         self.callback, self.snapshot = callback, snapshot
         self.saved: list[CheckpointSaved] = []
+        self.captured: list[dict[str, Any]] = []  # the callback's state at each capture
         self.bus = EventBus()
         self.bus.register(callback)
         self.bus.register(self)
@@ -265,9 +266,15 @@ class Harness(Callback):
         self.saved.append(event)
 
     def capture(self, timestep: int, version: int) -> Any:
-        """What the driver's snapshot does: capture now, return `fetch`."""
-        return lambda: lambda: RunSnapshot(**{**self.snapshot.__dict__, "timestep": timestep,
-                                              "version": version})
+        """What the driver's snapshot does: capture now (the callbacks' states too), return
+        `fetch`."""
+
+        def capture() -> Any:
+            self.captured.append(json.loads(json.dumps(self.callback.state_dict())))
+            return lambda: RunSnapshot(**{**self.snapshot.__dict__, "timestep": timestep,
+                                          "version": version})
+
+        return capture
 
     def update(self, timestep: int, version: int, accepted: int) -> None:
         self.bus.emit(UpdateDone(timestep=timestep, version=version, accepted=accepted,
@@ -333,6 +340,63 @@ def test_keeps_the_last_k_and_the_best(tmp_path: Path, snapshot: RunSnapshot) ->
     assert best["checkpoint"] == "ckpt-000000000100" and best["rated"]
     assert [e.reason for e in harness.saved].count("best") == 1
     assert callback.state_dict()["best"] == "ckpt-000000000100"
+
+
+def test_the_end_is_saved_again_once_the_final_evaluation_is_in(
+        tmp_path: Path, snapshot: RunSnapshot) -> None:
+    # The last update crosses an interval (as the defaults always do: 200k total, 50k
+    # interval): its checkpoint is taken before the final evaluation finishes.
+    config = tiny_config("checkpoint.interval_timesteps=50")
+    callback = CheckpointCallback(config)
+    harness = Harness(callback, tmp_path / "run", snapshot)
+    harness.update(50, 1, 50)
+    harness.update(100, 2, 50)
+    harness.evaluated(2, 9, elo=200.0)  # the final evaluation, after that save
+    harness.end(100, 2)
+    assert [(e.timestep, e.reason) for e in harness.saved if e.reason != "best"] == [
+        (50, "interval"), (100, "interval"), (100, "end")]
+    # The end checkpoint's state holds the final rating and names the best checkpoint.
+    assert harness.captured[-1] == {"merits": {"2": [1, 200.0]}, "best": "ckpt-000000000100"}
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == [
+        "ckpt-000000000100", "ckpt-000000000050"]
+
+    # Nothing measured after the last save: the end is not saved twice.
+    again = CheckpointCallback(config)
+    harness = Harness(again, tmp_path / "other", snapshot)
+    harness.update(50, 1, 50)
+    harness.update(100, 2, 50)
+    harness.end(100, 2)
+    assert [(e.timestep, e.reason) for e in harness.saved] == [(50, "interval"),
+                                                               (100, "interval")]
+
+
+def test_a_resumed_run_keeps_the_best_that_best_json_names(
+        tmp_path: Path, snapshot: RunSnapshot) -> None:
+    # A crash after ckpt-96 was rated the best: the state of the checkpoint resumed from
+    # (taken before that rating) knows nothing of it, best.json does.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_id = run_id_of(run_dir, create=True)
+    for timestep, version in ((96, 1), (192, 2)):
+        write_checkpoint(run_dir / "checkpoints", RunSnapshot(**{
+            **snapshot.__dict__, "timestep": timestep, "version": version}), run_id=run_id,
+            reason="interval")
+    (run_dir / "checkpoints" / "best.json").write_text(json.dumps(
+        {"checkpoint": "ckpt-000000000096", "timestep": 96, "version": 1, "rated": True,
+         "merit": 300.0}))
+    callback = CheckpointCallback(tiny_config("checkpoint.interval_timesteps=50",
+                                              "checkpoint.keep_last=1"))
+    callback.load_state_dict({"merits": {}, "best": None})
+    harness = Harness(callback, run_dir, snapshot, start=192, resumed=True)
+    harness.update(250, 3, 58)
+    harness.evaluated(3, 6, elo=100.0)  # rated lower than ckpt-96
+    harness.update(300, 4, 50)
+    harness.end(300, 4)
+    assert sorted(p.name for p in list_checkpoints(run_dir)) == [
+        "ckpt-000000000096", "ckpt-000000000300"]
+    best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
+    assert best["checkpoint"] == "ckpt-000000000096" and best["merit"] == 300.0
+    assert callback.state_dict()["merits"] == {"1": [1, 300.0], "3": [1, 100.0]}
 
 
 def test_unrated_merit_is_the_score_against_the_hardest_opponent(

@@ -55,3 +55,22 @@ def test_console_script_entry_point() -> None:
     assert proc.returncode == 2
     assert "env.foo: unknown field" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["evaluate", "heuristic", "random", "--threads", "0"], "--threads must be at least 1, got 0"),
+    (["evaluate", "heuristic", "random", "--workers", "-1"], "--workers must be at least 1"),
+    (["ladder", ".", "--games", "0"], "--games must be at least 1, got 0"),
+    (["ladder", ".", "--workers", "0"], "--workers must be at least 1, got 0"),
+    (["gauntlet", "random", "--workers", "0"], "--workers must be at least 1, got 0"),
+    (["gauntlet", "--rate-ladder", "--reach", "0"], "--reach must be at least 1, got 0"),
+    (["play", "random", "--threads", "0"], "--threads must be at least 1, got 0"),
+    (["usi", "random", "--threads", "-2"], "--threads must be at least 1, got -2"),
+    (["usi", "random", "evaluation.gredy=false"], "did you mean 'evaluation.greedy'?"),
+])
+def test_counts_below_one_are_one_line_exit_2(args: list[str], message: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith("keisei-ray: config error: ") and message in line

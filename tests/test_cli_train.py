@@ -34,12 +34,15 @@ def test_smoke_training_through_the_cli(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_train_config_error_exits_2_before_any_run_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["zero", "0", "-1"])
+def test_train_config_error_exits_2_before_any_run_folder(tmp_path: Path, workers: str) -> None:
     proc = subprocess.run(keisei("train", "--preset", "smoke", f"train.runs_dir={tmp_path}",
-                                 "train.num_workers=zero"),
+                                 f"train.num_workers={workers}"),
                           capture_output=True, text=True, timeout=120, env=ENV, check=False)
-    assert proc.returncode == 2
-    assert "train.num_workers" in proc.stderr
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"keisei-ray: config error: train.num_workers: expected a number of workers from 1 "
+        f"to 100000, or auto (got {workers if workers != 'zero' else repr(workers)})"]
     assert not any(tmp_path.iterdir())
 
 
@@ -69,3 +72,6 @@ def test_ctrl_c_finishes_cleanly(tmp_path: Path) -> None:
     assert code == 130, text[-3000:]
     assert "interrupted" in text
     assert "Traceback" not in text
+    # It says how to go on (Rich may wrap the log line: compare without line breaks).
+    flat = " ".join(text.split())
+    assert f"continue with: keisei-ray train --resume {tmp_path / 'int'}" in flat, text[-3000:]

@@ -43,6 +43,17 @@ def test_override_values_are_yaml_scalars() -> None:
         (["env.impasse=24"], "env.impasse"),
         (["env.max_moves"], "expected key=value"),
         (["env..x=1"], "empty component"),
+        # A count that must be at least 1 (issue 26: 0 and -1 used to pass, then the run
+        # failed later with the wrong cause).
+        (["train.num_workers=0"], "train.num_workers: expected a number of workers from 1"),
+        (["train.num_workers=-1"], "train.num_workers: expected a number of workers from 1"),
+        (["train.num_workers=true"], "train.num_workers: expected a number of workers"),
+        (["train.num_workers=zero"], "(got 'zero')"),
+        # "Did you mean" for an unknown key or opponent name.
+        (["ppo.learning_rat=1e-3"],
+         "ppo.learning_rat: unknown field; did you mean 'ppo.learning_rate'"),
+        (["pop.epochs=2"], "pop: unknown field; did you mean 'ppo'?"),
+        (["train.opponent=heurstic"], "did you mean 'heuristic'?"),
     ],
 )
 def test_bad_overrides_name_the_field(overrides: list[str], fragment: str) -> None:
@@ -50,6 +61,11 @@ def test_bad_overrides_name_the_field(overrides: list[str], fragment: str) -> No
         load_config(None, overrides)
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_worker_counts_that_are_allowed() -> None:
+    for value, expected in (("1", 1), ("12", 12), ("auto", "auto"), ("3.0", 3)):
+        assert load_config(None, [f"train.num_workers={value}"]).train.num_workers == expected
 
 
 def test_bad_files(tmp_path: Path) -> None:

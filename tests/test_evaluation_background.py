@@ -249,8 +249,11 @@ def test_a_failed_evaluation_is_logged_and_the_next_one_gets_a_new_actor(
 
 def test_bad_opponent_file_fails_before_training(tmp_path: Path) -> None:
     config = small_config(tmp_path, f"evaluation.opponents=[random, {tmp_path}/nope.pt]")
-    with pytest.raises(ConfigError, match=r"evaluation.opponents: model file .*nope.pt: not found"):
+    with pytest.raises(ConfigError, match=r"evaluation.opponents: player .*nope.pt': not found"):
         BackgroundEvaluation(config, tmp_path)
+    typo = small_config(tmp_path, "evaluation.opponents=[random, heurstic]")
+    with pytest.raises(ConfigError, match=r"did you mean 'heuristic'\?$"):
+        BackgroundEvaluation(typo, tmp_path)
 
 
 def test_a_match_split_over_evaluation_actors(tmp_path: Path) -> None:

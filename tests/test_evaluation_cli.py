@@ -70,7 +70,10 @@ def test_evaluate_bad_input_is_one_line(capsys: pytest.CaptureFixture[str],
     code, _, err = run_cli(["evaluate", "random", "random", "-n", "2"], capsys)
     assert code == 2 and "two different players, got 'random' twice" in err
     code, _, err = run_cli(["evaluate", str(tmp_path / "x.pt"), "random"], capsys)
-    assert code == 2 and "x.pt: not found" in err
+    assert code == 2 and "x.pt': not found (no model file, checkpoint or run folder" in err
+    code, _, err = run_cli(["evaluate", "heurstic", "random"], capsys)
+    assert code == 2 and "player 'heurstic': not found" in err
+    assert err.strip().endswith("did you mean 'heuristic'?")
     code, _, err = run_cli(["evaluate", "heuristic", "random", "-n", "0"], capsys)
     assert code == 2 and "--games must be at least 1" in err
     assert "Traceback" not in err
@@ -84,6 +87,10 @@ def test_match_summary_lines() -> None:
     assert summary.elo.elo == pytest.approx(elo_difference(75.5 / 101))
     text = "\n".join(summary.lines())
     assert "+75 =0 -25" in text and "win checkmate 75" in text and "loss checkmate 25" in text
+    # A difference that rounds to zero reads +0, never -0 (1000 wins, 1001 losses: -0.35 Elo).
+    even = MatchSummary.of(MatchResult("a", "b", wins=1000, draws=0, losses=1001))
+    assert -0.5 < even.elo.elo < 0
+    assert "Elo difference +0 ± 15 (95%)" in even.lines()
 
 
 @pytest.mark.slow

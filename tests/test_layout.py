@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("keisei_ray.events", 1),
     ("keisei_ray.logs", 1),
     ("keisei_ray.files", 1),
+    ("keisei_ray.text", 1),
     ("learner", 2),
     ("actors", 3),
     ("keisei_ray.store", 4),

@@ -8,15 +8,18 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cshogi
 import cshogi.KIF
 import pytest
 from rich.console import Console
 
+from actors.evaluation import GameRecord
 from actors.players import BaselinePlayer
 from keisei_ray.arena.play import TerminalGame, hands_of, hint, render_board
-from shogi import Color, Position
+from keisei_ray.arena.records import record_kif
+from shogi import Color, Outcome, Position, Termination
 
 MATE_IN_ONE = "3nkn3/9/4P4/9/9/9/9/9/4K4 b G 1"  # G*5b mates
 
@@ -130,3 +133,37 @@ def test_play_command_rejects_a_bad_colour_and_model(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False)
     assert missing.returncode == 2 and "not found" in missing.stderr
     assert "Traceback" not in missing.stderr + bad_colour.stderr
+
+
+class Resigner:
+    """An engine-like player that resigns at its first move."""
+
+    name = "resigner"
+
+    def choose(self, positions: list[Position]) -> list[Outcome]:
+        return [Outcome(p.turn.opponent(), Termination.RESIGN) for p in positions]
+
+
+@pytest.mark.parametrize(("lines", "agent", "ending", "win"), [
+    (["7g7f", "resign"], BaselinePlayer("random"), ["   3 投了", "まで2手で後手の勝ち"],
+     cshogi.WHITE_WIN),
+    (["7g7f"], Resigner(), ["   2 投了", "まで1手で先手の勝ち"], cshogi.BLACK_WIN),
+    (["7g7f"], BaselinePlayer("random"), ["   3 中断", "まで2手で中断"], None),
+], ids=["you-resign", "the-agent-resigns", "abandoned"])
+def test_a_saved_game_has_its_result_lines(tmp_path: Path, lines: list[str], agent: Any,
+                                           ending: list[str], win: int | None) -> None:
+    # Endings the board does not show get the result lines evaluation records have.
+    game = TerminalGame(agent, Color.BLACK, console()[0])
+    game.run(reader(lines))
+    text = game.save_kif(tmp_path / "game.kif").read_text(encoding="utf-8")
+    assert text.splitlines()[-2:] == ending
+    parser = cshogi.KIF.Parser.parse_str(text)
+    assert parser.win == win
+    assert parser.endgame == ("%CHUDAN" if win is None else "%TORYO")
+
+
+def test_an_engine_resignation_in_an_evaluation_record_has_its_result_lines() -> None:
+    record = GameRecord("sf-d1", "ts-10", cshogi.Board().sfen(), ["7g7f", "3c3d"], 1, "resign")
+    assert record_kif(record).splitlines()[-2:] == ["   3 投了", "まで2手で後手の勝ち"]
+    forfeit = GameRecord("a", "b", cshogi.Board().sfen(), ["7g7f"], 0, "engine_timeout")
+    assert record_kif(forfeit).splitlines()[-2:] == ["   2 反則負け", "まで1手で後手の反則負け"]

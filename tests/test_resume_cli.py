@@ -17,8 +17,9 @@ import pytest
 import ray
 import torch
 
+import keisei_ray
 from keisei_ray.cli import main
-from keisei_ray.config import dump, load_config
+from keisei_ray.config import ConfigError, dump, load_config
 from keisei_ray.events import Callback, CheckpointSaved, UpdateDone
 from keisei_ray.store.checkpoint import (
     CHECKPOINTS,
@@ -146,7 +147,13 @@ def test_learner_loss_names_the_checkpoint_and_the_resume_command(
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    config = load_config(None, ["model.size=tiny", f"train.runs_dir={tmp_path}"])
+    return finished_run(tmp_path, 200_000)
+
+
+def finished_run(tmp_path: Path, total: int) -> Path:
+    """A run folder whose one checkpoint is at timestep 640 of `total`."""
+    config = load_config(None, ["model.size=tiny", f"train.runs_dir={tmp_path}",
+                                f"train.total_timesteps={total}"])
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(dump(config))
@@ -181,6 +188,20 @@ def test_no_good_checkpoint_is_refused_without_allow_fresh(
     assert code == 2 and "--allow-fresh only goes with --resume" in line
     code, line = one_line_error(["train", "--resume", str(run_dir), "--preset", "smoke"], capsys)
     assert code == 2 and "dotted overrides" in line
+
+
+def test_resuming_a_finished_run_asks_for_more_timesteps_without_starting_ray(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = finished_run(tmp_path, 640)
+    code, line = one_line_error(["train", "--resume", str(run_dir)], capsys)
+    assert code == 2
+    assert line == (f"keisei-ray: config error: train.total_timesteps: run {run_dir} has reached "
+                    f"timestep 640 of its 640 already; raise it to go on, e.g. keisei-ray train "
+                    f"--resume {run_dir} train.total_timesteps=1280")
+    assert not ray.is_initialized()
+    with pytest.raises(ConfigError, match="has reached timestep 640 of its 600 already"):
+        keisei_ray.train(resume=run_dir, overrides=["train.total_timesteps=600"])
+    assert not ray.is_initialized()
 
 
 def test_export_writes_an_inference_model(run_dir: Path, tmp_path: Path,

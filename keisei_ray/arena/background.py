@@ -45,9 +45,12 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
-from keisei_ray.files import write_text_atomic
+from keisei_ray.files import make_dir, write_text_atomic
+from keisei_ray.text import signed
 
 log = logging.getLogger(__name__)
+
+ELO_FILE = "elo.json"  # in RUN_DIR/evaluation: the run's evaluations, ratings and games
 
 
 # ----------------------------------------------------------------------------- background
@@ -111,6 +114,8 @@ class BackgroundEvaluation(Callback):
         if self._last_bucket is None:
             self._last_bucket = event.timestep // self.settings.interval_timesteps
         self.opponents = [boxed(o) for o in self.opponents]
+        if event.resumed:
+            self._restore_from_disk(event.timestep)
 
     def on_update_done(self, event: UpdateDone) -> None:
         self.poll()
@@ -259,14 +264,76 @@ class BackgroundEvaluation(Callback):
         self._previous = Contestant(request.name, self.config.model, request.weights)
         matches = ", ".join(f"vs {r.opponent} +{r.wins} ={r.draws} -{r.losses} "
                             f"({100 * r.score:.0f}%)" for r in results)
-        elo_text = f"Elo {own.elo:+.0f} ± {own.ci95:.0f}" if own else "no Elo"
+        elo_text = f"Elo {signed(own.elo)} ± {own.ci95:.0f}" if own else "no Elo"
         log.info("evaluation %s (v%d): %s; %s (%.0f s)", request.name, request.version, matches,
                  elo_text, time.monotonic() - running.started)
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(folder / "elo.json", json.dumps(
-                {"history": self.history, "ratings": _ratings_table(self.elo),
-                 "store": self.elo.state_dict()}, indent=1) + "\n")
+        self._write_elo()
+
+    def _write_elo(self) -> None:
+        """RUN_DIR/evaluation/elo.json: the history, the ratings table and the whole store."""
+        if self.run_dir is None:
+            return
+        folder = self.run_dir / "evaluation"
+        make_dir(folder)
+        write_text_atomic(folder / ELO_FILE, json.dumps(
+            {"history": self.history, "ratings": _ratings_table(self.elo),
+             "store": self.elo.state_dict()}, indent=1) + "\n")
+
+    def _restore_from_disk(self, timestep: int) -> None:
+        """Fold back the evaluations elo.json holds and the resumed state lacks.
+
+        A checkpoint's state is a cut: an evaluation that finishes after it (the final one of
+        a run, or any before a crash) is only in elo.json. Those of policies up to the resumed
+        `timestep` are recorded again (history row and games); those of a later, abandoned
+        future (policies the resumed run trains anew) are kept aside in
+        `elo.json.abandoned-<time>`, as the checkpoints of that future are.
+        """
+        assert self.run_dir is not None
+        path = self.run_dir / "evaluation" / ELO_FILE
+        if not path.is_file():
+            return
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))["history"]
+            if not isinstance(rows, list):
+                raise TypeError(f"history is a {type(rows).__name__}, not a list")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s is unreadable (%s): the Elo history is the resumed checkpoint's",
+                        path, exc)
+            return
+        known = {row.get("name") for row in self.history}
+        restored, later = [], 0
+        for row in rows:
+            try:
+                name, at, matches = row["name"], int(row["timestep"]), row["matches"]
+                if at > timestep:
+                    later += 1
+                    continue
+                if name in known:
+                    continue
+                games = [(str(opponent), int(m["wins"]), int(m["draws"]), int(m["losses"]))
+                         for opponent, m in matches.items()]
+                if not isinstance(name, str) or any(
+                        o == name or min(counts) < 0 for o, *counts in games):
+                    raise ValueError(f"bad name or game counts in row {str(name)[:40]!r}")
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.warning("%s: skipping a malformed history row (%s)", path, exc)
+                continue
+            for opponent, wins, draws, losses in games:
+                self.elo.record(name, opponent, wins, draws, losses)
+            self.history.append(row)
+            restored.append(name)
+        self.history.sort(key=lambda r: int(r["timestep"]))
+        if restored:
+            log.info("restored %d evaluation(s) the resumed checkpoint predates from %s: %s",
+                     len(restored), path, ", ".join(restored))
+        if later:
+            aside = path.with_name(f"{ELO_FILE}.abandoned-{int(time.time())}")
+            path.replace(aside)
+            log.warning("%s held %d evaluation(s) after the resumed timestep %d (policies "
+                        "trained anew now); the file is kept as %s", path, later, timestep,
+                        aside.name)
+        if restored or later:
+            self._write_elo()
 
     # ---------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict[str, Any]:

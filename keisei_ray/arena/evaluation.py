@@ -20,8 +20,9 @@ from actors.players import SCRIPTED
 from keisei_ray.arena.elo import Z95, EloStore, Rating
 from keisei_ray.config import Config
 from keisei_ray.store.model_file import load_model
+from keisei_ray.text import did_you_mean, signed
 from learner.model import export_weights
-from shogi.usi_engine import INSTALL_HINT, EngineSpec, is_engine_spec
+from shogi.usi_engine import ENGINE_ALIASES, INSTALL_HINT, EngineSpec, is_engine_spec
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,13 @@ log = logging.getLogger(__name__)
 
 def load_contestant(spec: str, name: str | None = None) -> Contestant:
     """`random`, `heuristic`, `mate`, an engine (`usi:...` or an alias such as `sf-d1`, see
-    `shogi.usi_engine`) or a model file: the one place that turns a name into a contestant.
+    `shogi.usi_engine`) or a model (a model file, a checkpoint directory, or a run folder: its
+    best checkpoint; see `resolve_model`): the one place that turns a name into a contestant.
 
-    A model's name defaults to its file name; its `max_moves` (which scales an input plane)
-    comes from the file's metadata when the file records it. An engine whose program is not
-    installed is refused here (ValueError naming the install command).
+    A model's name defaults to the name given (its file or folder name); its `max_moves` (which
+    scales an input plane) comes from the file's metadata when the file records it. An engine
+    whose program is not installed is refused here (ValueError naming the install command), and
+    a name that is neither a player nor an existing path says which player names are close.
     """
     if spec in SCRIPTED:
         return Contestant.baseline(spec)
@@ -45,6 +48,11 @@ def load_contestant(spec: str, name: str | None = None) -> Contestant:
             raise ValueError(f"engine {spec!r}: program {engine.command[0]!r} not found "
                              f"(install it with `{INSTALL_HINT}`)")
         return Contestant(name or engine.name, engine=spec)
+    if not Path(spec).exists():
+        raise ValueError(f"player {spec!r}: not found (no model file, checkpoint or run folder "
+                         f"at that path, and not a player name: {', '.join(SCRIPTED)}, or an "
+                         f"engine, usi:... or an alias such as sf-d1)"
+                         f"{did_you_mean(spec, [*SCRIPTED, *ENGINE_ALIASES])}")
     loaded = load_model(spec)
     max_moves = loaded.meta.get("max_moves")
     return Contestant(name or Path(spec).name, loaded.config, export_weights(loaded.model),
@@ -109,7 +117,7 @@ class MatchSummary:
             f"{100 * self.score_ci[1]:.1f}%)",
             f"win rate {100 * r.win_rate:.1f}% (draws count as non-wins; 95% interval "
             f"{100 * self.win_rate_ci[0]:.1f}-{100 * self.win_rate_ci[1]:.1f}%)",
-            f"Elo difference {self.elo.elo:+.0f} ± {self.elo.ci95:.0f} (95%)",
+            f"Elo difference {signed(self.elo.elo)} ± {self.elo.ci95:.0f} (95%)",
             f"as Black +{r.as_black[0]} ={r.as_black[1]} -{r.as_black[2]}, "
             f"as White +{r.as_white[0]} ={r.as_white[1]} -{r.as_white[2]}",
             f"results by reason: {reasons or 'none'}",

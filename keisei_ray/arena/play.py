@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from actors.players import Player
-from keisei_ray.files import write_text_atomic
+from keisei_ray.files import make_dir, write_text_atomic
 from shogi import (
     HAND_PIECE_SYMBOLS,
     Color,
@@ -25,6 +25,7 @@ from shogi import (
     Move,
     Outcome,
     Position,
+    Termination,
     square,
     square_name,
 )
@@ -132,6 +133,8 @@ class TerminalGame:
         self.position = position or Position()
         self.last: Move | None = None
         self.resigned = False
+        self.ending: Outcome | None = None  # a resignation: an end the board does not show
+        self.abandoned = False  # input ended before the game did
 
     def run(self, read: Callable[[str], str]) -> str:
         """Play until the game ends, the person resigns, or input ends.
@@ -149,6 +152,7 @@ class TerminalGame:
             if position.turn != self.human:
                 move = self.agent.choose([position])[0]
                 if isinstance(move, Outcome):  # an engine resigned or failed
+                    self.ending = move
                     return self._announce(move)
                 position.push(move)
                 self.last = move
@@ -159,6 +163,7 @@ class TerminalGame:
                     typed = read("your move> ").strip()
                 except EOFError:
                     self.console.print("input ended: game abandoned")
+                    self.abandoned = True
                     return "abandoned"
                 if self._command(typed):
                     break
@@ -178,6 +183,7 @@ class TerminalGame:
             return False
         if typed == "resign":
             self.resigned = True
+            self.ending = Outcome(self.human.opponent(), Termination.RESIGN)
             self.console.print("you resign: the agent wins")
             return True
         if typed == "undo":
@@ -209,10 +215,12 @@ class TerminalGame:
         return "loss"
 
     def save_kif(self, path: Path) -> Path:
-        """The game so far as KIF (for a Shogi GUI)."""
+        """The game so far as KIF (for a Shogi GUI), with its result lines as evaluation records
+        have them: a resignation `投了`, an engine's forfeit, an abandoned game `中断`."""
         names = ("you", self.agent.name) if self.human == Color.BLACK else (self.agent.name,
                                                                              "you")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, self.position.to_kif(names=names))
+        make_dir(path.parent)
+        write_text_atomic(path, self.position.to_kif(names=names, ending=self.ending,
+                                                     interrupted=self.abandoned))
         return path
 

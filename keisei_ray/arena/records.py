@@ -10,16 +10,26 @@ from typing import Any
 import cshogi
 
 from actors.evaluation import GameRecord
-from keisei_ray.files import write_text_atomic
+from keisei_ray.files import make_dir, write_text_atomic
+from shogi import Color, Outcome, Termination
+from shogi.records import FORFEITS
 
 log = logging.getLogger(__name__)
 
 
+# Ends that only a player brings (the board does not show them): the record's reason says so.
+_DECLARED = (Termination.RESIGN, *FORFEITS)
+
+
 def record_kif(record: GameRecord, *, max_moves: int | None = None, impasse: bool = False) -> str:
     """The game as KIF text, its ending included (`max_moves`/`impasse`: the rules it was
-    played under, so that a capped game ends as 持将棋)."""
+    played under, so that a capped game ends as 持将棋; an engine's resignation or forfeit comes
+    from the record)."""
     position = record.position(max_moves=max_moves, impasse=impasse)
-    return position.to_kif(names=(record.black, record.white))
+    ending = (Outcome(None if record.winner is None else Color(record.winner),
+                      Termination(record.reason))
+              if record.reason in _DECLARED else None)  # a str Enum: "resign" matches
+    return position.to_kif(names=(record.black, record.white), ending=ending)
 
 
 def record_svg(record: GameRecord) -> str:
@@ -38,7 +48,7 @@ def record_svg(record: GameRecord) -> str:
 def write_record(record: GameRecord, folder: Path, stem: str, *, max_moves: int | None = None,
                  impasse: bool = False) -> list[Path]:
     """Write `<stem>.kif` and `<stem>.svg` into `folder` (created); return both paths."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     paths = []
     for suffix, text in ((".kif", record_kif(record, max_moves=max_moves, impasse=impasse)),
                          (".svg", record_svg(record))):

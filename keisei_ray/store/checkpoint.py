@@ -44,7 +44,8 @@ import torch
 import yaml
 
 from keisei_ray.config import Config, ConfigError, dump, saved_model_config, validate
-from keisei_ray.files import write_atomic
+from keisei_ray.files import DIR_MODE, FILE_MODE, make_dir, write_atomic
+from keisei_ray.text import signed
 from shogi import NUM_ACTIONS
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def write_checkpoint(folder: Path, snapshot: RunSnapshot, *, run_id: str, reason: str) -> Path:
     """Write `snapshot` as `folder/ckpt-<timestep>` atomically; returns its path."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     files = {
         "learner.pt": _torch_bytes(snapshot.learner),
         "workers.pt": _torch_bytes(_to_torch(snapshot.workers)),
@@ -176,6 +177,7 @@ def write_checkpoint(folder: Path, snapshot: RunSnapshot, *, run_id: str, reason
     final = folder / checkpoint_name(snapshot.timestep)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=folder))
     try:
+        os.chmod(tmp, DIR_MODE)  # mkdtemp makes it 0700
         for name, data in files.items():
             _write_synced(tmp / name, data)
         _write_synced(tmp / MANIFEST, _json_bytes(manifest))  # last: it marks completeness
@@ -206,6 +208,7 @@ def _json_bytes(obj: Any) -> bytes:
 
 def _write_synced(path: Path, data: bytes) -> None:
     with open(path, "wb") as handle:
+        os.chmod(path, FILE_MODE)
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -375,26 +378,37 @@ def read_model_state(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict[
     return config, model, meta
 
 
-def model_checkpoint(path: Path) -> Path:
-    """`path` itself, or for a run folder its best checkpoint (best.json) when that one is good,
-    else its newest good one."""
-    path = Path(path)
-    if not (path / RUN_FILE).is_file():
-        return path
-    best = path / CHECKPOINTS / BEST_FILE
-    candidates = list_checkpoints(path)
-    if best.is_file():
+def best_checkpoint(run_dir: Path) -> tuple[Path, str]:
+    """A run folder's model: its best checkpoint (the one `best.json` names) when that one is
+    good, else its newest good one; and a line saying which was taken and why."""
+    run_dir = Path(run_dir)
+    best_file = run_dir / CHECKPOINTS / BEST_FILE
+    why = f"no {CHECKPOINTS}/{BEST_FILE} (no evaluation rated one)"
+    if best_file.is_file():
         try:
-            candidates.insert(0, path / CHECKPOINTS / json.loads(best.read_text())["checkpoint"])
+            best = json.loads(best_file.read_text(encoding="utf-8"))
+            name = str(best["checkpoint"])
+            if not _NAME.match(name):
+                raise ValueError(f"{name[:80]!r} is not a checkpoint name")
+            verify_checkpoint(run_dir / CHECKPOINTS / name)
+        except CheckpointError as exc:
+            why = f"{BEST_FILE} names a bad one ({exc})"
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("%s is unreadable (%s): using the newest good checkpoint", best, exc)
-    for candidate in candidates:
+            why = f"{BEST_FILE} is unreadable ({exc})"
+        else:
+            merit = best.get("merit")
+            rated = (f"Elo {signed(merit, 1)}" if best.get("rated") else f"score {merit:.3f}"
+                     ) if isinstance(merit, int | float) else "rated"
+            return run_dir / CHECKPOINTS / name, (f"its best checkpoint {name} ({rated}, "
+                                                  f"{CHECKPOINTS}/{BEST_FILE})")
+    for candidate in list_checkpoints(run_dir):
         try:
-            verify_checkpoint(candidate)
+            info = verify_checkpoint(candidate)
         except CheckpointError as exc:
             log.warning("%s; trying the previous one", exc)
             continue
-        return candidate
-    raise CheckpointError(f"run folder {path}: no good checkpoint in {path / CHECKPOINTS}")
+        return candidate, (f"its newest good checkpoint {candidate.name} (timestep "
+                           f"{info.timestep:,}; {why})")
+    raise CheckpointError(f"run folder {run_dir}: no good checkpoint in {run_dir / CHECKPOINTS}")
 
 

@@ -1,7 +1,10 @@
-"""Inference-only model files: weights plus the model config that shapes them.
+"""Inference-only model files: weights plus the model config that shapes them, and the one
+rule for naming a model.
 
-`keisei-ray export` writes one; evaluation, `usi` and `play` load one (or, through the
-checkpoint store, a checkpoint directory). Loading never unpickles arbitrary objects
+`keisei-ray export` writes one. Wherever a model is named (`evaluate`, `play`, `usi`, `export`,
+`gauntlet`, evaluation opponents, the library's `evaluate`), `resolve_model` takes a model file,
+a checkpoint directory, or a run folder meaning its best checkpoint (else its newest good one,
+logged), and `load_model` loads what it names. Loading never unpickles arbitrary objects
 (`torch.load(weights_only=True)`), and any problem is one `ModelFileError` naming the file.
 """
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +23,20 @@ import torch
 from pydantic import ValidationError
 
 from keisei_ray.config import ModelConfig, saved_model_config
-from keisei_ray.files import write_atomic
-from keisei_ray.store.checkpoint import CheckpointError, read_model_state
+from keisei_ray.files import make_dir, write_atomic
+from keisei_ray.store.checkpoint import (
+    _NAME,
+    MANIFEST,
+    RUN_FILE,
+    CheckpointError,
+    best_checkpoint,
+    read_model_state,
+)
 from learner.model import PolicyValueNet, build_model, load_weights
 
 FORMAT = "keisei-ray-model/1"
+
+log = logging.getLogger(__name__)
 
 
 class ModelFileError(ValueError):
@@ -41,7 +54,7 @@ def save_model(path: str | Path, weights: Mapping[str, np.ndarray], config: Mode
                meta: Mapping[str, Any] | None = None) -> Path:
     """Write weights + model config to `path` atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     tensors = {name: torch.from_numpy(np.array(array)) for name, array in weights.items()}
     payload = {
         "format": FORMAT,
@@ -55,14 +68,35 @@ def save_model(path: str | Path, weights: Mapping[str, np.ndarray], config: Mode
     return write_atomic(path, buffer.getvalue())
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    """Load a file written by `save_model`, or a checkpoint directory (verified against its
-    manifest), into a fresh network in eval mode."""
+def resolve_model(path: str | Path) -> Path:
+    """What a named model is: a model file or a checkpoint directory is itself; a run folder
+    (with run.json) is its best checkpoint, else its newest good one, and which one was taken is
+    logged. ModelFileError when the path is none of these or the run has no good checkpoint."""
     path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise ModelFileError(f"model {path}: not found (expected a model file, a checkpoint "
+                             "directory or a run folder)")
+    if (path / MANIFEST).exists() or _NAME.match(path.name):
+        return path  # a checkpoint: verified as it loads (a partial one says so)
+    if (path / RUN_FILE).is_file():
+        try:
+            chosen, why = best_checkpoint(path)
+        except CheckpointError as exc:
+            raise ModelFileError(str(exc)) from None
+        log.info("run folder %s: %s", path, why)
+        return chosen
+    raise ModelFileError(f"model {path}: a folder, but neither a checkpoint (no {MANIFEST}) nor "
+                         f"a run folder (no {RUN_FILE})")
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load what `resolve_model(path)` names (a file written by `save_model`, or a checkpoint
+    directory verified against its manifest) into a fresh network in eval mode."""
+    path = resolve_model(path)
     if path.is_dir():
         return _load_checkpoint(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {path}: not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file

@@ -3,6 +3,7 @@ pruned to the last `checkpoint.keep_last` plus the best."""
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import shutil
@@ -23,7 +24,7 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
-from keisei_ray.files import write_atomic
+from keisei_ray.files import make_dir, write_atomic
 from keisei_ray.store.checkpoint import (
     _NAME,
     BEST_FILE,
@@ -36,6 +37,7 @@ from keisei_ray.store.checkpoint import (
     verify_checkpoint,
     write_checkpoint,
 )
+from keisei_ray.text import signed
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,7 @@ class CheckpointCallback(Callback):
         self.merits: dict[int, tuple[int, float]] = {}  # version -> (rated, Elo or score)
         self.best: str | None = None  # name of the best checkpoint
         self.saved: dict[str, tuple[int, int]] = {}  # name -> (timestep, version), on disk
+        self.measured_since_save = False  # an evaluation finished after the newest save
         self.stall_s: list[float] = []  # driver-side seconds per checkpoint (snapshot fetch)
         self.save_s: list[float] = []  # writer-thread seconds per checkpoint
         self._writer: _Writer | None = None
@@ -137,7 +140,7 @@ class CheckpointCallback(Callback):
     # ---------------------------------------------------------------- events
     def on_train_start(self, event: TrainStart) -> None:
         self.folder = Path(event.run_dir) / CHECKPOINTS
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_dir(self.folder)
         self.run_id = run_id_of(event.run_dir, create=True)
         self.bus = event.bus
         for stale in self.folder.glob(".tmp-ckpt-*"):  # a save killed half-way
@@ -160,6 +163,8 @@ class CheckpointCallback(Callback):
                             self.settings.keep_last)
                 continue
             self.saved[path.name] = (info.timestep, info.version)
+        if event.resumed:
+            self._restore_best()
         self.last_timestep = event.timestep if event.resumed else None
         interval = self.settings.interval_timesteps
         self.next_due = None if interval is None else (event.timestep // interval + 1) * interval
@@ -175,6 +180,7 @@ class CheckpointCallback(Callback):
         self._save(event.snapshot, event.timestep, "interval")
 
     def on_evaluation_done(self, event: EvaluationDone) -> None:
+        self.measured_since_save = True
         old = self.merits.get(event.version)
         if event.elo is not None:  # a rating takes every opponent into account
             self.merits[event.version] = (1, float(event.elo))
@@ -185,7 +191,15 @@ class CheckpointCallback(Callback):
     def on_train_end(self, event: TrainEnd) -> None:
         if self._writer is None:
             return
-        if event.snapshot is not None and event.timestep != self.last_timestep:
+        # The saves still in flight first: the best is then chosen among every checkpoint,
+        # and the end checkpoint's own state names it.
+        self._writer.wait()
+        self._poll()
+        # The end of the run is saved, even when its last update already was: the final
+        # evaluation finishes after that save (the default intervals always do this), and
+        # what it measured must be in the checkpoint a resume starts from.
+        if event.snapshot is not None and (event.timestep != self.last_timestep
+                                           or self.measured_since_save):
             reason = "end" if event.reason == "completed" else "interrupt"
             self._save(event.snapshot, event.timestep, reason)
         self._writer.wait()  # the last checkpoint must be on disk before the process ends
@@ -195,6 +209,38 @@ class CheckpointCallback(Callback):
         self._writer = None
 
     # ---------------------------------------------------------------- internals
+    def _restore_best(self) -> None:
+        """Keep the best checkpoint that RUN/checkpoints/best.json names.
+
+        A checkpoint's state is a cut: an evaluation that finished after it (before a crash or
+        a kill) rated a checkpoint the state does not know as the best. best.json was written
+        then; its checkpoint and merit stay, so a lower-rated one never displaces (and prunes)
+        it. One of an abandoned future (not among the saved checkpoints) is ignored.
+        """
+        assert self.folder is not None
+        path = self.folder / BEST_FILE
+        if not path.is_file():
+            return
+        try:
+            best = json.loads(path.read_text(encoding="utf-8"))
+            name, version = str(best["checkpoint"]), int(best["version"])
+            merit = (int(bool(best["rated"])), float(best["merit"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s is unreadable (%s): the best checkpoint is the resumed state's",
+                        path, exc)
+            return
+        if self.saved.get(name, (None, None))[1] == version:
+            if version not in self.merits:
+                log.info("%s: %s is the best checkpoint (%s), rated after the resumed "
+                         "checkpoint was taken", path, name,
+                         f"Elo {signed(merit[1], 1)}" if merit[0] else f"score {merit[1]:.3f}")
+            self.merits.setdefault(version, merit)
+            if self.best not in self.saved:
+                self.best = name
+        if self.best is not None and self.best not in self.saved:
+            self.best = None  # gone with an abandoned future, or deleted
+        self._update_best()
+
     def _save(self, capture: Callable[[], Callable[[], RunSnapshot]], timestep: int,
               reason: str) -> None:
         """Capture the snapshot now (the driver's only cost: `stall_s`); fetch it, write it,
@@ -204,6 +250,7 @@ class CheckpointCallback(Callback):
         fetch = capture()
         self.stall_s.append(time.perf_counter() - start)
         self.last_timestep = timestep
+        self.measured_since_save = False
         folder, run_id = self.folder, self.run_id
 
         def job() -> _Saved:
@@ -248,8 +295,8 @@ class CheckpointCallback(Callback):
         write_atomic(self.folder / BEST_FILE, _json_bytes(
             {"checkpoint": name, "timestep": timestep, "version": version,
              "rated": bool(merit[0]), "merit": merit[1]}))
-        log.info("best checkpoint is now %s (%s %.3f)", name, "Elo" if merit[0] else "score",
-                 merit[1])
+        log.info("best checkpoint is now %s (%s)", name,
+                 f"Elo {signed(merit[1], 1)}" if merit[0] else f"score {merit[1]:.3f}")
         if self.bus is not None:
             self.bus.emit(CheckpointSaved(timestep, version, self.folder / name, "best"))
 

@@ -63,7 +63,7 @@ from keisei_ray.training.ray_cluster import (
     worker_room,
 )
 from keisei_ray.training.tuning import LearnerTuner, tune_games
-from keisei_ray.training.waits import wait_split
+from keisei_ray.training.waits import learner_remedies, wait_split
 from keisei_ray.training.workers import Collected, WorkerPool, game_stats
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ class Trainer:
         self._steps_start = 0
         self._lost_base = self.state.lost_batches
         self.capacity = 0  # transitions the learner's buffer holds
+        self.remedies: list[str] = []  # what the bottleneck hint may advise a slow learner
         self.profile = ProfileWindow(config, run_dir)
         self.tuner = LearnerTuner(config, resumed=resume is not None)
         self._updates_start = self.state.updates
@@ -147,6 +148,7 @@ class Trainer:
     def _start_actors(self) -> Published:
         train = self.config.train
         device = resolve_device(self.config)
+        self.remedies = learner_remedies(self.config, device)
         workers = (_auto_workers(self.config) if train.num_workers == "auto"
                    else int(train.num_workers))
         if train.autotune and self.resume is None:  # a resumed run keeps its saved values
@@ -468,7 +470,8 @@ class Trainer:
         if self.league is not None:
             self.league.on_update(st.updates, st.version, result.published.weights)
         wall = time.monotonic() - self._started
-        waits = wait_split(wall, self.learner_busy_s, self.pool.busy_s, self.pool.alive)
+        waits = wait_split(wall, self.learner_busy_s, self.pool.busy_s, self.pool.alive,
+                           self.remedies)
         self.bus.emit(UpdateDone(
             timestep=st.timestep, version=st.version, accepted=result.accepted,
             metrics={k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)},

@@ -31,7 +31,7 @@ from keisei_ray.events import (
     TrainStart,
     UpdateDone,
 )
-from keisei_ray.files import write_text_atomic
+from keisei_ray.files import set_file_mode, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class MetricsLog(Callback):
         if event.resumed and self.path.exists():
             drop_lines_after(self.path, event.timestep)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open until the end)
+        set_file_mode(self.path)
         self._write({"event": "start", "timestep": event.timestep, "version": event.version,
                      "resumed": event.resumed})
 

@@ -29,6 +29,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from keisei_ray.config import Config
+from keisei_ray.files import make_dir, write_atomic, write_text_atomic
 from learner.profiling import ProfileOutput
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class ProfileWindow:
             return None
         self.recording, self.done = False, True
         stopped_at = time.time()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_dir(self.folder)
         outputs: dict[str, ProfileOutput] = {}
         for role, actor in self._actors():
             try:
@@ -91,13 +92,12 @@ class ProfileWindow:
             except (RayActorError, RayTaskError) as exc:
                 log.warning("profile: %s gave no trace (%s)", role, type(exc).__name__)
         for role, output in outputs.items():
-            (self.folder / f"{role}.pt.trace.json").write_bytes(output.trace)
+            write_atomic(self.folder / f"{role}.pt.trace.json", output.trace)
         timeline = write_timeline(self.folder / "ray_timeline.json", self._started_at,
                                   stopped_at)
         summary = summarize(outputs, stopped_at - self._started_at, self._updates,
                             timeline_events=timeline)
-        (self.folder / "summary.json").write_text(json.dumps(summary, indent=2),
-                                                  encoding="utf-8")
+        write_text_atomic(self.folder / "summary.json", json.dumps(summary, indent=2))
         log.info("profile of %d update(s) in %s:\n%s", self._updates, self.folder,
                  format_summary(summary))
         return summary
@@ -116,7 +116,7 @@ def write_timeline(path: Path, start: float, stop: float) -> int:
     lo, hi = start * 1e6, stop * 1e6
     kept = [e for e in events if "ts" not in e
             or (lo <= float(e["ts"]) + float(e.get("dur", 0.0)) and float(e["ts"]) <= hi)]
-    path.write_text(json.dumps(kept), encoding="utf-8")
+    write_text_atomic(path, json.dumps(kept))
     return len(kept)
 
 
