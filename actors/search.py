@@ -98,8 +98,8 @@ class _Tree:
 
     @property
     def done(self) -> bool:
-        return self.mate is not None or (self.root.expanded and self.sims >= self.budget) \
-            or (self.root.expanded and len(self.root.moves) == 1)
+        # A single legal move is searched too: its value is reported, its subtree kept.
+        return self.mate is not None or (self.root.expanded and self.sims >= self.budget)
 
     def root_leaf(self) -> _Leaf | None:
         """The root's own evaluation, when the root is new."""
