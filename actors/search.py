@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ from keisei_ray.config import EnvConfig, SearchConfig
 from learner.features import encode_planes, to_tensors
 from learner.model import ModelSpec
 from shogi import NUM_ACTIONS, Move, Position
+from shogi.actions import MOVE16_TO_ACTION
+from shogi.moves import MOVE16_MASK
 from shogi.search_board import SearchBoard, StateRow, compact_rows
 from shogi.tactics import forced_mate
 
@@ -65,14 +68,13 @@ class SearchResult:
 
 @dataclass
 class _Leaf:
-    """A position gathered for the next forward: its tree, the path to it, its node, the raw
-    state and the action indices of its legal moves."""
+    """A position gathered for the next forward: its tree, the path to it, its node (whose
+    moves are the legal moves) and the raw state."""
 
     tree: _Tree
     path: list[tuple[Node, int]]
     node: Node
     row: StateRow
-    actions: np.ndarray
 
 
 _COLLISION = object()  # a walk that reached a leaf already waiting for the network
@@ -106,7 +108,7 @@ class _Tree:
         if not self.root.pending or self.mate is not None:
             return None
         board = self.board
-        return _Leaf(self, [], self.root, board.row(), board.actions(self.root.moves))
+        return _Leaf(self, [], self.root, board.row())
 
     def start_gumbel(self) -> None:
         s = self.settings
@@ -150,7 +152,7 @@ class _Tree:
                     child = node.children[a] = self._new_node()
                     if child.pending:
                         self.seldepth = max(self.seldepth, len(path))
-                        return _Leaf(self, path, child, board.row(), board.actions(child.moves))
+                        return _Leaf(self, path, child, board.row())
                 if child.terminal is not None:
                     self.seldepth = max(self.seldepth, len(path))
                     backup(path, child, child.terminal, gumbel is None)
@@ -217,7 +219,7 @@ class _Tree:
         root = self.root
         s = self.settings
         a = self.best(rng)
-        names = [Move(m).usi() for m in root.moves]
+        names = SearchBoard.usi(root.moves)
         if s.gumbel:
             policy = improved_policy(root, s.gumbel_c_visit, s.gumbel_c_scale)
         elif root.total > 0:
@@ -229,7 +231,7 @@ class _Tree:
         node = root.children[a]
         while node is not None and node.expanded and node.total > 0:
             b = int(np.argmax(node.N))
-            pv.append(Move(node.moves[b]).usi())
+            pv.append(SearchBoard.usi([node.moves[b]])[0])
             node = node.children[b]
         return SearchResult(
             names[a], value, {names[i]: int(n) for i, n in enumerate(root.N) if n > 0},
@@ -259,6 +261,8 @@ class TreeSearch:
         self._call = 0
         self.evaluations = 0  # positions evaluated by the network, over the searcher's life
         self.forwards = 0
+        self.network_seconds = 0.0  # in features + forward (the rest is the tree's own work)
+        self.network_cpu_seconds = 0.0  # the same in CPU time of this process
 
     def reset(self) -> None:
         """Forget every kept tree (a new game)."""
@@ -384,11 +388,19 @@ class TreeSearch:
         state = compact_rows([leaf.row for leaf in leaves])
         max_moves = self.max_moves or leaves[0].tree.position.max_moves \
             or EnvConfig().max_moves
+        started, cpu = time.perf_counter(), time.process_time()
         planes = encode_planes(to_tensors(state, self.device), max_moves, self.attack_planes)
         logits, values = self.model(planes)
-        counts = np.array([len(leaf.actions) for leaf in leaves])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.network_seconds += time.perf_counter() - started
+        self.network_cpu_seconds += time.process_time() - cpu
+        counts = np.array([len(leaf.node.moves) for leaf in leaves])
+        moves = np.fromiter(chain.from_iterable(leaf.node.moves for leaf in leaves),
+                            dtype=np.int64, count=int(counts.sum()))
+        turns = np.repeat(state.color.astype(np.intp), counts)
         rows = np.repeat(np.arange(len(leaves)) * NUM_ACTIONS, counts)
-        flat = torch.from_numpy(rows + np.concatenate([leaf.actions for leaf in leaves]))
+        flat = torch.from_numpy(rows + MOVE16_TO_ACTION[turns, moves & MOVE16_MASK])
         chosen = logits.reshape(-1).index_select(0, flat.to(self.device)).float().cpu().numpy()
         value = values.float().cpu().numpy()
         starts = np.zeros(len(leaves), dtype=np.int64)

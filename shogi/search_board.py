@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import cshogi
 import numpy as np
 
-from shogi.actions import MOVE16_TO_ACTION
 from shogi.compact import (
     BOARD_SIZE,
     CSHOGI_PIECE_TO_CODE,
@@ -26,9 +25,12 @@ from shogi.compact import (
     perspective_board,
     perspective_hands,
 )
-from shogi.moves import MOVE16_MASK, Color
+from shogi.moves import Color
 from shogi.position import Position, impasse_declaration_wins
 from shogi.rules import Outcome, judge
+
+
+_COLORS = (Color.BLACK, Color.WHITE)
 
 
 @dataclass(frozen=True)
@@ -95,15 +97,10 @@ class SearchBoard:
         """Every legal cshogi move of the side to move (ignoring whether the game is over)."""
         return list(self._board.legal_moves)
 
-    def actions(self, moves: Sequence[int]) -> np.ndarray:
-        """int64 action indices (side to move's perspective) of `moves`, in their order."""
-        move16 = np.asarray(moves, dtype=np.int64) & MOVE16_MASK
-        return MOVE16_TO_ACTION[self.turn, move16].astype(np.int64)
-
     def outcome(self, num_legal_moves: int) -> Outcome | None:
         """The game's result here by `shogi.rules.judge`, or None while it goes on."""
         return judge(
-            Color(self.turn), num_legal_moves, self.checks[-1], self.repetition(),
+            _COLORS[self.turn], num_legal_moves, self.checks[-1], self.repetition(),
             self.hashes, self.checks, self.impasse and impasse_declaration_wins(self._board),
             self.ply, self.max_moves)
 
@@ -127,6 +124,11 @@ class SearchBoard:
         finally:
             board.pop()
         return move if mates else 0
+
+    @staticmethod
+    def usi(moves: Sequence[int]) -> list[str]:
+        """USI strings of cshogi moves."""
+        return [cshogi.move_to_usi(m) for m in moves]
 
     def row(self) -> StateRow:
         board = self._board

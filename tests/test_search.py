@@ -287,9 +287,8 @@ def hand_built_root() -> Node:
     root = Node([11, 22, 33, 44])
     logits = np.log(np.array([0.4, 0.3, 0.2, 0.1]))
     root.expand(logits, value=0.1)
-    root.N[:] = [3, 1, 0, 0]
-    root.W[:] = [1.5, -0.5, 0.0, 0.0]
-    root.total = 4
+    root.add(0, 3, 1.5)
+    root.add(1, 1, -0.5)
     return root
 
 
@@ -325,10 +324,9 @@ def test_gumbel_root_spends_the_budget_on_the_best_half() -> None:
     values = np.linspace(-0.8, 0.6, 8)  # move 7 is the best
     for _ in range(24):
         a = gumbel.select()
-        root.N[a] += 1
-        root.W[a] += values[a]
-        root.total += 1
-    assert gumbel.visits.tolist() == [1, 1, 1, 1, 3, 3, 7, 7]
+        root.add(a, 1, values[a])
+        root.visits += 1
+    assert gumbel.visits == [1, 1, 1, 1, 3, 3, 7, 7]
     assert gumbel.best() == 7
 
 
