@@ -29,7 +29,6 @@ from shogi.moves import Color
 from shogi.position import Position, impasse_declaration_wins
 from shogi.rules import Outcome, judge
 
-
 _COLORS = (Color.BLACK, Color.WHITE)
 
 

@@ -5,6 +5,7 @@ at a time."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -35,6 +36,7 @@ from learner.model import build_model, export_weights
 from shogi import NUM_ACTIONS, Move, Position, Termination
 from shogi.search_board import SearchBoard, compact_rows
 from shogi.tactics import forced_mate
+from tests.test_cli import run_cli
 
 MATE_IN_ONE = "4k4/9/4G4/9/9/9/9/9/4K4 b G 1"  # G*5b
 MATE_IN_THREE = "8k/9/8S/4n4/G8/9/9/9/K8 b B 1"  # found by cshogi's mate search, no mate in 1
@@ -446,3 +448,36 @@ def test_model_specs_carry_search_settings(tmp_path: Path) -> None:
                                                                                       False)
     raw = make_player(load_contestant(str(path)), load_config(None, []))
     assert isinstance(raw, PolicyPlayer) and raw.search is None
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def test_evaluate_plays_the_searched_player_against_the_raw_one(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = ModelConfig(size="tiny")
+    torch.manual_seed(2)
+    model = save_model(tmp_path / "m.pt", export_weights(build_model(config)), config, {})
+    code, out, _ = run_cli(["evaluate", f"{model},sims=4", str(model), "-n", "2", "--json",
+                            "env.max_moves=16"], capsys)
+    assert code == 0, out
+    data = json.loads(out)
+    assert (data["player"], data["opponent"], data["games"]) == ("m.pt,sims=4", "m.pt", 2)
+    for args, named in (([f"{model},sims=-4", "random"], "simulations"),
+                        ([str(model), "random", "search.c_puct=-1"], "search.c_puct"),
+                        ([f"{model},depth=2", "random"], "depth=2")):
+        code, _, err = run_cli(["evaluate", *args, "-n", "2"], capsys)
+        assert code == 2 and named in err, err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_bench_search_reports_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["bench", "search", "--sizes", "tiny", "--trees", "2",
+                            "--simulations", "4", "--seconds", "0.01", "--json"], capsys)
+    assert code == 0, out
+    figures = json.loads(out)
+    share = figures["tiny, 2 trees: tree's own share of CPU time"]
+    assert 0.0 < share < 1.0
+    assert figures["tiny, 2 trees: simulations per wall s"] > 0
+    code, _, err = run_cli(["bench", "search", "train.seed=3"], capsys)
+    assert code == 2 and "not a search.* setting" in err

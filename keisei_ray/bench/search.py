@@ -45,22 +45,24 @@ def midgame_positions(count: int, plies: int = 40, seed: int = 0) -> list[Positi
     return positions
 
 
-def inference_rate(model: torch.nn.Module, positions: Sequence[Position], batch: int,
-                   max_moves: int, seconds: float) -> tuple[float, float]:
-    """Positions per wall-clock second and per CPU second of features + forward at batch size
-    `batch` (the positions repeated): the best of timed rounds of 3 forwards."""
-    state = CompactState.concat([positions[k % len(positions)].compact() for k in range(batch)])
-    best_wall = best_cpu = 0.0
-    with torch.inference_mode():
-        model(encode_planes(to_tensors(state), max_moves))  # warm-up
-        begin = time.perf_counter()
-        while time.perf_counter() - begin < seconds or best_wall == 0.0:
-            start, cpu = time.perf_counter(), time.process_time()
-            for _ in range(3):
-                model(encode_planes(to_tensors(state), max_moves))
-            best_wall = max(best_wall, 3 * batch / (time.perf_counter() - start))
-            best_cpu = max(best_cpu, 3 * batch / max(time.process_time() - cpu, 1e-9))
-    return best_wall, best_cpu
+class _Inference:
+    """Features + forward at one batch size (the positions repeated), timed round by round."""
+
+    def __init__(self, model: torch.nn.Module, positions: Sequence[Position], batch: int,
+                 max_moves: int) -> None:
+        self.model, self.batch, self.max_moves = model, batch, max_moves
+        self.state = CompactState.concat([positions[k % len(positions)].compact()
+                                          for k in range(batch)])
+        self.best_wall = self.best_cpu = 0.0  # positions per second, the best round
+
+    @torch.inference_mode()
+    def round(self, forwards: int = 3) -> None:
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(forwards):
+            self.model(encode_planes(to_tensors(self.state), self.max_moves))
+        done = forwards * self.batch
+        self.best_wall = max(self.best_wall, done / (time.perf_counter() - start))
+        self.best_cpu = max(self.best_cpu, done / max(time.process_time() - cpu, 1e-9))
 
 
 @dataclass
@@ -76,20 +78,15 @@ class _Call:
     forwards: int
 
 
-def _timed_calls(search: TreeSearch, positions: list[Position], seconds: float) -> list[_Call]:
-    calls: list[_Call] = []
-    begin = time.perf_counter()
-    while time.perf_counter() - begin < seconds or len(calls) < 3:
-        network, network_cpu = search.network_seconds, search.network_cpu_seconds
-        evaluated, forwarded = search.evaluations, search.forwards
-        start, cpu = time.perf_counter(), time.process_time()
-        results = search.search_many(positions)
-        calls.append(_Call(time.perf_counter() - start, time.process_time() - cpu,
-                           search.network_seconds - network,
-                           search.network_cpu_seconds - network_cpu,
-                           sum(r.nodes for r in results), search.evaluations - evaluated,
-                           search.forwards - forwarded))
-    return calls
+def _timed_call(search: TreeSearch, positions: list[Position]) -> _Call:
+    network, network_cpu = search.network_seconds, search.network_cpu_seconds
+    evaluated, forwarded = search.evaluations, search.forwards
+    start, cpu = time.perf_counter(), time.process_time()
+    results = search.search_many(positions)
+    return _Call(time.perf_counter() - start, time.process_time() - cpu,
+                 search.network_seconds - network, search.network_cpu_seconds - network_cpu,
+                 sum(r.nodes for r in results), search.evaluations - evaluated,
+                 search.forwards - forwarded)
 
 
 def bench_search(sizes: Sequence[str] = ("tiny", "small"), trees: Sequence[int] = (1, 64),
@@ -98,9 +95,9 @@ def bench_search(sizes: Sequence[str] = ("tiny", "small"), trees: Sequence[int] 
     """Search throughput per (size, trees), and its ratio to pure batched inference.
 
     Each case searches its positions again and again (fresh trees: `search.reuse_tree` off)
-    for about `seconds`, `simulations` per position, and reports the call with the most
-    simulations per CPU second (best of: the load of a shared machine only slows calls down);
-    inference likewise. `overrides` are further `search.*` settings.
+    for about `seconds`, `simulations` per position, taking turns with rounds of pure
+    inference at the search's mean batch; each side reports its best (the load of a shared
+    machine only slows things down). `overrides` are further `search.*` settings.
     """
     torch.set_num_threads(threads)
     config = load_config(None, [f"search.simulations={simulations}",
@@ -115,17 +112,23 @@ def bench_search(sizes: Sequence[str] = ("tiny", "small"), trees: Sequence[int] 
         for count in trees:
             positions = midgame_positions(count, seed=seed)
             search = TreeSearch(model, config.search, seed=seed, max_moves=config.env.max_moves)
-            search.search_many(positions[:1], simulations=8)  # warm-up
-            calls = _timed_calls(search, positions, seconds)
+            first = _timed_call(search, positions)  # warm-up, and the batch size
+            batch = max(1, round(first.evaluations / max(first.forwards, 1)))
+            inference = _Inference(model, positions, batch, config.env.max_moves)
+            inference.round(1)  # warm-up
+            # Search and inference take turns, so both meet the same load of a shared machine.
+            calls: list[_Call] = []
+            begin = time.perf_counter()
+            while time.perf_counter() - begin < seconds or len(calls) < 3:
+                calls.append(_timed_call(search, positions))
+                inference.round()
             best = max(calls, key=lambda c: c.simulations / max(c.cpu, 1e-9))
-            batch = max(1, round(best.evaluations / max(best.forwards, 1)))
-            inference, inference_cpu = inference_rate(model, positions, batch,
-                                                      config.env.max_moves, seconds)
             key = f"{size}, {count} tree{'s' if count > 1 else ''}"
             figures[f"{key}: searches timed"] = len(calls)
             figures[f"{key}: mean batch per forward"] = best.evaluations / max(best.forwards, 1)
-            for clock, total, net, pure in (("wall", best.wall, best.network_wall, inference),
-                                            ("CPU", best.cpu, best.network_cpu, inference_cpu)):
+            for clock, total, net, pure in (
+                    ("wall", best.wall, best.network_wall, inference.best_wall),
+                    ("CPU", best.cpu, best.network_cpu, inference.best_cpu)):
                 figures[f"{key}: simulations per {clock} s"] = best.simulations / total
                 figures[f"{key}: leaf evaluations per {clock} s"] = best.evaluations / total
                 figures[f"{key}: inference positions per {clock} s (batch {batch})"] = pure
