@@ -197,6 +197,7 @@ class _Tree:
 
     def best(self, rng: np.random.Generator) -> int:
         root = self.root
+        root.grow()
         if self.gumbel is not None:
             return self.gumbel.best()
         if len(root.moves) == 1:
@@ -218,7 +219,7 @@ class _Tree:
                                 time.perf_counter() - started)
         root = self.root
         s = self.settings
-        a = self.best(rng)
+        a = self.best(rng)  # (grows the root's statistics)
         names = SearchBoard.usi(root.moves)
         if s.gumbel:
             policy = improved_policy(root, s.gumbel_c_visit, s.gumbel_c_scale)

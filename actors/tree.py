@@ -54,18 +54,24 @@ class Node:
         return not self.pending and self.terminal is None
 
     def expand(self, log_prior: np.ndarray, value: float) -> None:
-        """Set the network's evaluation: log-probabilities of `moves` (in order) and value."""
-        k = len(self.moves)
-        self.logits = log_prior.astype(np.float64)
-        self.prior = np.exp(self.logits)
-        self.N = np.zeros(k, dtype=np.int64)
-        self.W = np.zeros(k, dtype=np.float64)
-        self.Q = np.zeros(k, dtype=np.float64)
-        self.U = self.prior.copy()
-        self.fresh = np.ones(k, dtype=np.float64)
-        self.children = [None] * k
+        """Set the network's evaluation: log-probabilities (float64) of `moves`, in order, and
+        the value. The statistics arrays come with the first visit through the node (`grow`):
+        most leaves of a search are never walked through again."""
+        self.logits = log_prior
+        self.children = [None] * len(self.moves)
         self.net_value = float(value)
         self.pending = False
+
+    def grow(self) -> None:
+        """Allocate the children's statistics (once)."""
+        if self.N is _EMPTY_I and self.moves:
+            k = len(self.moves)
+            self.prior = np.exp(self.logits)
+            self.N = np.zeros(k, dtype=np.int64)
+            self.W = np.zeros(k, dtype=np.float64)
+            self.Q = np.zeros(k, dtype=np.float64)
+            self.U = self.prior.copy()
+            self.fresh = np.ones(k, dtype=np.float64)
 
     def value(self) -> float:
         """This node's mean value for its side to move (the network's until visited)."""
@@ -77,6 +83,8 @@ class Node:
 
     def add(self, a: int, visits: int, value: float) -> None:
         """N[a] += visits, W[a] += value, and what depends on them."""
+        if self.N is _EMPTY_I:
+            self.grow()
         n = int(self.N[a]) + visits
         w = float(self.W[a]) + value
         self.N[a] = n
@@ -103,7 +111,7 @@ def puct_select(node: Node, c_puct: float, fpu_reduction: float) -> int:
     Leela Zero). Before any visit the prior decides. Ties: the lowest index."""
     total = node.total
     if total == 0:
-        return int(node.prior.argmax())
+        return int(node.logits.argmax())
     fpu = node.value() - fpu_reduction * math.sqrt(node.visited_prior)
     return int((node.Q + fpu * node.fresh + (c_puct * math.sqrt(total)) * node.U).argmax())
 
@@ -158,34 +166,39 @@ def considered_visit_sequence(max_considered: int, simulations: int) -> list[int
     return sequence[:simulations]
 
 
-def mixed_value(net_value: float, prior: np.ndarray, n: np.ndarray, q: np.ndarray) -> float:
+def mixed_value(node: Node) -> float:
     """The value an unvisited root move is completed with (v_mix, eq. 33 of the paper): the
-    network's value mixed with the prior-weighted mean Q of the visited moves."""
-    visited = n > 0
-    total = int(n.sum())
+    network's value mixed with the prior-weighted mean Q of the visited moves. (Q is 0 where
+    unvisited, so the sums may run over every move.)"""
+    total = node.total
     if total == 0:
-        return float(net_value)
-    probs = np.maximum(prior[visited], _TINY)
-    weighted = float(probs @ q[visited]) / float(probs.sum())
-    return (float(net_value) + total * weighted) / (1 + total)
+        return node.net_value
+    mass = node.visited_prior
+    if mass > 0.0:
+        weighted = float(node.prior @ node.Q) / mass
+    else:  # visited priors all underflowed to 0: their plain mean
+        weighted = float(node.Q.sum()) / float(len(node.fresh) - node.fresh.sum())
+    return (node.net_value + total * weighted) / (1 + total)
 
 
 def completed_q(node: Node) -> np.ndarray:
     """Q of each move where visited, the mixed value where not (in [-1, 1], node's mover)."""
-    q = node.q()
-    return np.where(node.N > 0, q, mixed_value(node.net_value, node.prior, node.N, q))
+    node.grow()
+    return node.Q + mixed_value(node) * node.fresh
 
 
 def sigma(completed: np.ndarray, max_visits: int, c_visit: float, c_scale: float
           ) -> np.ndarray:
     """sigma(q) = (c_visit + max_b N(b)) * c_scale * q, with q mapped from [-1, 1] to [0, 1]
     (a fixed map: values of a board game are bounded)."""
-    return (c_visit + max_visits) * c_scale * (completed + 1.0) / 2.0
+    half = (c_visit + max_visits) * c_scale / 2.0
+    return completed * half + half
 
 
 def improved_policy(node: Node, c_visit: float, c_scale: float) -> np.ndarray:
     """softmax(logits + sigma(completed Q)) over the node's moves: the policy the search
     improves the network's into."""
+    node.grow()
     n = node.N
     scores = node.logits + sigma(completed_q(node), int(n.max()) if len(n) else 0, c_visit,
                                  c_scale)
@@ -203,6 +216,7 @@ class GumbelRoot:
     def __init__(self, root: Node, moves: int, simulations: int, gumbel: np.ndarray,
                  c_visit: float, c_scale: float) -> None:
         k = len(root.moves)
+        root.grow()
         self.root = root
         self.g = gumbel
         m = min(moves, k)
