@@ -223,6 +223,25 @@ def test_the_move_cap_ends_the_tree_as_a_draw(tiny: nn.Module) -> None:
     assert children and all(c.terminal == 0.0 for c in children)
 
 
+def test_an_impasse_declaration_ends_the_tree_when_the_rule_is_on(tiny: nn.Module) -> None:
+    """White to move; after any move Black may declare a 27-point impasse win: with the rule
+    on, every child is a terminal loss for White (the network never asked); off, none is."""
+    sfen = "RRBB5/4K4/PPPPPPPP1/9/9/9/9/9/8k w - 1"
+    on = Position(sfen, impasse=True)
+    replies = on.legal_moves()
+    for reply in replies:  # what the game's rules say
+        on.push(reply)
+        outcome = on.outcome()
+        assert outcome is not None and outcome.reason is Termination.IMPASSE
+        on.pop()
+    config = SearchConfig(simulations=3 * len(replies), gumbel_moves=100, mate_plies=0,
+                          mate_leaves=False)
+    result = TreeSearch(tiny, config).search(on)
+    assert result.value == -1.0 and result.evaluations == 1
+    off = TreeSearch(tiny, config).search(Position(sfen))
+    assert off.value > -1.0 and off.evaluations > 1
+
+
 # ----------------------------------------------------------------------------- mates
 
 
@@ -254,7 +273,8 @@ def test_a_mate_in_three_is_played_and_is_forced(tiny: nn.Module) -> None:
         mate = position.mate_in_one()
         assert mate is not None
         position.push(mate)
-        assert position.outcome() is not None and position.outcome().winner != position.turn
+        outcome = position.outcome()
+        assert outcome is not None and outcome.winner != position.turn
         position.pop()
         position.pop()
     # With mate_plies=1 the root search does not see it.
@@ -370,6 +390,16 @@ def test_tree_reuse_keeps_the_subtree(tiny: nn.Module) -> None:
                                        .index(second.move)]
     search.reset()
     assert not search._kept
+
+
+def test_a_kept_tree_serves_one_game(tiny: nn.Module) -> None:
+    """Two games in the same position: the kept tree goes to one of them, the other gets its
+    own (sharing one root would back both searches up into it)."""
+    search = TreeSearch(tiny, SearchConfig(simulations=16, mate_plies=0), seed=0)
+    first = search.search(Position())
+    kept = sum(first.visits.values())
+    a, b = search.search_many([Position(), Position()])
+    assert sorted([sum(a.visits.values()), sum(b.visits.values())]) == [16, kept + 16]
 
 
 @pytest.mark.parametrize("gumbel", [True, False])
