@@ -344,14 +344,17 @@ class TreeSearch:
         if position.outcome() is not None:
             raise ValueError(f"cannot search a finished game ({position.outcome()}): "
                              f"{position.sfen()!r}")
-        k = len(position.legal_actions())
-        noise = self.rng.gumbel(size=k) if sampled else np.zeros(k)
         root = self._reused_root(position) if self.settings.reuse_tree else None
-        tree = _Tree(position, root or Node(), self.settings, budget, sampled, noise)
+        tree = _Tree(position, root or Node(), self.settings, budget, sampled, np.zeros(0))
         if root is None:
             tree.root.moves = tree.board.legal_moves()
-        if budget > 0 and self.settings.mate_plies > 0:
-            tree.mate = forced_mate(position.copy(), self.settings.mate_plies)
+        k = len(tree.root.moves)
+        tree.noise = self.rng.gumbel(size=k) if sampled else np.zeros(k)
+        plies = self.settings.mate_plies
+        # cshogi's mate searches first (about a microsecond); the exact, slower check only
+        # where they see something.
+        if budget > 0 and plies > 0 and tree.board.may_mate(plies):
+            tree.mate = forced_mate(position.copy(), plies)
         return tree
 
     def _reused_root(self, position: Position) -> Node | None:

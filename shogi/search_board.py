@@ -99,6 +99,17 @@ class SearchBoard:
             self.hashes, self.checks, self.impasse and impasse_declaration_wins(self._board),
             self.ply, self.max_moves)
 
+    def may_mate(self, plies: int) -> bool:
+        """Whether cshogi's mate searches see a mate within `plies` plies for the side to move
+        (always True in check, where they do not apply): a quick test before the exact
+        `shogi.tactics.forced_mate`, which answers None wherever this is False."""
+        board = self._board
+        if self.checks[-1]:
+            return True
+        if board.mate_move_in_1ply():
+            return True
+        return plies >= 3 and bool(board.mate_move(plies))
+
     def winning_mate_in_one(self) -> int:
         """A cshogi move that checkmates at once and so wins by the game's rules, or 0.
 

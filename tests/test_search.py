@@ -259,9 +259,24 @@ def test_a_mate_in_one_is_played(tiny: nn.Module, gumbel: bool) -> None:
     assert result.move == "G*5b" and not result.mate and result.value == 1.0
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 100_000), plies=st.integers(20, 160), depth=st.sampled_from([1, 3]))
+def test_the_quick_mate_test_never_hides_a_forced_mate(seed: int, plies: int,
+                                                       depth: int) -> None:
+    position = random_position(seed, plies)
+    if position.is_game_over():
+        return
+    mate = forced_mate(position.copy(), depth)
+    if mate is not None:
+        assert SearchBoard(position).may_mate(depth)
+
+
 def test_a_mate_in_three_is_played_and_is_forced(tiny: nn.Module) -> None:
     position = Position(MATE_IN_THREE)
     assert position.mate_in_one() is None
+    board = SearchBoard(position)
+    assert board.may_mate(3) and not board.may_mate(1)
+    assert SearchBoard(Position(MATE_IN_ONE)).may_mate(1)
     result = TreeSearch(tiny, SearchConfig(simulations=8, mate_plies=3), seed=0).search(
         position)
     assert result.mate

@@ -96,8 +96,8 @@ def bench_search(sizes: Sequence[str] = ("tiny", "small"), trees: Sequence[int] 
 
     Each case searches its positions again and again (fresh trees: `search.reuse_tree` off)
     for about `seconds`, `simulations` per position, taking turns with rounds of pure
-    inference at the search's mean batch; each side reports its best (the load of a shared
-    machine only slows things down). `overrides` are further `search.*` settings.
+    inference at the search's mean batch; each side reports its best, per clock (the load of
+    a shared machine only slows things down). `overrides` are further `search.*` settings.
     """
     torch.set_num_threads(threads)
     config = load_config(None, [f"search.simulations={simulations}",
@@ -122,13 +122,14 @@ def bench_search(sizes: Sequence[str] = ("tiny", "small"), trees: Sequence[int] 
             while time.perf_counter() - begin < seconds or len(calls) < 3:
                 calls.append(_timed_call(search, positions))
                 inference.round()
-            best = max(calls, key=lambda c: c.simulations / max(c.cpu, 1e-9))
+            by_wall = max(calls, key=lambda c: c.simulations / c.wall)
+            by_cpu = max(calls, key=lambda c: c.simulations / max(c.cpu, 1e-9))
             key = f"{size}, {count} tree{'s' if count > 1 else ''}"
             figures[f"{key}: searches timed"] = len(calls)
-            figures[f"{key}: mean batch per forward"] = best.evaluations / max(best.forwards, 1)
-            for clock, total, net, pure in (
-                    ("wall", best.wall, best.network_wall, inference.best_wall),
-                    ("CPU", best.cpu, best.network_cpu, inference.best_cpu)):
+            figures[f"{key}: mean batch per forward"] = first.evaluations / max(first.forwards, 1)
+            for clock, best, total, net, pure in (
+                    ("wall", by_wall, by_wall.wall, by_wall.network_wall, inference.best_wall),
+                    ("CPU", by_cpu, by_cpu.cpu, by_cpu.network_cpu, inference.best_cpu)):
                 figures[f"{key}: simulations per {clock} s"] = best.simulations / total
                 figures[f"{key}: leaf evaluations per {clock} s"] = best.evaluations / total
                 figures[f"{key}: inference positions per {clock} s (batch {batch})"] = pure
