@@ -122,8 +122,11 @@ class _Tree:
         if not self.root.expanded:
             return
         self.start_gumbel()
-        taken = 0
-        while taken < limit and self.sims + self.inflight < self.budget:
+        taken = walks = 0
+        # Walks that end in terminal nodes need no forward; bounding them lets the caller
+        # look at its clock and stop event between gathers even in a solved position.
+        while taken < limit and walks < 4 * limit and self.sims + self.inflight < self.budget:
+            walks += 1
             leaf = self._walk()
             if leaf is _COLLISION:
                 return
@@ -329,12 +332,14 @@ class TreeSearch:
                 break
             if on_info is not None and time.monotonic() >= next_info:
                 next_info = time.monotonic() + info_interval_s
-                on_info(trees[0].result(self.rng, started, evaluations))
+                # Its own generator: an info line must not change the move a sampled search
+                # draws at the end.
+                on_info(trees[0].result(np.random.default_rng(0), started, evaluations))
             leaves = []
             for t in trees:
                 if not t.done:
                     t.gather(s.leaves_per_forward, leaves)
-            if not leaves:  # every tree is done (a walk only collides with a gathered leaf)
+            if not leaves and all(t.done for t in trees):
                 break
         results = [t.result(self.rng, started, evaluations) for t in trees]
         self._keep(trees)

@@ -271,6 +271,20 @@ def test_the_quick_mate_test_never_hides_a_forced_mate(seed: int, plies: int,
         assert SearchBoard(position).may_mate(depth)
 
 
+def test_a_solved_position_still_answers_at_its_deadline(tiny: nn.Module) -> None:
+    """Every walk ends in a terminal node (no forward at all): the search still looks at its
+    clock between walks and stops on time, however large its budget."""
+    first = forced_mate(Position(MATE_IN_THREE), 3)
+    assert first is not None
+    position = Position(MATE_IN_THREE)
+    position.push(first)
+    search = TreeSearch(tiny, SearchConfig(simulations=10_000_000, mate_plies=0))
+    started = time.monotonic()
+    result = search.search(position, deadline=started + 0.3)
+    assert time.monotonic() - started < 5.0
+    assert result.value == -1.0 and result.nodes > 0
+
+
 def test_a_mate_in_three_is_played_and_is_forced(tiny: nn.Module) -> None:
     position = Position(MATE_IN_THREE)
     assert position.mate_in_one() is None
