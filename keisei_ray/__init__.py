@@ -1,8 +1,8 @@
 """keisei-ray: distributed PPO self-play for Shogi on Ray.
 
 The library API: `train(config) -> RunResult`, `evaluate(player, opponent) -> MatchResult`
-and `load_config(...)` (keisei_ray.api, keisei_ray.config). They are imported on first use, so
-`import keisei_ray` stays cheap (no Ray, no torch).
+and `load_config(...)` (keisei_ray.api, keisei_ray.config_loading). They are imported on first
+use, so `import keisei_ray` stays cheap (no Ray, no torch).
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 if TYPE_CHECKING:
     from keisei_ray.api import RunResult, evaluate, train
-    from keisei_ray.config import Config, ConfigError, load_config
+    from keisei_ray.config import Config, ConfigError
+    from keisei_ray.config_loading import load_config
 
 _LAZY = {"train": "keisei_ray.api", "evaluate": "keisei_ray.api", "RunResult": "keisei_ray.api",
          "Config": "keisei_ray.config", "ConfigError": "keisei_ray.config",
-         "load_config": "keisei_ray.config"}
+         "load_config": "keisei_ray.config_loading"}
 
 __all__ = ["Config", "ConfigError", "RunResult", "__version__", "evaluate", "load_config",
            "train"]

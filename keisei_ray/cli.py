@@ -23,7 +23,8 @@ from rich.table import Table
 from keisei_ray import __version__
 from keisei_ray.api import RunResult, train
 from keisei_ray.bench.commands import bench_app
-from keisei_ray.config import Config, ConfigError, dump, load_config
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import dump, load_config
 from keisei_ray.console import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,

@@ -18,7 +18,7 @@ import ray
 import torch
 
 from keisei_ray.cli import main
-from keisei_ray.config import dump, load_config
+from keisei_ray.config_loading import dump, load_config
 from keisei_ray.events import Callback, CheckpointSaved, UpdateDone
 from keisei_ray.store.checkpoint import (
     CHECKPOINTS,

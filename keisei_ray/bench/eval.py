@@ -20,7 +20,8 @@ import torch
 
 from actors.evaluation import Contestant, Evaluator
 from keisei_ray.arena.background import BackgroundEvaluation
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from keisei_ray.events import Callback, EvaluationDone, UpdateDone
 from keisei_ray.store.model_file import save_model
 from keisei_ray.training.driver import Trainer

@@ -19,7 +19,8 @@ from keisei_ray.bench.fuzz import (
     _games,
     _message_ok,
 )
-from keisei_ray.config import Config, ConfigError, dump, load_config
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import dump, load_config
 from shogi import (
     STARTING_SFEN,
     IllegalMoveError,

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 import yaml
 
-from keisei_ray.config import Config, ConfigError, dump, saved_model_config, validate
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import dump, saved_model_config, validate
 from keisei_ray.files import write_atomic
 from shogi import NUM_ACTIONS
 

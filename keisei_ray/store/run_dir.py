@@ -6,7 +6,8 @@ import secrets
 from datetime import datetime
 from pathlib import Path
 
-from keisei_ray.config import Config, ConfigError, dump
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import dump
 
 
 def new_run_dir(config: Config) -> Path:
