@@ -20,7 +20,7 @@ from keisei_ray.arena.usi import UsiEngine, value_to_cp
 from keisei_ray.config import ModelConfig
 from keisei_ray.store.model_file import save_model
 from learner.model import build_model, export_weights
-from shogi import Color, Move, Position, move_to_action
+from shogi import Color, Move, Position, RandomPlayer, move_to_action
 
 MATED = "3nkn3/4G4/4P4/9/9/9/9/9/4K4 w - 1"  # White to move is checkmated
 MATE_IN_ONE = "3nkn3/9/4P4/9/9/9/9/9/4K4 b G 1"  # G*5b mates
@@ -194,6 +194,75 @@ def test_baseline_engines_and_quit() -> None:
     assert s.engine.quit
 
 
+def random_game(plies: int, seed: int = 1) -> list[str]:
+    """`plies` legal USI moves from the start, a game that has not ended after them."""
+    position, player = Position(), RandomPlayer(seed)
+    while position.ply < plies:
+        position.push(player.choose(position))
+        assert not position.is_game_over()
+    return [m.usi() for m in position.moves]
+
+
+def score_cp(lines: list[str]) -> int:
+    (info,) = [line for line in lines if line.startswith("info depth")]
+    words = info.split()
+    return int(words[words.index("cp") + 1])
+
+
+def test_max_moves_to_draw_caps_the_game_and_scales_the_ply_plane() -> None:
+    moves = " ".join(random_game(38))
+    s = Session()
+    s.send("isready", f"position startpos moves {moves}")
+    assert s.engine.position is not None and s.engine.position.max_moves is None  # 0: no cap
+    uncapped = score_cp(s.send("go byoyomi 100"))
+    assert s.engine.player is not None and s.engine.player.max_moves == 512  # the config's
+    # YaneuraOu's name, then dlshogi's alias: the same cap, no warning or error either way.
+    for name in ("MaxMovesToDraw", "Draw_Ply"):
+        assert s.send(f"setoption name {name} value 40", "isready") == ["readyok"]
+        s.send(f"position startpos moves {moves}")
+        assert s.engine.position is not None and s.engine.position.max_moves == 40
+        answer = s.send("go byoyomi 100")
+        assert s.engine.player.max_moves == 40  # the ply plane is 38 / 40, not 38 / 512
+        assert score_cp(answer) != uncapped
+    # A GUI that plays on past the cap it set gets legal moves, and is told why.
+    forty = random_game(40)
+    s.send("position startpos moves " + " ".join(forty[:39]))
+    assert s.engine.position is not None and s.engine.position.max_moves == 40
+    answer = s.send("position startpos moves " + " ".join(forty))
+    assert answer == ["info string 40 plies played, MaxMovesToDraw is 40: playing on without "
+                      "the cap"]
+    board = Position()
+    for usi in forty:
+        board.push_usi(usi)
+    assert bestmove(s.send("go byoyomi 100")) in {m.usi() for m in board.legal_moves()}
+    s.send("setoption name MaxMovesToDraw value 0", f"position startpos moves {moves}")
+    assert score_cp(s.send("go byoyomi 100")) == uncapped
+
+
+def test_standard_options_hash_threads_ponder() -> None:
+    s = Session()
+    options = [line for line in s.send("usi") if line.startswith("option")]
+    for name in ("USI_Hash", "USI_Ponder", "Threads", "MaxMovesToDraw"):
+        assert any(line.startswith(f"option name {name} type ") for line in options), name
+    threads = torch.get_num_threads()
+    try:
+        assert s.send("setoption name USI_Hash value 4096", "setoption name USI_Ponder value true",
+                      "setoption name Threads value 2", "isready") == ["readyok"]
+        assert torch.get_num_threads() == 2
+        assert s.engine.options.hash_mb == 4096 and s.engine.options.ponder
+    finally:
+        torch.set_num_threads(threads)
+    for command in ("setoption name USI_Hash value 0", "setoption name USI_Hash value lots",
+                    "setoption name USI_Ponder value perhaps", "setoption name Threads value x",
+                    "setoption name MaxMovesToDraw value -1",
+                    "setoption name MaxMovesToDraw value 1e3", "setoption name Draw_Ply value"):
+        answer = s.send(command)
+        assert len(answer) == 1 and answer[0].startswith("info string error:"), (command, answer)
+    assert s.engine.options.max_moves_to_draw == 0 and s.engine.options.hash_mb == 4096
+    s.send("position startpos")
+    assert bestmove(s.send("go byoyomi 100")) in {m.usi() for m in Position().legal_moves()}
+
+
 def test_value_to_cp_is_monotone_and_clamped() -> None:
     assert value_to_cp(0.0) == 0
     assert value_to_cp(0.5) > value_to_cp(0.1) > 0 > value_to_cp(-0.1)
@@ -269,3 +338,29 @@ def test_match_with_the_cshogi_match_runner(tmp_path: Path, model_file: Path,
     # No illegal move and no loss on time on either side, in either colour.
     assert "反則負け" not in printed and "切れ負け" not in printed, printed
     assert len(list(tmp_path.glob("*.csa"))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_match_runner_sets_the_standard_options(tmp_path: Path, model_file: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """cshogi's runner sets USI_Hash, Threads and MaxMovesToDraw, and sends gameover between
+    games; the engine takes them all (no warning or error) and honours the cap: the runner
+    here plays on to 24 plies, past the 20 it set, and the engine says so and plays on."""
+    agent = engine_script(tmp_path, "agent.sh", str(model_file))
+    opponent = engine_script(tmp_path, "random.sh", "random")
+    options = {"USI_Hash": 256, "Threads": 1, "MaxMovesToDraw": 20}
+    result = cshogi.cli.main(agent, opponent, options1=options, games=2, byoyomi=1000, draw=24,
+                             keep_process=True, debug=True, print_summary=False)
+    printed = capsys.readouterr().out
+    assert result["total"] == 2
+    ours = [line[2:] for line in printed.splitlines() if line.startswith("1:")]
+    assert "setoption name MaxMovesToDraw value 20" in ours
+    assert sum(line.startswith("gameover") for line in ours) == 2  # one game after the other
+    assert not [line for line in ours if line.startswith(("info string error",
+                                                          "info string warning"))], ours
+    # Each of the engine's moves from ply 20 on (plies 20 and 22 as Black, 21 and 23 as
+    # White), and none before: the cap is the engine's.
+    past = [int(line.split()[2]) for line in ours if "MaxMovesToDraw is 20: playing on" in line]
+    assert sorted(past) == [20, 21, 22, 23], ours
+    assert "反則負け" not in printed and "切れ負け" not in printed, printed

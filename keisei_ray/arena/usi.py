@@ -11,6 +11,11 @@ move until `stop` (or `ponderhit`), as the protocol requires.
 The options start from the config (`evaluation.greedy`, `avoid_repetition`, `temperature`,
 `sample_plies`, `seed`; `env.impasse`), so `keisei-ray usi MODEL evaluation.greedy=false`
 takes effect, and the player is built by `actors.evaluation.make_player` as in evaluation.
+The options match runners and GUIs set are accepted too: `USI_Hash`, `USI_Ponder`, `Threads`
+(torch's threads) and `MaxMovesToDraw` (YaneuraOu's name; `Draw_Ply`, dlshogi's, is an alias):
+the game's ply cap, counted from the position given (startpos or the sfen), which ends the
+game as a draw in the engine's position and scales the network's ply plane as `env.max_moves`
+did in training; 0 (the default) is no cap, the plane then keeps the model's training scale.
 
 One class answers the whole protocol (a handler per USI command), so it runs a bit over 400
 lines: splitting it would scatter one state machine.
@@ -22,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, TextIO
 
 import torch
@@ -39,6 +44,11 @@ log = logging.getLogger(__name__)
 CP_PER_NAT = 600.0
 """Centipawns per unit of log-odds when turning the value head into a `score cp`."""
 
+MAX_MOVES_TO_DRAW = 100_000
+"""Largest `MaxMovesToDraw` (YaneuraOu's bound)."""
+MAX_HASH_MB = 1_048_576
+"""Largest `USI_Hash` accepted: GUIs send their own setting, often far above 1 GB."""
+
 
 @dataclass
 class Options:
@@ -51,6 +61,10 @@ class Options:
     seed: int
     impasse: bool
     threads: int = 1  # torch threads: set by the command line, not the config
+    # USI protocol settings, not config ones: a GUI or match runner sets them per game.
+    max_moves_to_draw: int = 0  # MaxMovesToDraw (YaneuraOu's name): the game's ply cap; 0: none
+    hash_mb: int = 16  # USI_Hash: accepted (GUIs always send it); the raw policy keeps no table
+    ponder: bool = False  # USI_Ponder: the GUI may send `go ponder`
 
     @classmethod
     def from_config(cls, config: Config, threads: int = 1) -> Options:
@@ -66,7 +80,7 @@ class Options:
 
         return [
             "option name USI_Ponder type check default false",
-            "option name USI_Hash type spin default 16 min 1 max 1024",
+            f"option name USI_Hash type spin default {self.hash_mb} min 1 max {MAX_HASH_MB}",
             f"option name Greedy type check default {check(self.greedy)}",
             f"option name AvoidRepetition type check default {check(self.avoid_repetition)}",
             f"option name Temperature type string default {self.temperature}",
@@ -74,6 +88,8 @@ class Options:
             f"option name Seed type spin default {self.seed} min 0 max 2147483647",
             f"option name Impasse type check default {check(self.impasse)}",
             f"option name Threads type spin default {self.threads} min 1 max 256",
+            f"option name MaxMovesToDraw type spin default {self.max_moves_to_draw} min 0 "
+            f"max {MAX_MOVES_TO_DRAW}",
         ]
 
     def apply(self, config: Config) -> Config:
@@ -115,8 +131,7 @@ class UsiEngine:
         if max_moves is not None:
             config = config.model_copy(update={
                 "env": config.env.model_copy(update={"max_moves": max_moves})})
-        self.config = config
-        self.max_moves = contestant.max_moves or config.env.max_moves  # scales the ply plane
+        self.config = config  # env.max_moves: the ply plane's scale when the model has none
         self.options = Options.from_config(config, threads)
         self.position: Position | None = Position(impasse=self.options.impasse)
         self.player: Player | None = None
@@ -181,9 +196,16 @@ class UsiEngine:
             name, value = " ".join(args[1:]), ""
         key = name.lower()
         o = self.options
-        if key in ("usi_ponder", "usi_hash"):
-            return  # accepted; nothing to do for a policy that does not search
-        if key == "greedy":
+        if key == "usi_ponder":
+            o.ponder = _parse_bool(name, value)
+            return
+        if key == "usi_hash":
+            o.hash_mb = _parse_int(name, value, 1, MAX_HASH_MB)
+            return
+        if key in ("maxmovestodraw", "draw_ply"):  # YaneuraOu's name; dlshogi's alias
+            o.max_moves_to_draw = _parse_int(name, value, 0, MAX_MOVES_TO_DRAW)
+            self.position = None  # the rules changed: the GUI sends the position again
+        elif key == "greedy":
             o.greedy = _parse_bool(name, value)
         elif key == "avoidrepetition":
             o.avoid_repetition = _parse_bool(name, value)
@@ -231,9 +253,16 @@ class UsiEngine:
         if rest and rest[0] != "moves":
             raise UsiError(f"malformed position: expected 'moves' after the start, got "
                            f"{_clip(rest[0])!r}")
+        moves = rest[1:]
+        cap = self.options.max_moves_to_draw
+        if cap and len(moves) >= cap:
+            # The GUI plays on past the draw cap it set (it counts differently): play on.
+            self.write(f"info string {len(moves)} plies played, MaxMovesToDraw is {cap}: "
+                       "playing on without the cap")
+            cap = 0
         try:
-            position = Position(sfen, impasse=self.options.impasse)
-            for number, usi in enumerate(rest[1:], start=1):
+            position = Position(sfen, max_moves=cap or None, impasse=self.options.impasse)
+            for number, usi in enumerate(moves, start=1):
                 try:
                     position.push_usi(usi)
                 except ShogiError as exc:
@@ -279,6 +308,9 @@ class UsiEngine:
     def _ensure_player(self) -> Player:
         if self.player is None:
             c = self.contestant
+            if self.options.max_moves_to_draw:
+                # The game's cap scales the ply plane, as env.max_moves did in training.
+                c = replace(c, max_moves=self.options.max_moves_to_draw)
             if c.model is not None and self._model is None:
                 self._model = build_model(c.model)
                 load_weights(self._model, c.weights)
