@@ -45,6 +45,7 @@ class Session:
         start = len(self.lines)
         for command in commands:
             self.engine.handle(command)
+            assert self.engine.wait(60), command  # answered, or holding for stop/ponderhit
         return self.lines[start:]
 
 
@@ -156,14 +157,28 @@ def test_malformed_and_illegal_input_never_breaks_the_engine() -> None:
 
 def test_go_infinite_waits_for_stop_and_ponder_for_ponderhit() -> None:
     s = Session()
+    legal = {m.usi() for m in Position().legal_moves()}
     s.send("position startpos")
-    assert s.send("go infinite") == []
+    assert not any(line.startswith("bestmove") for line in s.send("go infinite"))
+    assert s.engine.thinking and s.send("isready") == ["readyok"]  # answered while thinking
     answer = s.send("stop")
-    assert bestmove(answer) in {m.usi() for m in Position().legal_moves()}
+    assert bestmove(answer) in legal
     assert s.send("stop") == []  # nothing held any more
-    assert s.send("go ponder btime 100 wtime 100") == []
-    assert bestmove(s.send("ponderhit"))
-    assert s.send("go infinite", "gameover lose", "stop") == []
+    assert not any(line.startswith("bestmove") for line in s.send("go ponder btime 100 "
+                                                                  "wtime 100"))
+    assert bestmove(s.send("ponderhit")) in legal
+    assert s.send("ponderhit", "stop") == []  # answered already
+    # A runner ends the game while the engine ponders: the pondering `go` still gets its one
+    # answer (a client is waiting for it), without a warning.
+    s.send("go ponder")
+    answer = s.send("gameover lose")
+    assert bestmove(answer) in legal and len(answer) == 1
+    # A command that needs the engine idle while it thinks: answered first, with a warning.
+    s.send("go infinite")
+    answer = s.send("position startpos moves 7g7f")
+    assert answer[0] == "info string warning: 'position' while thinking: stopping first"
+    assert bestmove(answer) in legal
+    assert s.send("go infinite", "quit")[-1].startswith("bestmove") and s.engine.quit
 
 
 def test_sampling_option_and_internal_errors_still_answer_legally(
