@@ -230,6 +230,19 @@ class EvaluationConfig(Section):
         return value
 
 
+class UsiConfig(Section):
+    """`keisei-ray usi`: the engine's budget per move and its clock safety. How it searches is
+    `search` (c_puct, Gumbel, leaves per forward...), whose `simulations` the engine leaves to
+    `usi.simulations`: a GUI's engine searches by default, within the time the GUI gives."""
+
+    simulations: int = Field(10_000, ge=0, le=10_000_000, description="most simulations per "
+                             "move (USI option Simulations); the clock stops the search sooner "
+                             "as a rule; 0: the raw policy, one forward per move")
+    network_delay_ms: int = Field(250, ge=0, le=60_000, description="milliseconds of the "
+                                  "clock kept in hand on every move for the pipe's, the GUI's "
+                                  "and the last forward's delays (USI option NetworkDelay)")
+
+
 class CheckpointConfig(Section):
     """Checkpoints of a training run (in RUN_DIR/checkpoints), and what is kept of them."""
 
@@ -368,6 +381,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    usi: UsiConfig = Field(default_factory=UsiConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)

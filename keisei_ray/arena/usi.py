@@ -2,27 +2,33 @@
 ShogiHome) and USI match runners.
 
 The engine thinks in a worker thread, so `stop`, `ponderhit`, `isready` and `quit` are
-answered while it thinks. It plays its policy directly (one forward per `go`, argmax or
-sampled) and answers in milliseconds, well within any time control. It never crashes on input
-and never sends an illegal move: malformed or illegal commands get an `info string error: ...`
-line; a `go` without a valid position, or in a lost position, answers `bestmove resign`; a
-valid 27-point impasse declaration (option `Impasse`) answers `bestmove win`. `go infinite` and
-`go ponder` hold their move until `stop` (or `ponderhit`), as the protocol requires; a command
-that needs the engine idle (`position`, `go`, `setoption`, `usinewgame`, `gameover`) while it
-still thinks stops the thinking first, so every `go` gets exactly one `bestmove`.
+answered while it thinks. With `Simulations` > 0 (`usi.simulations`, the default) it searches
+(`actors.search.TreeSearch`) within the time the GUI gives: byoyomi, sudden death with
+increments, `movetime`, `nodes`, `infinite` and `ponder` (see `arena/usi_go.py` for the clock),
+writing `info depth .. seldepth .. nodes .. nps .. time .. score cp|mate .. pv ..` lines; with
+0 it plays the raw policy (one forward per `go`, argmax or sampled) in milliseconds.
+
+It never crashes on input and never sends an illegal move: malformed or illegal commands get
+an `info string error: ...` line; a `go` without a valid position, or in a lost position,
+answers `bestmove resign`; a valid 27-point impasse declaration (option `Impasse`) answers
+`bestmove win`. `go infinite` and `go ponder` hold their move until `stop` (or `ponderhit`),
+as the protocol requires; a command that needs the engine idle (`position`, `go`,
+`setoption`, `usinewgame`, `gameover`) while it still thinks stops the thinking first, so
+every `go` gets exactly one `bestmove`.
 
 The options start from the config (`evaluation.greedy`, `avoid_repetition`, `temperature`,
-`sample_plies`, `seed`; `env.impasse`), so `keisei-ray usi MODEL evaluation.greedy=false`
-takes effect, and the player is built by `actors.evaluation.make_player` as in evaluation.
-The options match runners and GUIs set are accepted too: `USI_Hash`, `USI_Ponder`, `Threads`
-(torch's threads) and `MaxMovesToDraw` (YaneuraOu's name; `Draw_Ply`, dlshogi's, is an alias):
-the game's ply cap, counted from the position given (startpos or the sfen), which ends the
-game as a draw in the engine's position and scales the network's ply plane as `env.max_moves`
-did in training; 0 (the default) is no cap, the plane then keeps the model's training scale.
+`sample_plies`, `seed`; `env.impasse`; `search.*`; `usi.*`), so `keisei-ray usi MODEL
+evaluation.greedy=false` takes effect, and the player is built by
+`actors.evaluation.make_player` as in evaluation. The options match runners and GUIs set are
+accepted too: `USI_Hash`, `USI_Ponder`, `Threads` (torch's threads) and `MaxMovesToDraw`
+(YaneuraOu's name; `Draw_Ply`, dlshogi's, is an alias): the game's ply cap, counted from the
+position given (startpos or the sfen), which ends the game as a draw in the engine's position
+(the search's terminal value) and scales the network's ply plane as `env.max_moves` did in
+training; 0 (the default) is no cap, the plane then keeps the model's training scale.
 
 One class answers the whole protocol (a handler per USI command), so it runs long: splitting
-it would scatter one state machine. The `go` arguments and the clock are keisei_ray/arena/
-usi_go.py.
+it would scatter one state machine. The clock is `arena/usi_go.py`, the search of a `go`
+`arena/usi_search.py`.
 """
 
 from __future__ import annotations
@@ -32,28 +38,40 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import BinaryIO, TextIO
 
 import torch
+from pydantic import ValidationError
 
-from actors.evaluation import Contestant, make_player
+from actors.evaluation import Contestant, make_player, search_settings
 from actors.players import Player, PolicyPlayer
 from keisei_ray import __version__
 from keisei_ray.arena.usi_go import GoLimits, UsiError, clip, parse_int
-from keisei_ray.config import Config
+from keisei_ray.arena.usi_search import EngineSearch, GoJob, value_to_cp
+from keisei_ray.config import Config, SearchConfig
 from learner.model import build_model, load_weights
-from shogi import STARTING_SFEN, Outcome, Position, RandomPlayer, ShogiError, Termination
+from shogi import (
+    STARTING_SFEN,
+    Outcome,
+    Position,
+    RandomPlayer,
+    ShogiError,
+    Termination,
+)
 
 log = logging.getLogger(__name__)
-
-CP_PER_NAT = 600.0
-"""Centipawns per unit of log-odds when turning the value head into a `score cp`."""
 
 MAX_MOVES_TO_DRAW = 100_000
 """Largest `MaxMovesToDraw` (YaneuraOu's bound)."""
 MAX_HASH_MB = 1_048_576
 """Largest `USI_Hash` accepted: GUIs send their own setting, often far above 1 GB."""
+MAX_SIMULATIONS = 10_000_000
+"""Largest `Simulations` (usi.simulations' bound)."""
+SEARCH_OPTIONS = {"cpuct": "c_puct", "gumbel": "gumbel", "gumbelmoves": "gumbel_moves",
+                  "leavesperforward": "leaves_per_forward", "mateplies": "mate_plies",
+                  "reusetree": "reuse_tree"}
+"""USI option (lower case) -> `search` setting."""
 
 __all__ = ["Options", "UsiEngine", "UsiError", "serve", "value_to_cp"]
 
@@ -68,6 +86,9 @@ class Options:
     sample_plies: int
     seed: int
     impasse: bool
+    simulations: int  # most simulations per move (usi.simulations); 0: the raw policy
+    network_delay_ms: int  # the clock kept in hand on every move (usi.network_delay_ms)
+    search: SearchConfig  # how the engine searches (its `simulations` unused: see above)
     threads: int = 1  # torch threads: set by the command line, not the config
     # USI protocol settings, not config ones: a GUI or match runner sets them per game.
     max_moves_to_draw: int = 0  # MaxMovesToDraw (YaneuraOu's name): the game's ply cap; 0: none
@@ -75,10 +96,17 @@ class Options:
     ponder: bool = False  # USI_Ponder: the GUI may send `go ponder`
 
     @classmethod
-    def from_config(cls, config: Config, threads: int = 1) -> Options:
+    def from_config(cls, config: Config, threads: int = 1, contestant: Contestant | None = None
+                    ) -> Options:
+        """The config's options; a contestant's own search settings (`model.pt,sims=64`) go
+        over the config's, its `sims` being the engine's Simulations."""
         e = config.evaluation
+        own = dict(contestant.search) if contestant is not None else {}
+        search = search_settings(config.search, tuple(own.items()))
+        simulations = search.simulations if "simulations" in own else config.usi.simulations
         return cls(e.greedy, e.avoid_repetition, e.temperature, e.sample_plies, e.seed,
-                   config.env.impasse == "27", threads)
+                   config.env.impasse == "27", simulations, config.usi.network_delay_ms,
+                   search, threads)
 
     def lines(self) -> list[str]:
         """The `option` lines of the `usi` answer, with these values as defaults."""
@@ -86,6 +114,7 @@ class Options:
         def check(flag: bool) -> str:
             return "true" if flag else "false"
 
+        s = self.search
         return [
             f"option name USI_Ponder type check default {check(self.ponder)}",
             f"option name USI_Hash type spin default {self.hash_mb} min 1 max {MAX_HASH_MB}",
@@ -98,6 +127,17 @@ class Options:
             f"option name Threads type spin default {self.threads} min 1 max 256",
             f"option name MaxMovesToDraw type spin default {self.max_moves_to_draw} min 0 "
             f"max {MAX_MOVES_TO_DRAW}",
+            f"option name Simulations type spin default {self.simulations} min 0 max "
+            f"{MAX_SIMULATIONS}",
+            f"option name NetworkDelay type spin default {self.network_delay_ms} min 0 max "
+            "60000",
+            f"option name CPuct type string default {s.c_puct}",
+            f"option name Gumbel type check default {check(s.gumbel)}",
+            f"option name GumbelMoves type spin default {s.gumbel_moves} min 1 max 1000",
+            f"option name LeavesPerForward type spin default {s.leaves_per_forward} min 1 "
+            "max 4096",
+            f"option name MatePlies type spin default {s.mate_plies} min 0 max 15",
+            f"option name ReuseTree type check default {check(s.reuse_tree)}",
         ]
 
     def apply(self, config: Config) -> Config:
@@ -107,33 +147,10 @@ class Options:
             "temperature": self.temperature, "sample_plies": self.sample_plies,
             "seed": self.seed})
         env = config.env.model_copy(update={"impasse": "27" if self.impasse else "off"})
-        return config.model_copy(update={"evaluation": evaluation, "env": env})
-
-
-def value_to_cp(value: float) -> int:
-    """The value head's [-1, 1] estimate as centipawns on a logistic scale.
-
-    The expected score (value + 1) / 2 is kept within [1e-9, 1 - 1e-9], so a certain win
-    reads as +12434 rather than infinity.
-    """
-    win = min(max((value + 1.0) / 2.0, 1e-9), 1.0 - 1e-9)
-    return round(CP_PER_NAT * math.log(win / (1.0 - win)))
-
-
-@dataclass
-class _Job:
-    """One `go` answered by the worker thread, and the signals the reader thread sends it."""
-
-    position: Position | None
-    limits: GoLimits
-    received: float  # time.monotonic() when `go` arrived: the clock runs from here
-    stop: threading.Event = field(default_factory=threading.Event)  # stop, or idle needed
-    ponder_end: threading.Event = field(default_factory=threading.Event)  # ponderhit or stop
-    settled: threading.Event = field(default_factory=threading.Event)  # answered, or holding
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    hit_at: float | None = None  # time.monotonic() of `ponderhit`: the clock runs from here
-    answered: bool = False
-    thread: threading.Thread | None = None
+        # The player plays the raw policy; the engine searches with its own TreeSearch.
+        search = self.search.model_copy(update={"simulations": 0})
+        return config.model_copy(update={"evaluation": evaluation, "env": env,
+                                         "search": search})
 
 
 class UsiEngine:
@@ -158,11 +175,12 @@ class UsiEngine:
             config = config.model_copy(update={
                 "env": config.env.model_copy(update={"max_moves": max_moves})})
         self.config = config  # env.max_moves: the ply plane's scale when the model has none
-        self.options = Options.from_config(config, threads)
+        self.options = Options.from_config(config, threads, contestant)
         self.position: Position | None = Position(impasse=self.options.impasse)
         self.player: Player | None = None
+        self.search: EngineSearch | None = None  # with Simulations > 0 and a network
         self.quit = False
-        self._job: _Job | None = None
+        self._job: GoJob | None = None
         self._model: torch.nn.Module | None = None
         self._fallback = RandomPlayer(0)
 
@@ -231,6 +249,7 @@ class UsiEngine:
     def cmd_isready(self, args: list[str]) -> None:
         if not self.thinking:  # while thinking the player is in use: it is ready anyway
             self._ensure_player()
+            self._ensure_search()
         self.write("readyok")
 
     def cmd_setoption(self, args: list[str]) -> None:
@@ -272,14 +291,33 @@ class UsiEngine:
         elif key == "threads":
             o.threads = parse_int(name, value, 1, 256)
             torch.set_num_threads(o.threads)
+        elif key == "simulations":
+            o.simulations = parse_int(name, value, 0, MAX_SIMULATIONS)
+        elif key == "networkdelay":
+            o.network_delay_ms = parse_int(name, value, 0, 60_000)
+            return
+        elif key in SEARCH_OPTIONS:
+            field_name = SEARCH_OPTIONS[key]
+            raw: object = value
+            if isinstance(getattr(o.search, field_name), bool):
+                raw = _parse_bool(name, value)
+            try:
+                o.search = SearchConfig.model_validate(
+                    {**o.search.model_dump(), field_name: raw})
+            except ValidationError as exc:
+                problem = "; ".join(e["msg"] for e in exc.errors())
+                raise UsiError(f"option {name}: {problem} (got {clip(value)!r})") from None
         else:
             self.write(f"info string warning: unknown option {clip(name)!r} ignored")
             return
         self.player = None  # rebuilt with the new options at the next isready/go
+        self.search = None
 
     def cmd_usinewgame(self, args: list[str]) -> None:
         self.player = None  # fresh sampling seed per game
         self._ensure_player()
+        if self.search is not None:
+            self.search.reset()
 
     def cmd_position(self, args: list[str]) -> None:
         self.position = None  # stays None if anything below is wrong
@@ -328,7 +366,7 @@ class UsiEngine:
         except UsiError as exc:
             self.info_error(f"{exc}; answering anyway")
             limits = GoLimits(infinite="infinite" in args, ponder="ponder" in args)
-        job = _Job(self.position, limits, received)
+        job = GoJob(self.position, limits, received)
         job.thread = threading.Thread(target=self._work, args=(job,), name="usi-go",
                                       daemon=True)
         self._job = job
@@ -368,7 +406,7 @@ class UsiEngine:
             job.thread.join()
         self._job = None
 
-    def _work(self, job: _Job) -> None:
+    def _work(self, job: GoJob) -> None:
         """The worker thread: think, hold while the protocol says so, answer once."""
         try:
             try:
@@ -395,7 +433,7 @@ class UsiEngine:
             job.answered = True
             job.settled.set()
 
-    def _think(self, job: _Job) -> str:
+    def _think(self, job: GoJob) -> str:
         """The move for the job's position (USI), after its `info` lines."""
         position = job.position
         if position is None:
@@ -413,11 +451,24 @@ class UsiEngine:
             position = Position(position.sfen(), impasse=self.options.impasse)
             if position.is_game_over():
                 return "resign"
+        search = self._ensure_search()
+        if search is not None:
+            o = self.options
+            answer = search.answer(job, position, simulations=o.simulations,
+                                   margin_ms=o.network_delay_ms, ponder=o.ponder,
+                                   sample=not o.greedy or position.ply < o.sample_plies)
+            if answer is not None:
+                return answer
+            # No time to search: the raw policy at once.
+        return self._play(job, position)
+
+    def _play(self, job: GoJob, position: Position) -> str:
+        """The player's move without a search: the raw policy (one forward) of a network."""
         player = self._ensure_player()
         if isinstance(player, PolicyPlayer):
             decision = player.decide([position])
             move = decision.moves[0].usi()
-            elapsed = max(1, int(1000 * (time.monotonic() - job.received)))
+            elapsed = job.elapsed_ms()
             cp = value_to_cp(float(decision.values[0]))
             self.write(f"info depth 1 seldepth 1 nodes 1 nps {1000 // elapsed} time {elapsed} "
                        f"score cp {cp} pv {move}")
@@ -428,6 +479,18 @@ class UsiEngine:
         return choice.usi()
 
     # ---------------------------------------------------------------- helpers
+    def _ensure_search(self) -> EngineSearch | None:
+        """The engine's tree search (with Simulations > 0 and a network), built and warmed
+        up on first use: its speed then sizes the first move's budget."""
+        if self.search is None and self.options.simulations > 0:
+            player = self._ensure_player()
+            if self._model is None or not isinstance(player, PolicyPlayer):
+                return None
+            o = self.options
+            self.search = EngineSearch(self._model, o.search, self.write, seed=o.seed,
+                                       max_moves=player.max_moves, simulations=o.simulations)
+        return self.search
+
     def _ensure_player(self) -> Player:
         if self.player is None:
             c = self.contestant
