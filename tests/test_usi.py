@@ -372,6 +372,19 @@ def test_search_reports_a_mate_and_plays_it() -> None:
     assert infos(answer)[-1][6] == "mate 1"
 
 
+def test_search_takes_max_moves_to_draw_as_the_game_end() -> None:
+    # At ply 39 of a game capped at 40, every move but a mate ends it drawn: the searched
+    # value is exactly a draw, where without the cap the network's own value shows.
+    moves = " ".join(random_game(39))
+    s = Session(simulations=10_000)
+    s.send("isready", f"position startpos moves {moves}")
+    assert infos(s.send("go nodes 64"))[-1][6] != "cp 0"
+    s.send("setoption name MaxMovesToDraw value 40", "isready", f"position startpos moves {moves}")
+    answer = s.send("go nodes 64")
+    assert infos(answer)[-1][6] == "cp 0"
+    assert s.engine.search is not None and s.engine.search.searcher.max_moves == 40
+
+
 def test_search_options_and_bad_values() -> None:
     s = Session(simulations=10_000)
     options = [line for line in s.send("usi") if line.startswith("option")]
@@ -515,7 +528,8 @@ def test_ponder_through_cshogi_usi_client(tmp_path: Path, model_file: Path) -> N
         agent.usinewgame()
         board = cshogi.Board()
         agent.position([])
-        best, expected = agent.go(btime=0, wtime=0, byoyomi=1000)
+        # 200 simulations (however busy the machine) give a principal variation of 2+ moves.
+        best, expected = agent.go(nodes=200)
         assert expected is not None, "no ponder move"
         for ending in ("ponderhit", "stop"):
             line = [best, expected]
