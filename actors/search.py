@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ from keisei_ray.config import EnvConfig, SearchConfig
 from learner.features import encode_planes, to_tensors
 from learner.model import ModelSpec
 from shogi import NUM_ACTIONS, Move, Position
+from shogi.actions import MOVE16_TO_ACTION
+from shogi.moves import MOVE16_MASK
 from shogi.search_board import SearchBoard, StateRow, compact_rows
 from shogi.tactics import forced_mate
 
@@ -65,14 +68,13 @@ class SearchResult:
 
 @dataclass
 class _Leaf:
-    """A position gathered for the next forward: its tree, the path to it, its node, the raw
-    state and the action indices of its legal moves."""
+    """A position gathered for the next forward: its tree, the path to it, its node (whose
+    moves are the legal moves) and the raw state."""
 
     tree: _Tree
     path: list[tuple[Node, int]]
     node: Node
     row: StateRow
-    actions: np.ndarray
 
 
 _COLLISION = object()  # a walk that reached a leaf already waiting for the network
@@ -98,15 +100,15 @@ class _Tree:
 
     @property
     def done(self) -> bool:
-        return self.mate is not None or (self.root.expanded and self.sims >= self.budget) \
-            or (self.root.expanded and len(self.root.moves) == 1)
+        # A single legal move is searched too: its value is reported, its subtree kept.
+        return self.mate is not None or (self.root.expanded and self.sims >= self.budget)
 
     def root_leaf(self) -> _Leaf | None:
         """The root's own evaluation, when the root is new."""
         if not self.root.pending or self.mate is not None:
             return None
         board = self.board
-        return _Leaf(self, [], self.root, board.row(), board.actions(self.root.moves))
+        return _Leaf(self, [], self.root, board.row())
 
     def start_gumbel(self) -> None:
         s = self.settings
@@ -120,8 +122,11 @@ class _Tree:
         if not self.root.expanded:
             return
         self.start_gumbel()
-        taken = 0
-        while taken < limit and self.sims + self.inflight < self.budget:
+        taken = walks = 0
+        # Walks that end in terminal nodes need no forward; bounding them lets the caller
+        # look at its clock and stop event between gathers even in a solved position.
+        while taken < limit and walks < 4 * limit and self.sims + self.inflight < self.budget:
+            walks += 1
             leaf = self._walk()
             if leaf is _COLLISION:
                 return
@@ -150,7 +155,7 @@ class _Tree:
                     child = node.children[a] = self._new_node()
                     if child.pending:
                         self.seldepth = max(self.seldepth, len(path))
-                        return _Leaf(self, path, child, board.row(), board.actions(child.moves))
+                        return _Leaf(self, path, child, board.row())
                 if child.terminal is not None:
                     self.seldepth = max(self.seldepth, len(path))
                     backup(path, child, child.terminal, gumbel is None)
@@ -195,6 +200,7 @@ class _Tree:
 
     def best(self, rng: np.random.Generator) -> int:
         root = self.root
+        root.grow()
         if self.gumbel is not None:
             return self.gumbel.best()
         if len(root.moves) == 1:
@@ -216,8 +222,8 @@ class _Tree:
                                 time.perf_counter() - started)
         root = self.root
         s = self.settings
-        a = self.best(rng)
-        names = [Move(m).usi() for m in root.moves]
+        a = self.best(rng)  # (grows the root's statistics)
+        names = SearchBoard.usi(root.moves)
         if s.gumbel:
             policy = improved_policy(root, s.gumbel_c_visit, s.gumbel_c_scale)
         elif root.total > 0:
@@ -229,7 +235,7 @@ class _Tree:
         node = root.children[a]
         while node is not None and node.expanded and node.total > 0:
             b = int(np.argmax(node.N))
-            pv.append(Move(node.moves[b]).usi())
+            pv.append(SearchBoard.usi([node.moves[b]])[0])
             node = node.children[b]
         return SearchResult(
             names[a], value, {names[i]: int(n) for i, n in enumerate(root.N) if n > 0},
@@ -259,6 +265,8 @@ class TreeSearch:
         self._call = 0
         self.evaluations = 0  # positions evaluated by the network, over the searcher's life
         self.forwards = 0
+        self.network_seconds = 0.0  # in features + forward (the rest is the tree's own work)
+        self.network_cpu_seconds = 0.0  # the same in CPU time of this process
 
     def reset(self) -> None:
         """Forget every kept tree (a new game)."""
@@ -324,12 +332,14 @@ class TreeSearch:
                 break
             if on_info is not None and time.monotonic() >= next_info:
                 next_info = time.monotonic() + info_interval_s
-                on_info(trees[0].result(self.rng, started, evaluations))
+                # Its own generator: an info line must not change the move a sampled search
+                # draws at the end.
+                on_info(trees[0].result(np.random.default_rng(0), started, evaluations))
             leaves = []
             for t in trees:
                 if not t.done:
                     t.gather(s.leaves_per_forward, leaves)
-            if not leaves:  # every tree is done (a walk only collides with a gathered leaf)
+            if not leaves and all(t.done for t in trees):
                 break
         results = [t.result(self.rng, started, evaluations) for t in trees]
         self._keep(trees)
@@ -339,14 +349,17 @@ class TreeSearch:
         if position.outcome() is not None:
             raise ValueError(f"cannot search a finished game ({position.outcome()}): "
                              f"{position.sfen()!r}")
-        k = len(position.legal_actions())
-        noise = self.rng.gumbel(size=k) if sampled else np.zeros(k)
         root = self._reused_root(position) if self.settings.reuse_tree else None
-        tree = _Tree(position, root or Node(), self.settings, budget, sampled, noise)
+        tree = _Tree(position, root or Node(), self.settings, budget, sampled, np.zeros(0))
         if root is None:
             tree.root.moves = tree.board.legal_moves()
-        if budget > 0 and self.settings.mate_plies > 0:
-            tree.mate = forced_mate(position.copy(), self.settings.mate_plies)
+        k = len(tree.root.moves)
+        tree.noise = self.rng.gumbel(size=k) if sampled else np.zeros(k)
+        plies = self.settings.mate_plies
+        # cshogi's mate searches first (about a microsecond); the exact, slower check only
+        # where they see something.
+        if budget > 0 and plies > 0 and tree.board.may_mate(plies):
+            tree.mate = forced_mate(position.copy(), plies)
         return tree
 
     def _reused_root(self, position: Position) -> Node | None:
@@ -384,11 +397,19 @@ class TreeSearch:
         state = compact_rows([leaf.row for leaf in leaves])
         max_moves = self.max_moves or leaves[0].tree.position.max_moves \
             or EnvConfig().max_moves
+        started, cpu = time.perf_counter(), time.process_time()
         planes = encode_planes(to_tensors(state, self.device), max_moves, self.attack_planes)
         logits, values = self.model(planes)
-        counts = np.array([len(leaf.actions) for leaf in leaves])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.network_seconds += time.perf_counter() - started
+        self.network_cpu_seconds += time.process_time() - cpu
+        counts = np.array([len(leaf.node.moves) for leaf in leaves])
+        moves = np.fromiter(chain.from_iterable(leaf.node.moves for leaf in leaves),
+                            dtype=np.int64, count=int(counts.sum()))
+        turns = np.repeat(state.color.astype(np.intp), counts)
         rows = np.repeat(np.arange(len(leaves)) * NUM_ACTIONS, counts)
-        flat = torch.from_numpy(rows + np.concatenate([leaf.actions for leaf in leaves]))
+        flat = torch.from_numpy(rows + MOVE16_TO_ACTION[turns, moves & MOVE16_MASK])
         chosen = logits.reshape(-1).index_select(0, flat.to(self.device)).float().cpu().numpy()
         value = values.float().cpu().numpy()
         starts = np.zeros(len(leaves), dtype=np.int64)

@@ -16,15 +16,20 @@ import numpy as np
 
 _EMPTY_F = np.zeros(0, dtype=np.float64)
 _EMPTY_I = np.zeros(0, dtype=np.int64)
+_TINY = float(np.finfo(np.float64).tiny)
 
 
 class Node:
     """One position of the tree. `pending`: created, not yet evaluated by the network;
     `terminal`: the game's value for the side to move when it ends here (or is won by a mate in
-    one), else None. A node is `expanded` once evaluated and not terminal."""
+    one), else None. A node is `expanded` once evaluated and not terminal.
 
-    __slots__ = ("N", "W", "children", "logits", "moves", "net_value", "pending", "prior",
-                 "terminal", "total", "value_sum", "visited_prior", "visits")
+    Besides N and W the node keeps what PUCT reads, updated one entry per visit (a handful of
+    whole-array operations per selection instead of a dozen): Q = W / N (0 where unvisited),
+    U = P / (1 + N) and `fresh` (1 where unvisited)."""
+
+    __slots__ = ("N", "Q", "U", "W", "children", "fresh", "logits", "moves", "net_value",
+                 "pending", "prior", "terminal", "total", "value_sum", "visited_prior", "visits")
 
     def __init__(self, moves: list[int] | None = None, terminal: float | None = None) -> None:
         self.moves: list[int] = moves or []  # cshogi moves of the children
@@ -34,6 +39,9 @@ class Node:
         self.logits: np.ndarray = _EMPTY_F  # log prior (normalised over the legal moves)
         self.N: np.ndarray = _EMPTY_I  # visits through each move (virtual ones included)
         self.W: np.ndarray = _EMPTY_F  # value sums of each move, for this node's mover
+        self.Q: np.ndarray = _EMPTY_F
+        self.U: np.ndarray = _EMPTY_F
+        self.fresh: np.ndarray = _EMPTY_F
         self.children: list[Node | None] = []
         self.total = 0  # sum of N
         self.visited_prior = 0.0  # prior mass of the moves with N > 0
@@ -46,15 +54,24 @@ class Node:
         return not self.pending and self.terminal is None
 
     def expand(self, log_prior: np.ndarray, value: float) -> None:
-        """Set the network's evaluation: log-probabilities of `moves` (in order) and value."""
-        k = len(self.moves)
-        self.logits = log_prior.astype(np.float64)
-        self.prior = np.exp(self.logits)
-        self.N = np.zeros(k, dtype=np.int64)
-        self.W = np.zeros(k, dtype=np.float64)
-        self.children = [None] * k
+        """Set the network's evaluation: log-probabilities (float64) of `moves`, in order, and
+        the value. The statistics arrays come with the first visit through the node (`grow`):
+        most leaves of a search are never walked through again."""
+        self.logits = log_prior
+        self.children = [None] * len(self.moves)
         self.net_value = float(value)
         self.pending = False
+
+    def grow(self) -> None:
+        """Allocate the children's statistics (once)."""
+        if self.N is _EMPTY_I and self.moves:
+            k = len(self.moves)
+            self.prior = np.exp(self.logits)
+            self.N = np.zeros(k, dtype=np.int64)
+            self.W = np.zeros(k, dtype=np.float64)
+            self.Q = np.zeros(k, dtype=np.float64)
+            self.U = self.prior.copy()
+            self.fresh = np.ones(k, dtype=np.float64)
 
     def value(self) -> float:
         """This node's mean value for its side to move (the network's until visited)."""
@@ -62,7 +79,27 @@ class Node:
 
     def q(self) -> np.ndarray:
         """Mean value of each visited move (0 where unvisited), for this node's mover."""
-        return np.where(self.N > 0, self.W / np.maximum(self.N, 1), 0.0)
+        return self.Q
+
+    def add(self, a: int, visits: int, value: float) -> None:
+        """N[a] += visits, W[a] += value, and what depends on them."""
+        if self.N is _EMPTY_I:
+            self.grow()
+        n = int(self.N[a]) + visits
+        w = float(self.W[a]) + value
+        self.N[a] = n
+        self.W[a] = w
+        if visits:
+            p = float(self.prior[a])
+            self.total += visits
+            self.U[a] = p / (1 + n)
+            if n == visits:  # first visit
+                self.visited_prior += p
+                self.fresh[a] = 0.0
+            elif n == 0:  # back to unvisited
+                self.visited_prior -= p
+                self.fresh[a] = 1.0
+        self.Q[a] = w / n if n else 0.0
 
 
 # ----------------------------------------------------------------------------- PUCT
@@ -74,29 +111,19 @@ def puct_select(node: Node, c_puct: float, fpu_reduction: float) -> int:
     Leela Zero). Before any visit the prior decides. Ties: the lowest index."""
     total = node.total
     if total == 0:
-        return int(np.argmax(node.prior))
-    n = node.N
+        return int(node.logits.argmax())
     fpu = node.value() - fpu_reduction * math.sqrt(node.visited_prior)
-    q = np.where(n > 0, node.W / np.maximum(n, 1), fpu)
-    return int(np.argmax(q + (c_puct * math.sqrt(total)) * node.prior / (1.0 + n)))
+    return int((node.Q + fpu * node.fresh + (c_puct * math.sqrt(total)) * node.U).argmax())
 
 
 def add_virtual_loss(node: Node, a: int) -> None:
     """Count a visit of move a as a loss until its leaf is backed up (so that the next leaf
     gathered for the same forward goes elsewhere)."""
-    if node.N[a] == 0:
-        node.visited_prior += float(node.prior[a])
-    node.N[a] += 1
-    node.W[a] -= 1.0
-    node.total += 1
+    node.add(a, 1, -1.0)
 
 
 def revert_virtual_loss(node: Node, a: int) -> None:
-    node.N[a] -= 1
-    node.W[a] += 1.0
-    node.total -= 1
-    if node.N[a] == 0:
-        node.visited_prior -= float(node.prior[a])
+    node.add(a, -1, 1.0)
 
 
 def backup(path: list[tuple[Node, int]], leaf: Node, value: float, virtual_root: bool) -> None:
@@ -109,13 +136,9 @@ def backup(path: list[tuple[Node, int]], leaf: Node, value: float, virtual_root:
         node, a = path[i]
         value = -value
         if i == 0 and not virtual_root:
-            if node.N[a] == 0:
-                node.visited_prior += float(node.prior[a])
-            node.N[a] += 1
-            node.total += 1
-            node.W[a] += value
+            node.add(a, 1, value)
         else:
-            node.W[a] += 1.0 + value
+            node.add(a, 0, 1.0 + value)
         node.visits += 1
         node.value_sum += value
 
@@ -143,35 +166,39 @@ def considered_visit_sequence(max_considered: int, simulations: int) -> list[int
     return sequence[:simulations]
 
 
-def mixed_value(net_value: float, prior: np.ndarray, n: np.ndarray, q: np.ndarray) -> float:
+def mixed_value(node: Node) -> float:
     """The value an unvisited root move is completed with (v_mix, eq. 33 of the paper): the
-    network's value mixed with the prior-weighted mean Q of the visited moves."""
-    visited = n > 0
-    total = int(n.sum())
+    network's value mixed with the prior-weighted mean Q of the visited moves. (Q is 0 where
+    unvisited, so the sums may run over every move.)"""
+    total = node.total
     if total == 0:
-        return float(net_value)
-    probs = np.maximum(prior, np.finfo(np.float64).tiny)
-    mass = float(probs[visited].sum())
-    weighted = float((probs[visited] * q[visited]).sum()) / mass
-    return (float(net_value) + total * weighted) / (1 + total)
+        return node.net_value
+    mass = node.visited_prior
+    if mass > 0.0:
+        weighted = float(node.prior @ node.Q) / mass
+    else:  # visited priors all underflowed to 0: their plain mean
+        weighted = float(node.Q.sum()) / float(len(node.fresh) - node.fresh.sum())
+    return (node.net_value + total * weighted) / (1 + total)
 
 
 def completed_q(node: Node) -> np.ndarray:
     """Q of each move where visited, the mixed value where not (in [-1, 1], node's mover)."""
-    q = node.q()
-    return np.where(node.N > 0, q, mixed_value(node.net_value, node.prior, node.N, q))
+    node.grow()
+    return node.Q + mixed_value(node) * node.fresh
 
 
 def sigma(completed: np.ndarray, max_visits: int, c_visit: float, c_scale: float
           ) -> np.ndarray:
     """sigma(q) = (c_visit + max_b N(b)) * c_scale * q, with q mapped from [-1, 1] to [0, 1]
     (a fixed map: values of a board game are bounded)."""
-    return (c_visit + max_visits) * c_scale * (completed + 1.0) / 2.0
+    half = (c_visit + max_visits) * c_scale / 2.0
+    return completed * half + half
 
 
 def improved_policy(node: Node, c_visit: float, c_scale: float) -> np.ndarray:
     """softmax(logits + sigma(completed Q)) over the node's moves: the policy the search
     improves the network's into."""
+    node.grow()
     n = node.N
     scores = node.logits + sigma(completed_q(node), int(n.max()) if len(n) else 0, c_visit,
                                  c_scale)
@@ -183,44 +210,54 @@ def improved_policy(node: Node, c_visit: float, c_scale: float) -> np.ndarray:
 class GumbelRoot:
     """The state of one search at a Gumbel root: the Gumbel draws `g` (zeros: deterministic
     play), the m moves considered (top-m of g + logits), the visits this search gave each move
-    and the sequential-halving schedule over the budget."""
+    and the sequential-halving schedule over the budget. (Plain lists: m is small, and numpy's
+    per-call cost would dominate.)"""
 
     def __init__(self, root: Node, moves: int, simulations: int, gumbel: np.ndarray,
                  c_visit: float, c_scale: float) -> None:
         k = len(root.moves)
+        root.grow()
         self.root = root
         self.g = gumbel
         m = min(moves, k)
+        self._base = gumbel + root.logits
         # Stable sort of -(g + logits): ties keep the lower index first.
-        self.considered = np.argsort(-(gumbel + root.logits), kind="stable")[:m]
-        self.visits = np.zeros(k, dtype=np.int64)
+        self.considered: list[int] = np.argsort(-self._base, kind="stable")[:m].tolist()
+        self.visits = [0] * k
         self.schedule = considered_visit_sequence(m, min(simulations, 1 << 16))
         self.done = 0  # root selections made
         self.c_visit = c_visit
         self.c_scale = c_scale
+        self._cached: tuple[int, list[float]] | None = None
 
-    def scores(self) -> np.ndarray:
-        """g + logits + sigma(completed Q), per root move."""
+    def scores(self) -> list[float]:
+        """g + logits + sigma(completed Q), per root move (recomputed after each backup)."""
         root = self.root
-        return self.g + root.logits + sigma(completed_q(root), int(root.N.max()), self.c_visit,
-                                            self.c_scale)
+        if self._cached is None or self._cached[0] != root.visits:
+            self._cached = (root.visits, (self._base + sigma(
+                completed_q(root), int(root.N.max()), self.c_visit, self.c_scale)).tolist())
+        return self._cached[1]
+
+    def _argmax(self, candidates: list[int]) -> int:
+        scores = self.scores()
+        return max(candidates, key=scores.__getitem__)  # ties: the first (higher g + logits)
 
     def select(self) -> int:
         """The root move the next simulation visits."""
-        c = self.considered
-        visits = self.visits[c]
+        visits = self.visits
         if self.done < len(self.schedule):
             target = self.schedule[self.done]
-            candidates = c[visits == target]
-            if len(candidates) == 0:
-                candidates = c[visits == visits.min()]
+            candidates = [a for a in self.considered if visits[a] == target]
+            if not candidates:
+                least = min(visits[a] for a in self.considered)
+                candidates = [a for a in self.considered if visits[a] == least]
         else:  # past the planned budget: the last two go on taking turns
-            order = np.lexsort((-self.scores()[c], -visits))[:2]
-            pair = c[order]
-            candidates = pair[self.visits[pair] == self.visits[pair].min()]
-        scores = self.scores()[candidates]
-        a = int(candidates[int(np.argmax(scores))])
-        self.visits[a] += 1
+            scores = self.scores()
+            pair = sorted(self.considered, key=lambda a: (-visits[a], -scores[a]))[:2]
+            least = min(visits[a] for a in pair)
+            candidates = [a for a in pair if visits[a] == least]
+        a = self._argmax(candidates)
+        visits[a] += 1
         self.done += 1
         return a
 
@@ -230,7 +267,5 @@ class GumbelRoot:
 
     def best(self) -> int:
         """The move played: among the considered moves visited most, argmax of the score."""
-        c = self.considered
-        visits = self.visits[c]
-        candidates = c[visits == visits.max()]
-        return int(candidates[int(np.argmax(self.scores()[candidates]))])
+        most = max(self.visits[a] for a in self.considered)
+        return self._argmax([a for a in self.considered if self.visits[a] == most])

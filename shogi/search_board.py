@@ -12,35 +12,32 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from itertools import chain
 
 import cshogi
 import numpy as np
 
-from shogi.actions import MOVE16_TO_ACTION
 from shogi.compact import (
     BOARD_SIZE,
     CSHOGI_PIECE_TO_CODE,
+    HAND_SIZE,
     SQUARE_TO_INDEX,
     CompactState,
     perspective_board,
     perspective_hands,
 )
-from shogi.moves import MOVE16_MASK, Color
+from shogi.moves import Color
 from shogi.position import Position, impasse_declaration_wins
 from shogi.rules import Outcome, judge
 
+_COLORS = (Color.BLACK, Color.WHITE)
 
-@dataclass(frozen=True)
-class StateRow:
-    """One position's raw compact-state data, as read off the board (see `compact_rows`)."""
 
-    pieces: list[int]  # cshogi pieces by cshogi square
-    hands: list[list[int]]  # [colour][P L N S G B R]
-    color: int
-    ply: int
-    repetition: int
-    in_check: bool
+StateRow = tuple[bytes, list[list[int]], int, int, int, bool]
+"""One position's raw compact-state data as read off the board (a plain tuple: it is built per
+leaf): cshogi pieces by square (bytes: a batch becomes one array in one call), hands
+[colour][P L N S G B R], side to move, ply, repetition, in check. `compact_rows` turns a batch
+of them into a CompactState."""
 
 
 class SearchBoard:
@@ -95,17 +92,23 @@ class SearchBoard:
         """Every legal cshogi move of the side to move (ignoring whether the game is over)."""
         return list(self._board.legal_moves)
 
-    def actions(self, moves: Sequence[int]) -> np.ndarray:
-        """int64 action indices (side to move's perspective) of `moves`, in their order."""
-        move16 = np.asarray(moves, dtype=np.int64) & MOVE16_MASK
-        return MOVE16_TO_ACTION[self.turn, move16].astype(np.int64)
-
     def outcome(self, num_legal_moves: int) -> Outcome | None:
         """The game's result here by `shogi.rules.judge`, or None while it goes on."""
         return judge(
-            Color(self.turn), num_legal_moves, self.checks[-1], self.repetition(),
+            _COLORS[self.turn], num_legal_moves, self.checks[-1], self.repetition(),
             self.hashes, self.checks, self.impasse and impasse_declaration_wins(self._board),
             self.ply, self.max_moves)
+
+    def may_mate(self, plies: int) -> bool:
+        """Whether cshogi's mate searches see a mate within `plies` plies for the side to move
+        (always True in check, where they do not apply): a quick test before the exact
+        `shogi.tactics.forced_mate`, which answers None wherever this is False."""
+        board = self._board
+        if self.checks[-1]:
+            return True
+        if board.mate_move_in_1ply():
+            return True
+        return plies >= 3 and bool(board.mate_move(plies))
 
     def winning_mate_in_one(self) -> int:
         """A cshogi move that checkmates at once and so wins by the game's rules, or 0.
@@ -128,25 +131,33 @@ class SearchBoard:
             board.pop()
         return move if mates else 0
 
+    @staticmethod
+    def usi(moves: Sequence[int]) -> list[str]:
+        """USI strings of cshogi moves."""
+        return [cshogi.move_to_usi(m) for m in moves]
+
     def row(self) -> StateRow:
         board = self._board
-        return StateRow(board.pieces, board.pieces_in_hand, self.turn, self.ply,
-                        self.repetition(), self.checks[-1])
+        hashes = self.hashes
+        return (bytes(board.pieces), board.pieces_in_hand, board.turn, len(hashes) - 1,
+                self._seen[hashes[-1]] - 1, self.checks[-1])
 
 
 def compact_rows(rows: Sequence[StateRow]) -> CompactState:
     """The compact states of `rows` (one batch), as `Position.compact` builds them one by one."""
     n = len(rows)
-    pieces = np.array([r.pieces for r in rows], dtype=np.intp).reshape(n, BOARD_SIZE)
+    pieces_rows, hand_rows, colors, plies, repetitions, checks = zip(*rows, strict=True)
+    pieces = np.frombuffer(b"".join(pieces_rows), dtype=np.uint8).reshape(n, BOARD_SIZE)
     black_board = np.zeros((n, BOARD_SIZE), dtype=np.int8)
     black_board[:, SQUARE_TO_INDEX[0]] = CSHOGI_PIECE_TO_CODE[pieces]
-    color = np.array([r.color for r in rows], dtype=np.uint8)
-    hands = np.array([r.hands for r in rows], dtype=np.uint8).reshape(n, 2, -1)
+    color = np.array(colors, dtype=np.uint8)
+    hands = np.fromiter(chain.from_iterable(chain.from_iterable(hand_rows)), dtype=np.uint8,
+                        count=n * 2 * HAND_SIZE).reshape(n, 2, HAND_SIZE)
     return CompactState(
         board=perspective_board(black_board, color),
         hands=perspective_hands(hands, color),
         color=color,
-        ply=np.array([r.ply for r in rows], dtype=np.int16),
-        repetition=np.array([min(r.repetition, 255) for r in rows], dtype=np.uint8),
-        in_check=np.array([r.in_check for r in rows], dtype=np.uint8),
+        ply=np.array(plies, dtype=np.int16),
+        repetition=np.minimum(np.array(repetitions, dtype=np.int64), 255).astype(np.uint8),
+        in_check=np.array(checks, dtype=np.uint8),
     )
