@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from keisei_ray.config import Config, ConfigError, load_config, validate
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import load_config, validate
 from keisei_ray.events import Callback, load_callback
 from keisei_ray.logs import run_log_file
 

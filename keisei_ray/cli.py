@@ -23,7 +23,8 @@ from rich.table import Table
 from keisei_ray import __version__
 from keisei_ray.api import RunResult, train
 from keisei_ray.bench.commands import bench_app
-from keisei_ray.config import Config, ConfigError, dump, load_config
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import dump, load_config
 from keisei_ray.console import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -429,17 +430,23 @@ def _rate_ladder(cfg: Config, games: int, reach: int, workers: int, output: Path
 PLAYER_OVERRIDES = ("evaluation.greedy", "evaluation.avoid_repetition",
                     "evaluation.temperature", "evaluation.sample_plies", "evaluation.seed",
                     "env.max_moves", "env.impasse")
-"""The overrides `usi` and `play` apply (how the player plays), with every `search.*`; any
-other is refused."""
+"""The overrides `usi` and `play` apply (how the player plays), with every `search.*` (and
+`usi.*` for `usi`); any other is refused."""
 
 
 def _player_overrides(command: str, overrides: list[str] | None) -> list[str]:
     """The overrides, refused by name if `command` cannot apply them."""
+    sections = ("search.", "usi.") if command == "usi" else ("search.",)
     for item in overrides or []:
         key = item.partition("=")[0].strip()
-        if key not in PLAYER_OVERRIDES and not key.startswith("search."):
+        if command == "usi" and key == "search.simulations":
+            raise ConfigError("usi: override 'search.simulations' does not apply here: the "
+                              "engine's simulations per move are usi.simulations (USI option "
+                              "Simulations; 0: the raw policy)")
+        if key not in PLAYER_OVERRIDES and not key.startswith(sections):
             raise ConfigError(f"{command}: override {key!r} does not apply here (it "
-                              f"takes {', '.join(PLAYER_OVERRIDES)} and search.*)"
+                              f"takes {', '.join(PLAYER_OVERRIDES)} and "
+                              f"{' and '.join(s + '*' for s in sections)})"
                               f"{did_you_mean(key, PLAYER_OVERRIDES)}")
     return list(overrides or [])
 
@@ -452,7 +459,9 @@ def usi_cmd(
     preset: PresetOpt = None,
     overrides: OverridesArg = None,
 ) -> None:
-    """Run the agent as a USI engine on stdin/stdout (for Shogi GUIs and match runners)."""
+    """Run the agent as a USI engine on stdin/stdout (for Shogi GUIs and match runners): it
+    searches within the time the GUI gives (usi.simulations=0, or the USI option Simulations
+    0, plays the raw policy)."""
     import torch
 
     from keisei_ray.arena.usi import serve

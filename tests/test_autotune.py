@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from keisei_ray.config import load_config
+from keisei_ray.config_loading import load_config
 from keisei_ray.training.autotune import (
     Measurement,
     games_candidates,

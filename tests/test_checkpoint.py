@@ -15,7 +15,8 @@ import yaml
 
 import keisei_ray.store.checkpoint as ckpt
 from actors.self_play import SelfPlayWorker
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from keisei_ray.events import (
     Callback,
     CheckpointSaved,

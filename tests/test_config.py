@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from keisei_ray.config import Config, ConfigError, dump, load_config, parse_override
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import dump, load_config, parse_override
 
 
 def test_defaults() -> None:

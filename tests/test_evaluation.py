@@ -12,7 +12,8 @@ from torch import nn
 
 from actors.evaluation import Contestant, Evaluator, MatchResult, lower_priority, play_match
 from actors.players import BaselinePlayer, PolicyPlayer
-from keisei_ray.config import Config, ModelConfig, load_config
+from keisei_ray.config import Config, ModelConfig
+from keisei_ray.config_loading import load_config
 from learner.features import encode_planes, to_tensors
 from learner.model import build_model, export_weights
 from shogi import NUM_ACTIONS, Color, Move, Outcome, Position, Termination, move_to_action

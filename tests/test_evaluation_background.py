@@ -15,7 +15,8 @@ from actors.evaluation import Contestant, EvaluationActorImpl, MatchResult
 from keisei_ray.arena.background import BackgroundEvaluation
 from keisei_ray.arena.elo import ANCHOR
 from keisei_ray.arena.evaluation import run_match
-from keisei_ray.config import Config, ConfigError, load_config
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import load_config
 from keisei_ray.events import Callback, EvaluationDone, EventBus, TrainStart, UpdateDone
 from keisei_ray.training.driver import Trainer
 

@@ -11,7 +11,8 @@ from hypothesis import given
 
 from keisei_ray.bench.fuzz_run import TARGETS, ci_settings
 from keisei_ray.bench.fuzz_text import _bomb
-from keisei_ray.config import MAX_DEPTH, ConfigError, load_config
+from keisei_ray.config import ConfigError
+from keisei_ray.config_loading import MAX_DEPTH, load_config
 
 
 @ci_settings(60)

@@ -25,7 +25,8 @@ from keisei_ray.arena.gauntlet import (
     rate_ladder,
     ratings_path,
 )
-from keisei_ray.config import ModelConfig, load_config
+from keisei_ray.config import ModelConfig
+from keisei_ray.config_loading import load_config
 from keisei_ray.store.model_file import save_model
 from learner.model import build_model, export_weights
 from shogi.usi_engine import FAIRY_STOCKFISH, INSTALL_HINT

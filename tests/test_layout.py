@@ -19,6 +19,7 @@ PACKAGES = ("shogi", "learner", "actors", "keisei_ray")
 LAYERS: tuple[tuple[str, int], ...] = (
     ("shogi", 0),
     ("keisei_ray.config", 1),  # the shared contracts
+    ("keisei_ray.config_loading", 1),
     ("keisei_ray.codec", 1),
     ("keisei_ray.events", 1),
     ("keisei_ray.logs", 1),

@@ -10,7 +10,8 @@ import pytest
 from actors.league_games import LeagueAssignment, LeagueEnv
 from actors.self_play import SelfPlayWorker
 from keisei_ray.codec import decode
-from keisei_ray.config import Config, ConfigError, LeagueConfig, load_config
+from keisei_ray.config import Config, ConfigError, LeagueConfig
+from keisei_ray.config_loading import load_config
 from keisei_ray.training.league import League
 from learner.model import export_weights
 from shogi import Move, Observation, move_to_action

@@ -13,7 +13,8 @@ import torch
 from actors.evaluation import Contestant, Evaluator, make_player
 from actors.players import BaselinePlayer, PolicyPlayer
 from keisei_ray.arena.usi import UsiEngine
-from keisei_ray.config import Config, ModelConfig, load_config
+from keisei_ray.config import Config, ModelConfig
+from keisei_ray.config_loading import load_config
 from keisei_ray.store.model_file import save_model
 from learner.model import build_model, export_weights
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from keisei_ray.config import load_config
+from keisei_ray.config_loading import load_config
 from keisei_ray.events import (
     CheckpointSaved,
     EvaluationDone,

@@ -15,7 +15,7 @@ import pytest
 
 import keisei_ray
 from keisei_ray.arena.evaluation import load_contestant
-from keisei_ray.config import load_config
+from keisei_ray.config_loading import load_config
 from keisei_ray.store.checkpoint import BEST_FILE, CHECKPOINTS, RunSnapshot, create_run_id
 from keisei_ray.store.checkpoint import write_checkpoint as write
 from keisei_ray.store.model_file import ModelFileError, load_model, resolve_model, save_model

@@ -33,7 +33,8 @@ from keisei_ray.bench.cluster import (
     simulated_cluster,
     wait_for,
 )
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from keisei_ray.events import BatchCollected, Callback, UpdateDone
 from keisei_ray.training.driver import Trainer
 from keisei_ray.training.ray_cluster import worker_room

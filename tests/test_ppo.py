@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from keisei_ray.codec import ExperienceBatch
-from keisei_ray.config import Config, ConfigError, PPOConfig, load_config
+from keisei_ray.config import Config, ConfigError, PPOConfig
+from keisei_ray.config_loading import load_config
 from learner import Learner
 from learner.buffer import Minibatch
 from learner.features import NUM_PLANES, encode_planes, legal_mask, to_tensors

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from keisei_ray.events import Callback, CheckpointSaved, UpdateDone
 from keisei_ray.store.checkpoint import list_checkpoints, read_checkpoint, run_id_of
 from keisei_ray.store.resume import find_resume_point

@@ -19,7 +19,8 @@ import torch
 
 import keisei_ray
 from keisei_ray.cli import main
-from keisei_ray.config import ConfigError, dump, load_config
+from keisei_ray.config import ConfigError
+from keisei_ray.config_loading import dump, load_config
 from keisei_ray.events import Callback, CheckpointSaved, UpdateDone
 from keisei_ray.store.checkpoint import (
     CHECKPOINTS,

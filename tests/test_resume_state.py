@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from actors.self_play import SelfPlayWorker
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from learner.model import export_weights
 from shogi import Move, Observation, StepResult, VecEnv, move_to_action
 

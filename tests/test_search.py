@@ -30,7 +30,8 @@ from actors.tree import (
     puct_select,
 )
 from keisei_ray.arena.evaluation import load_contestant, split_model_spec
-from keisei_ray.config import ConfigError, ModelConfig, SearchConfig, load_config
+from keisei_ray.config import ConfigError, ModelConfig, SearchConfig
+from keisei_ray.config_loading import load_config
 from keisei_ray.store.model_file import save_model
 from learner.model import build_model, export_weights
 from shogi import NUM_ACTIONS, Move, Position, Termination

@@ -11,7 +11,8 @@ import pytest
 
 from actors.self_play import SelfPlayWorker
 from keisei_ray.codec import decode
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from learner.model import export_weights
 from shogi import CompactState, Move, Observation, VecEnv, move_to_action
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import ray
 
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from keisei_ray.events import BatchCollected, Callback, UpdateDone
 from keisei_ray.training.driver import Trainer, TrainResult
 

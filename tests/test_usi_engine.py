@@ -14,7 +14,8 @@ import pytest
 
 from actors.evaluation import Contestant, Evaluator, MatchResult, make_player, play_match
 from keisei_ray.arena.evaluation import load_contestant
-from keisei_ray.config import Config, ConfigError, load_config
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import load_config
 from shogi import Color, Move, Outcome, Position, RandomPlayer, Termination
 from shogi.duel import OpponentEnv, duel_opponent
 from shogi.usi_engine import (

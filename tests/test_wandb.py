@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from keisei_ray.config import Config, ConfigError, load_config
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import load_config
 from keisei_ray.events import (
     CheckpointSaved,
     EvaluationDone,

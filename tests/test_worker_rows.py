@@ -19,7 +19,8 @@ import torch
 
 from actors.self_play import SelfPlayWorker
 from keisei_ray.codec import ExperienceBatch, decode
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from learner import Learner
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.model import LegalPolicy, build_model, export_weights, load_weights

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from actors.self_play import SelfPlayWorker
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from keisei_ray.store.checkpoint import RunSnapshot, read_checkpoint, write_checkpoint
 from learner import Learner
 from learner.model import export_weights

@@ -25,7 +25,8 @@ from typing import Any
 import ray
 from ray.cluster_utils import Cluster
 
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from keisei_ray.events import BatchCollected, Callback, UpdateDone
 from keisei_ray.training.driver import Trainer, TrainResult
 

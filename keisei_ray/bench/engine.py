@@ -12,7 +12,7 @@ import torch
 
 from actors.evaluation import Contestant, Evaluator
 from keisei_ray.arena.evaluation import load_contestant
-from keisei_ray.config import load_config
+from keisei_ray.config_loading import load_config
 from learner.model import build_model, export_weights
 
 

@@ -20,7 +20,8 @@ import torch
 
 from actors.evaluation import Contestant, Evaluator
 from keisei_ray.arena.background import BackgroundEvaluation
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from keisei_ray.events import Callback, EvaluationDone, UpdateDone
 from keisei_ray.store.model_file import save_model
 from keisei_ray.training.driver import Trainer
@@ -119,8 +120,9 @@ def bench_training_with_evaluation(preset: str = "local", timesteps: int = 20_00
 
 
 def bench_usi_latency(size: str = "small", repeats: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Milliseconds from `go` to `bestmove` of `keisei-ray usi` (a subprocess, real pipes),
-    over positions of a random game; plus the engine's start-up and `isready` times."""
+    """Milliseconds from `go` to `bestmove` of `keisei-ray usi` playing the raw policy
+    (`usi.simulations=0`; a searching engine takes the time it is given), a subprocess on
+    real pipes, over positions of a random game; plus the start-up and `isready` times."""
     config = load_config(None, [f"model.size={size}"])
     torch.manual_seed(seed)
     rng = RandomPlayer(seed)
@@ -129,7 +131,7 @@ def bench_usi_latency(size: str = "small", repeats: int = 200, seed: int = 0) ->
                            export_weights(build_model(config.model)), config.model)
         start = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "keisei_ray.cli", "usi", str(model)],
+            [sys.executable, "-m", "keisei_ray.cli", "usi", str(model), "usi.simulations=0"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, bufsize=1)
         assert proc.stdin is not None and proc.stdout is not None

@@ -19,7 +19,8 @@ from keisei_ray.bench.fuzz import (
     _games,
     _message_ok,
 )
-from keisei_ray.config import Config, ConfigError, dump, load_config
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import dump, load_config
 from shogi import (
     STARTING_SFEN,
     IllegalMoveError,
@@ -214,35 +215,47 @@ def _baseline_contestant() -> Contestant:
 
 def check_usi_session(lines: list[str]) -> None:
     """The engine answers every line without raising; each `go` gets exactly one legal
-    `bestmove` (or resign/win), output is one ASCII line each, bounded in length, and no
-    command ends in a contained internal error."""
+    `bestmove` (or resign/win): at once, or for `go infinite`/`go ponder` at the `stop`,
+    `ponderhit` or command needing the engine idle that ends it; output is one ASCII line
+    each, bounded in length, and no command ends in a contained internal error."""
     out: list[str] = []
     engine = UsiEngine(_baseline_contestant(), out.append, config=Config())
+    pondering = False  # the pending `go` is a `go ponder`
     for line in lines:
         before = len(out)
-        held_before = engine.held
+        pending = engine.thinking
         engine.handle(line)
+        assert engine.wait(60), f"{line[:80]!r}: no answer within 60 s"
         answer = out[before:]
         for text in answer:
             assert "\n" not in text and text.isascii(), f"bad output line {text[:80]!r}"
             assert len(text) <= MAX_MESSAGE, f"output line of {len(text)} chars"
             assert "internal error" not in text, f"{line[:80]!r} -> {text[:200]!r}"
         words = line.split()
+        command = words[0] if words else ""
         best = [t for t in answer if t.startswith("bestmove")]
-        if words[:1] == ["go"] and words[1:2] != ["mate"] and not (
-                "infinite" in words or "ponder" in words):
-            assert len(best) == 1, f"{line[:80]!r} -> {answer}"
-            move = best[0].split()[1]
+        expected = 0
+        if pending and (command in _ENDS_THINKING or (command == "ponderhit" and pondering)):
+            expected += 1  # the pending go's answer
+        new_go = command == "go" and words[1:2] != ["mate"]
+        waits = "infinite" in words or "ponder" in words
+        if new_go and not waits:
+            expected += 1
+        assert len(best) == expected, f"{line[:80]!r} -> {answer}"
+        if new_go and not waits:
+            move = best[-1].split()[1]
             if move not in ("resign", "win"):
                 assert engine.position is not None
                 assert move in {m.usi() for m in engine.position.legal_moves()}, \
                     f"illegal bestmove {move} in {engine.position.sfen()}"
-        elif words[:1] in (["stop"], ["ponderhit"]):
-            assert len(best) == (1 if held_before else 0), f"{line[:80]!r} -> {answer}"
-        else:
-            assert not best, f"{line[:80]!r} -> {answer}"
+        pondering = ("ponder" in words) if new_go else (pondering and engine.thinking)
         if engine.quit:
             break
+    engine.close()
+
+
+_ENDS_THINKING = ("stop", "quit", "gameover", "setoption", "usinewgame", "position", "go")
+"""Commands that answer a pending `go` (the engine's worker must be idle for them)."""
 
 
 usi_stream_inputs = st.lists(st.binary(max_size=200), max_size=6).map(

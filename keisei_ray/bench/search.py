@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from actors.search import TreeSearch
-from keisei_ray.config import load_config
+from keisei_ray.config_loading import load_config
 from learner.features import encode_planes, to_tensors
 from learner.model import build_model
 from shogi import CompactState, Position

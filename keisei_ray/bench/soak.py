@@ -27,7 +27,8 @@ import ray
 
 from keisei_ray.api import graceful_interrupt
 from keisei_ray.arena.background import BackgroundEvaluation
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from keisei_ray.events import Callback, CheckpointSaved, EvaluationDone, TrainStart, UpdateDone
 from keisei_ray.store.checkpoint import create_run_id
 from keisei_ray.store.run_dir import write_run_files

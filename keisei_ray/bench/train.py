@@ -16,7 +16,8 @@ import ray
 import torch
 
 from actors.self_play import SelfPlayWorker
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from keisei_ray.training.driver import Trainer
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.model import act, build_model, export_weights, load_weights

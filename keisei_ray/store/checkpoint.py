@@ -43,7 +43,8 @@ import numpy as np
 import torch
 import yaml
 
-from keisei_ray.config import Config, ConfigError, dump, saved_model_config, validate
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import dump, saved_model_config, validate
 from keisei_ray.files import DIR_MODE, FILE_MODE, make_dir, write_atomic
 from keisei_ray.text import signed
 from shogi import NUM_ACTIONS

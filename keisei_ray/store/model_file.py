@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from keisei_ray.config import ModelConfig, saved_model_config
+from keisei_ray.config import ModelConfig
+from keisei_ray.config_loading import saved_model_config
 from keisei_ray.files import make_dir, write_atomic
 from keisei_ray.store.checkpoint import (
     _NAME,

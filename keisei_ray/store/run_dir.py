@@ -7,7 +7,8 @@ import secrets
 from datetime import datetime
 from pathlib import Path
 
-from keisei_ray.config import Config, ConfigError, dump
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import dump
 from keisei_ray.files import DIR_MODE, make_dir, write_text_atomic
 
 

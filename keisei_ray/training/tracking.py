@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from keisei_ray.arena.records import wandb_media
-from keisei_ray.config import Config, ConfigError, deep_merge, validate
+from keisei_ray.config import Config, ConfigError
+from keisei_ray.config_loading import deep_merge, validate
 from keisei_ray.events import (
     Callback,
     CheckpointSaved,
