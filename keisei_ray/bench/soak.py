@@ -201,6 +201,7 @@ class SoakMonitor(Callback):
         self._timestep = 0
         self._last_update: float | None = None
         self._last_sample = (0.0, 0)
+        self._trained = 0  # accepted transitions, those later lost with a learner included
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="soak-monitor", daemon=True)
         self._lock = threading.Lock()
@@ -229,6 +230,7 @@ class SoakMonitor(Callback):
                 report.max_update_gap_s = max(report.max_update_gap_s, now - self._last_update)
             self._last_update = now
             self._timestep = event.timestep
+            self._trained += event.accepted
             self._counters.add(event.timestep)
             if self._restarted_at is not None:
                 report.loss_to_update_s.append(now - self._restarted_at)
@@ -283,10 +285,11 @@ class SoakMonitor(Callback):
         t = time.monotonic() - self._started
         processes = ray_processes()
         with self._lock:
-            timestep = self._timestep
-        last_t, last_step = self._last_sample
-        rate = (timestep - last_step) / (t - last_t) if t > last_t else 0.0
-        self._last_sample = (t, timestep)
+            timestep, trained = self._timestep, self._trained
+        last_t, last_trained = self._last_sample
+        # The work done: a learner restart takes the counter back, not the rate below zero.
+        rate = (trained - last_trained) / (t - last_t) if t > last_t else 0.0
+        self._last_sample = (t, trained)
         self.report.samples.append(Sample(
             t=round(t, 1), rss_mb={role: round(_rss_mb(p), 1) for role, p in processes.items()},
             processes={role: len(p) for role, p in processes.items()}, timestep=timestep,

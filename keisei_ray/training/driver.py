@@ -10,6 +10,12 @@ workers to the learner as object refs; the driver only reads the small batch sum
 The driver owns the one timestep counter, and it advances only by transitions the learner
 accepted: a batch lost with a dying worker, or dropped as too old, is never counted.
 
+A lost learner (its actor or its node) is replaced by one restored from the newest good
+checkpoint, within `train.learner_max_restarts` (restarts.py): the driver's state goes back to
+that checkpoint as a resume would set it (the transitions accepted after it are lost), the
+workers keep their games and get the restored weights, and batches played by versions the new
+learner never made are dropped.
+
 `Trainer` keeps set-up, the loop, snapshot and restore together: they share the consistent-
 cut invariant (a snapshot is only taken with the learner idle and no collect running). The
 worker pool is in `workers.py`, Ray set-up in `ray_cluster.py`.
