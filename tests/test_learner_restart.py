@@ -1,7 +1,8 @@
 """The learner restarts itself from the last good checkpoint (`train.learner_max_restarts`) on a
 real local Ray: killed with `ray.kill`, the run goes on and completes, the timestep counter is
 the sum of the accepted transitions after the rollback, the new learner holds the checkpoint's
-weights, and a resume from a checkpoint written after the restart is still exact."""
+weights, and a resume from a checkpoint written after the restart is still exact; a worker
+loads the new learner's weights even under a version number it already holds."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import ray
 
+from actors.self_play import SelfPlayActor
 from keisei_ray.config import Config, load_config
 from keisei_ray.events import (
     Callback,
@@ -25,6 +27,7 @@ from keisei_ray.store.checkpoint import list_checkpoints, read_checkpoint, verif
 from keisei_ray.store.saver import CheckpointCallback
 from keisei_ray.training.driver import Trainer, TrainResult
 from keisei_ray.training.metrics import METRICS_FILE, MetricsLog, read_metrics
+from learner.model import build_model, export_weights
 
 
 class RestartLog(Callback):
@@ -171,3 +174,27 @@ def test_killed_learner_restarts_from_its_checkpoint_and_a_later_resume_is_exact
                       callbacks=[CheckpointCallback(config)]).run()
     assert resumed.reason == "completed"
     assert_same_run(healed, resumed)
+
+
+def _weights_of(worker: Any) -> dict[str, np.ndarray]:
+    return dict(ray.get(worker.__ray_call__.remote(lambda actor: export_weights(
+        actor.worker.model))))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_worker_loads_a_restarted_learner_s_weights_of_a_version_number_it_holds() -> None:
+    # After a restart the versions after the checkpoint come again with other weights: a
+    # worker holding the lost learner's version 3 must load the new learner's version 3.
+    config = load_config(None, ["model.size=tiny", "env.max_moves=24",
+                                "train.games_per_worker=2", "train.rollout_steps=2"])
+    lost, new = (export_weights(build_model(config.model)) for _ in range(2))
+    assert any(not np.array_equal(lost[k], new[k]) for k in lost)
+    worker = SelfPlayActor.remote(config, 0)
+    ray.get(worker.collect.options(num_returns=2).remote([ray.put(lost)], 3, None, 0)[0])
+    held = _weights_of(worker)
+    assert all(np.array_equal(held[k], lost[k]) for k in lost)
+    ray.get(worker.collect.options(num_returns=2).remote([ray.put(new)], 3, None, 1)[0])
+    held = _weights_of(worker)
+    assert all(np.array_equal(held[k], new[k]) for k in new)
+    ray.kill(worker)
