@@ -484,7 +484,8 @@ def _node_id() -> str | None:
 
 
 class SelfPlayActorImpl:
-    """Ray actor around `SelfPlayWorker`: fetches weights only when the version changed."""
+    """Ray actor around `SelfPlayWorker`: fetches weights only when the version (or the
+    learner's lineage) changed."""
 
     def __init__(self, config: Config, worker_id: int) -> None:
         threads = max(1, math.ceil(config.train.worker_cpus))
@@ -495,6 +496,7 @@ class SelfPlayActorImpl:
         # A restarted actor must not replay its predecessor's games: new seed stream.
         incarnation = 1 + int.from_bytes(os.urandom(4), "little") if restarted else 0
         self.worker = SelfPlayWorker(config, worker_id, incarnation=incarnation)
+        self.lineage = 0  # of the learner whose weights the worker holds
         self.metrics = WorkerMetrics(worker_id)
         self.profiler = ProfileSession()
         if incarnation:
@@ -504,9 +506,13 @@ class SelfPlayActorImpl:
         return str(ray.get_runtime_context().get_node_id())
 
     def collect(self, weights_box: list[Any], version: int,
-                league: LeagueAssignment | None = None, progress: float = 0.0
-                ) -> tuple[BatchSummary, bytes]:
+                league: LeagueAssignment | None = None, progress: float = 0.0,
+                lineage: int = 0) -> tuple[BatchSummary, bytes]:
         # The weights ref travels boxed in a list so Ray does not fetch it unless needed.
+        if lineage != self.lineage:
+            # A restarted learner's versions: the same numbers, other weights. Load them.
+            self.worker.version = -1
+            self.lineage = lineage
         with record_function("collect"):
             with record_function("load_weights"):
                 weights = ray.get(weights_box[0]) if version != self.worker.version else None

@@ -9,8 +9,8 @@ calls it in-process:
 
 `train` owns the composition of a run: the run folder and its files, the callbacks in the order
 they see each event, the Ray session (an embedded local Ray unless `train.address` names a
-cluster; shut down again when it started one), graceful Ctrl-C, and the resume point of
-`resume=`. Failures raise: `ConfigError` / `CallbackImportError` for a bad config,
+cluster; shut down again when it started one), graceful Ctrl-C and SIGTERM, and the resume
+point of `resume=`. Failures raise: `ConfigError` / `CallbackImportError` for a bad config,
 `CheckpointError` for a resume that cannot go on, `TrainingError` (naming the last good
 checkpoint and the command to continue) when training itself fails.
 """
@@ -57,6 +57,7 @@ class RunResult:
     worker_busy: float  # share of worker time spent collecting
     worker_restarts: int
     callback_errors: int
+    learner_restarts: int = 0  # learners restarted from a checkpoint (train.learner_max_restarts)
     final_weights: dict[str, Any] | None = field(default=None, repr=False)  # {name: ndarray}
 
     @classmethod
@@ -66,6 +67,7 @@ class RunResult:
                    wall_s=result.wall_s, steps_per_s=result.steps_per_s,
                    learner_busy=result.learner_busy, worker_busy=result.worker_busy,
                    worker_restarts=result.worker_restarts,
+                   learner_restarts=result.learner_restarts,
                    callback_errors=result.callback_errors, final_weights=result.final_weights)
 
 
@@ -158,14 +160,17 @@ def train_in(cfg: Config, run_dir: Path, snapshot: RunSnapshot | None,
     if not (run_dir / RUN_FILE).exists():
         create_run_id(run_dir, run_id)
     stop = stop or threading.Event()
-    with run_log_file(run_dir / "train.log"), graceful_interrupt(stop):
+    with run_log_file(run_dir / "train.log"):
         log.info("run folder %s%s", run_dir, "" if snapshot is None else
                  f" (resumed at timestep {snapshot.timestep})")
         session = connect_ray(cfg.train.address)
         try:
-            callbacks = train_callbacks(cfg, run_dir, list(user_callbacks), progress=progress)
-            trainer = Trainer(cfg, run_dir, callbacks=callbacks, stop=stop, resume=snapshot)
-            result = trainer.run()
+            # After Ray is up: ray.init replaces the process's SIGTERM handler.
+            with graceful_interrupt(stop):
+                callbacks = train_callbacks(cfg, run_dir, list(user_callbacks),
+                                            progress=progress)
+                trainer = Trainer(cfg, run_dir, callbacks=callbacks, stop=stop, resume=snapshot)
+                result = trainer.run()
         except TrainingError as exc:
             hint = resume_hint(run_dir)
             log.error("training failed: %s; %s", exc, hint)
@@ -176,10 +181,10 @@ def train_in(cfg: Config, run_dir: Path, snapshot: RunSnapshot | None,
 
                 ray.shutdown()
         log.info("%s: %d timesteps, %d updates, %.0f steps/s, learner busy %.0f%%, workers "
-                 "busy %.0f%%, %d worker restart(s), run folder %s", result.reason,
-                 result.state.timestep, result.state.updates, result.steps_per_s,
-                 100 * result.learner_busy, 100 * result.worker_busy, result.worker_restarts,
-                 run_dir)
+                 "busy %.0f%%, %d worker restart(s), %d learner restart(s), run folder %s",
+                 result.reason, result.state.timestep, result.state.updates,
+                 result.steps_per_s, 100 * result.learner_busy, 100 * result.worker_busy,
+                 result.worker_restarts, result.learner_restarts, run_dir)
         if result.reason == "interrupted":
             log.warning("interrupted at timestep %d; %s", result.state.timestep,
                         resume_hint(run_dir))
@@ -229,23 +234,28 @@ def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback], *,
 
 @contextlib.contextmanager
 def graceful_interrupt(stop: threading.Event) -> Iterator[None]:
-    """First Ctrl-C asks the loop to finish cleanly; a second one interrupts at once."""
+    """The first Ctrl-C or SIGTERM (what a cloud scheduler or `ray job stop` sends first) asks
+    the loop to finish the update, write a checkpoint and stop; a second one interrupts at
+    once. Enter it after `ray.init`, which sets a SIGTERM handler of its own."""
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
-        log.warning("interrupt: finishing the current update, then stopping "
-                    "(Ctrl-C again to abort)")
+        log.warning("%s: finishing the current update, then stopping (%s again to abort)",
+                    "SIGTERM" if signum == signal.SIGTERM else "interrupt",
+                    "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
         stop.set()
 
     if threading.current_thread() is not threading.main_thread():
         yield  # e.g. a W&B sweep agent's trial thread: signals only reach the main thread
         return
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def evaluate(player: str | Path, opponent: str | Path, *, games: int | None = None,

@@ -179,6 +179,16 @@ class TrainConfig(Section):
     half_weights: bool = Field(False, description="broadcast weights as float16 (half the bytes)")
     max_worker_restarts: int = Field(3, ge=-1, description="Ray restarts per worker actor "
                                      "(-1: unlimited)")
+    learner_max_restarts: int = Field(
+        3, ge=-1, description="restarts of a lost learner (its actor, its node, an out-of-memory "
+        "kill) within learner_restart_window_s, each from the last good checkpoint (the run's "
+        "start when none was saved yet); one more loss ends the run with the --resume command; "
+        "0: a lost learner ends the run; -1: unlimited")
+    learner_restart_window_s: float = Field(3600.0, gt=0.0, description="the window, in "
+                                            "seconds, that learner_max_restarts counts in")
+    learner_restart_timeout_s: float = Field(
+        600.0, gt=0.0, description="wait at most this long for room for a new learner (on a "
+        "cluster the autoscaler is asked for its node: that takes minutes)")
     round_timeout_s: float = Field(300.0, gt=0.0, description="a collect round waits at most this "
                                    "long for stragglers; their batches are then dropped")
     autotune: bool = Field(

@@ -102,6 +102,7 @@ class UpdateDone:
     learner_busy: float = 0.0  # fraction of the wall time the learner spent updating
     worker_busy: float = 0.0  # fraction of the workers' wall time spent collecting
     bottleneck: str = ""  # one line: which side holds the run back (keisei_ray.training.waits)
+    learner_restarts: int = 0  # learners restarted from a checkpoint (this session)
     # Captures the run at this update (a consistent cut: the learner is idle and no worker is
     # collecting while handlers run) and returns `fetch`; `fetch()` -> RunSnapshot (see
     # keisei_ray.store.checkpoint) completes it, blocking, from any thread. Capturing is cheap: the
@@ -139,6 +140,34 @@ class EvaluationDone:
 
 
 @dataclass(frozen=True)
+class LearnerLost:
+    """The learner actor (or its node) is gone and will be restarted from the last good
+    checkpoint. Handlers finish what they write now (the driver reads the checkpoints next)
+    and drop work that used the lost learner's weights."""
+
+    timestep: int  # the counter when the loss was seen (rolled back next)
+    version: int
+    error: str  # one line: what Ray reported
+
+
+@dataclass(frozen=True)
+class LearnerRestarted:
+    """A new learner runs, restored from `checkpoint` (None: the run's start; no checkpoint
+    was saved yet). The driver's counters, RNG and the stateful callbacks' states are the
+    checkpoint's again: the transitions accepted after it are lost and no longer counted."""
+
+    timestep: int  # the counter after the rollback (the checkpoint's)
+    version: int  # the restored policy version
+    checkpoint: Path | None
+    transitions_lost: int  # accepted after the checkpoint, taken off the counter
+    lost_timestep: int  # the counter before the rollback
+    restarts: int  # learner restarts of this session, this one included
+    down_s: float  # seconds from the loss being seen to the new learner's first weights
+    error: str  # what Ray reported when the learner was lost
+    weights: Any = None  # [ObjectRef] of the restored weights (boxed: not resolved)
+
+
+@dataclass(frozen=True)
 class TrainEnd:
     timestep: int
     version: int
@@ -166,6 +195,12 @@ class Callback:
     def on_evaluation_done(self, event: EvaluationDone) -> None:
         """A background evaluation finished."""
 
+    def on_learner_lost(self, event: LearnerLost) -> None:
+        """The learner is gone; it is about to be restored from the last good checkpoint."""
+
+    def on_learner_restarted(self, event: LearnerRestarted) -> None:
+        """A new learner took over from a checkpoint; the counters were rolled back to it."""
+
     def on_train_end(self, event: TrainEnd) -> None:
         """Training stopped; the reason says why."""
 
@@ -185,7 +220,8 @@ class StatefulCallback(Protocol):
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
-Event = TrainStart | BatchCollected | UpdateDone | CheckpointSaved | EvaluationDone | TrainEnd
+Event = (TrainStart | BatchCollected | UpdateDone | CheckpointSaved | EvaluationDone
+         | LearnerLost | LearnerRestarted | TrainEnd)
 
 _HANDLERS: dict[type, str] = {
     TrainStart: "on_train_start",
@@ -193,6 +229,8 @@ _HANDLERS: dict[type, str] = {
     UpdateDone: "on_update_done",
     CheckpointSaved: "on_checkpoint_saved",
     EvaluationDone: "on_evaluation_done",
+    LearnerLost: "on_learner_lost",
+    LearnerRestarted: "on_learner_restarted",
     TrainEnd: "on_train_end",
 }
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from keisei_ray.bench.soak import Sample, SoakReport, ray_processes
+from keisei_ray.bench.soak import Sample, SoakMonitor, SoakReport, ray_processes
+from keisei_ray.events import GameStats, LearnerRestarted, UpdateDone
 from tests.test_cli_train import interrupt_once_training, keisei
 
 
@@ -74,3 +75,32 @@ def test_rss_growth_of_a_long_run_averages_over_5_percent_windows() -> None:
     assert report.rss_growth()["workers"] == 0.0
     report.samples[-10:] = [_sample(1990 + k, 660.0, 20_000) for k in range(10)]
     assert abs(report.rss_growth()["workers"] - 0.2) < 1e-9  # 660 over a mean of 550
+
+
+def _update(timestep: int, accepted: int) -> UpdateDone:
+    return UpdateDone(timestep=timestep, version=timestep // 50, accepted=accepted, metrics={},
+                      games=GameStats(), totals=GameStats(), policy_lag=1, workers_alive=1,
+                      steps_per_s=1.0, worker_restarts=0, wall_time=1.0)
+
+
+def _restart(timestep: int, lost: int, lost_timestep: int) -> LearnerRestarted:
+    return LearnerRestarted(timestep=timestep, version=timestep // 50, checkpoint=None,
+                            transitions_lost=lost, lost_timestep=lost_timestep, restarts=1,
+                            down_s=0.5, error="the learner failed")
+
+
+def test_a_learner_restart_rolls_the_accepted_count_back_and_is_checked() -> None:
+    report = SoakReport(minutes=1)
+    monitor = SoakMonitor(report, kill_every_s=0)  # its sampling thread is not started
+    for timestep in (50, 100, 150):
+        monitor.on_update_done(_update(timestep, 50))
+    monitor.on_learner_restarted(_restart(100, 50, 150))  # back to a counter it had
+    monitor.on_update_done(_update(150, 50))
+    assert (report.accepted, report.timestep, report.counter_mismatches) == (150, 150, 0)
+    assert report.transitions_lost == [50] and len(report.loss_to_update_s) == 1
+    assert report.figures()["counter == accepted"] is True
+    # A rollback to a value the counter never had, or a wrong loss, is a mismatch.
+    monitor.on_learner_restarted(_restart(120, 30, 150))
+    monitor.on_learner_restarted(_restart(50, 10, 120))
+    assert report.counter_mismatches == 2
+    assert report.figures()["counter == accepted"] is False

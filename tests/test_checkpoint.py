@@ -23,6 +23,8 @@ from keisei_ray.events import (
     EvaluationDone,
     EventBus,
     GameStats,
+    LearnerLost,
+    LearnerRestarted,
     TrainEnd,
     TrainStart,
     UpdateDone,
@@ -39,6 +41,7 @@ from keisei_ray.store.checkpoint import (
 from keisei_ray.store.model_file import ModelFileError, load_model
 from keisei_ray.store.resume import check_compatible, find_resume_point
 from keisei_ray.store.saver import CheckpointCallback
+from keisei_ray.training.restarts import restore_point
 from learner import Learner
 from learner.model import export_weights
 
@@ -426,6 +429,34 @@ def test_resumed_run_sets_aside_checkpoints_from_a_lost_future(
                                                            "ckpt-000000000096"]
     assert [p.name.split(".")[0] for p in (run_dir / "checkpoints").glob("*.abandoned-*")] == [
         "ckpt-000000000192"]
+
+
+def test_a_learner_restart_uses_the_newest_good_checkpoint_and_the_interval_goes_on_from_it(
+        tmp_path: Path, snapshot: RunSnapshot) -> None:
+    # 48 transitions per update, interval 100: checkpoints at 144 and 240; 240 is damaged.
+    config = tiny_config("checkpoint.interval_timesteps=100", "checkpoint.keep_last=10")
+    run_dir = tmp_path / "run"
+    callback = CheckpointCallback(config)
+    harness = Harness(callback, run_dir, snapshot)
+    for version in range(1, 7):
+        harness.update(48 * version, version, 48)
+    bus = harness.bus
+    bus.emit(LearnerLost(timestep=288, version=6, error="the learner failed"))
+    assert [e.timestep for e in harness.saved] == [144, 240]  # announced before the restore
+    _flip_byte(list_checkpoints(run_dir)[0] / "learner.pt")
+    point = restore_point(run_dir)
+    assert point.snapshot is not None and point.snapshot.timestep == 144
+    bus.emit(LearnerRestarted(timestep=144, version=3, checkpoint=point.path,
+                              transitions_lost=144, lost_timestep=288, restarts=1, down_s=1.0,
+                              error="the learner failed"))
+    # The bad newer one is set aside; 240 is due again from 144 (not 300, from 288).
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-000000000144"]
+    assert len(list((run_dir / "checkpoints").glob("ckpt-000000000240.abandoned-*"))) == 1
+    harness.update(192, 4, 48)
+    harness.update(240, 5, 48)
+    harness.end(240, 5)
+    assert [e.timestep for e in harness.saved] == [144, 240, 240]
+    assert verify_checkpoint(list_checkpoints(run_dir)[0]).timestep == 240
 
 
 def test_a_saved_config_from_before_the_policy_head_option_reads_as_the_absolute_head(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from keisei_ray.store.checkpoint import list_checkpoints
+from keisei_ray.training.metrics import METRICS_FILE, read_metrics
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 
@@ -62,6 +66,44 @@ def interrupt_once_training(command: list[str], *, after_s: float) -> tuple[int,
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     return proc.returncode, "".join(seen) + out
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_update_writes_a_checkpoint_and_exits_like_ctrl_c(
+        tmp_path: Path) -> None:
+    """What a cloud scheduler or `ray job stop` sends first (ray.init installs a SIGTERM
+    handler of its own that exits at once: the run's replaces it)."""
+    run_dir = tmp_path / "term"
+    proc = subprocess.Popen(
+        keisei("train", "--preset", "smoke", f"train.runs_dir={tmp_path}",
+               "train.run_name=term", "train.total_timesteps=100000000",
+               "checkpoint.interval_timesteps=100000000"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(r["event"] == "update" for r in _records(run_dir)):
+            assert proc.poll() is None and time.monotonic() < deadline, "no update in 240 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out[-3000:]
+    assert "SIGTERM: finishing the current update" in out
+    assert "Traceback" not in out
+    # The checkpoint of the stop holds the last update's counter.
+    last = [r for r in _records(run_dir) if r["event"] == "update"][-1]
+    checkpoints = list_checkpoints(run_dir)
+    assert len(checkpoints) == 1
+    manifest = json.loads((checkpoints[0] / "manifest.json").read_text())
+    assert manifest["reason"] == "interrupt" and manifest["timestep"] == last["timestep"] > 0
+
+
+def _records(run_dir: Path) -> list[dict[str, object]]:
+    path = run_dir / METRICS_FILE
+    return read_metrics(path) if path.exists() else []
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from keisei_ray.events import (
     EvaluationDone,
     EventBus,
     GameStats,
+    LearnerRestarted,
     TrainEnd,
     TrainStart,
     UpdateDone,
@@ -102,6 +103,28 @@ EXPECTED = [
 
 
 @pytest.mark.slow
+def test_learner_restart_drops_the_records_of_lost_work_and_says_so(tmp_path: Path) -> None:
+    bus = EventBus()
+    bus.register(MetricsLog())
+    bus.emit(TrainStart(tmp_path, None, 0, 0, False, bus=bus))
+    for k in range(1, 5):
+        bus.emit(update(50 * k, k))
+    bus.emit(LearnerRestarted(timestep=100, version=2, checkpoint=tmp_path / "ckpt-100",
+                              transitions_lost=100, lost_timestep=200, restarts=1, down_s=2.5,
+                              error="the learner failed: ActorDiedError: gone"))
+    bus.emit(update(150, 3))
+    bus.emit(TrainEnd(150, 3, "completed"))
+    assert bus.errors == 0
+    records = read_metrics(tmp_path / METRICS_FILE)
+    assert [(r["event"], r["timestep"]) for r in records] == [
+        ("start", 0), ("update", 50), ("update", 100), ("learner_restart", 100),
+        ("update", 150), ("end", 150)]
+    restart = records[3]
+    assert (restart["transitions_lost"], restart["lost_timestep"], restart["restarts"]) == (
+        100, 200, 1)
+    assert restart["checkpoint"] == str(tmp_path / "ckpt-100")
+
+
 def test_dashboard_metrics_endpoint_exports_driver_learner_and_worker_metrics(
         tmp_path: Path, ray_local: None) -> None:
     config = load_config(None, [

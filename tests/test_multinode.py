@@ -36,8 +36,10 @@ from keisei_ray.bench.cluster import (
 from keisei_ray.config import Config
 from keisei_ray.config_loading import load_config
 from keisei_ray.events import BatchCollected, Callback, UpdateDone
+from keisei_ray.store.saver import CheckpointCallback
 from keisei_ray.training.driver import Trainer
 from keisei_ray.training.ray_cluster import worker_room
+from tests.test_learner_restart import RestartLog, check_counter, check_restored_weights
 
 
 def test_worker_room_counts_cpus_on_the_nodes_with_the_worker_resource() -> None:
@@ -172,16 +174,47 @@ def test_a_node_that_joins_gets_workers(sim: SimulatedCluster, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_losing_the_learner_node_ends_the_run_with_a_clear_message(
+def test_losing_the_learner_node_restarts_the_learner_on_a_new_node(
         sim: SimulatedCluster, tmp_path: Path) -> None:
-    """`keisei-ray train` joined to the cluster, as on a real one; the learner's node goes
-    after the first checkpoint, and the run ends naming it and the command that resumes."""
+    """The learner's node goes after the first checkpoint; the driver waits for room, a new
+    node with the learner resource joins, and a learner restored from the newest checkpoint
+    takes over there: the run completes, its counter the accepted transitions after the
+    rollback, the new learner holding the checkpoint's weights."""
+    log = RestartLog()
+    seen: dict[str, float] = {}
+
+    def controller(trainer: Trainer, timeline: Timeline, marks: dict[str, float]) -> None:
+        wait_for(timeline, lambda: bool(log.saved), 120, "a first checkpoint")
+        assert sim.learner is not None
+        sim.remove(sim.learner)
+        wait_for(timeline, lambda: bool(log.lost), 60, "the driver to see the loss")
+        node = sim.add_learner_node()
+        wait_for(timeline, lambda: bool(log.restarts), 120, "the restart")
+        seen["learner free"] = ray._private.state.available_resources_per_node()[
+            node.node_id].get("learner", 0.0)
+        wait_for(timeline, lambda: log.ended, 300, "the run's end")
+
+    cfg = config(tmp_path, "checkpoint.interval_timesteps=300", "train.total_timesteps=1600")
+    run = run_with(cfg, tmp_path, controller, callbacks=[CheckpointCallback(cfg), log])
+    assert run.result.reason == "completed" and run.result.learner_restarts == 1
+    assert seen["learner free"] == 0.0  # the new learner holds the new node's resource
+    check_counter(log, run.result.state.timestep)
+    check_restored_weights(log)
+
+
+@pytest.mark.slow
+def test_losing_the_learner_node_without_restarts_ends_the_run_with_a_clear_message(
+        sim: SimulatedCluster, tmp_path: Path) -> None:
+    """`keisei-ray train` joined to the cluster, as on a real one, with
+    `train.learner_max_restarts=0`: the learner's node goes after the first checkpoint, and
+    the run ends naming it and the command that resumes (as before learners restarted)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "400"}
     run_dir = tmp_path / "learner-loss"
     proc = subprocess.Popen(
         [sys.executable, "-m", "keisei_ray.cli", "train", "--address", sim.address,
          "--preset", "smoke", "train.total_timesteps=100000000", "train.num_workers=auto",
-         "train.learner_cpus=0", "evaluation.enabled=false", "checkpoint.interval_timesteps=500",
+         "train.learner_cpus=0", "train.learner_max_restarts=0", "evaluation.enabled=false",
+         "checkpoint.interval_timesteps=500",
          f"train.runs_dir={tmp_path}", "train.run_name=learner-loss"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None

@@ -108,7 +108,8 @@ def test_sigkill_at_a_random_moment_then_resume_completes_consistently(tmp_path:
 
 
 class KillLearner(Callback):
-    """Kills the learner actor at the first update after the first checkpoint was saved."""
+    """Kills the learner actor at every update after the first checkpoint was saved (a
+    restarted one too)."""
 
     def __init__(self) -> None:
         self.saved = False
@@ -122,9 +123,9 @@ class KillLearner(Callback):
 
 
 @pytest.mark.slow
-def test_learner_loss_names_the_checkpoint_and_the_resume_command(
+def test_learner_lost_past_its_restarts_names_the_checkpoint_and_the_resume_command(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["train", *train_args(tmp_path, "train.run_name=lost",
+    args = ["train", *train_args(tmp_path, "train.run_name=lost", "train.learner_max_restarts=1",
                                  "train.callbacks=[tests.test_resume_cli:KillLearner]")]
     with pytest.raises(SystemExit) as info:
         main(args)
@@ -132,7 +133,11 @@ def test_learner_loss_names_the_checkpoint_and_the_resume_command(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     run_dir = tmp_path / "lost"
     newest = list_checkpoints(run_dir)[0]
+    # One restart from a checkpoint, then the second loss ends the run as before restarts.
+    log = (run_dir / "train.log").read_text()
+    assert log.count("learner restarted from") == 1
     assert err.startswith("keisei-ray: training failed: the learner failed")
+    assert "train.learner_max_restarts=1" in err
     assert f"the last good checkpoint is {newest}" in err
     assert err.endswith(f"continue with: keisei-ray train --resume {run_dir}")
     # ... and that command does continue it.

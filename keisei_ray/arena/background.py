@@ -41,6 +41,7 @@ from keisei_ray.events import (
     Callback,
     EvaluationDone,
     EventBus,
+    LearnerLost,
     TrainEnd,
     TrainStart,
     UpdateDone,
@@ -129,6 +130,16 @@ class BackgroundEvaluation(Callback):
         if bucket > self._last_bucket:
             self._last_bucket = bucket
             self.submit(self._latest)
+
+    def on_learner_lost(self, event: LearnerLost) -> None:
+        # Its evaluations play the lost learner's weights (gone with it, or of versions that
+        # will be made again): dropped. The Elo table goes back to the checkpoint's with the
+        # driver's restore, and the previous policy, as on resume, is none.
+        if self._running is not None or self._pending is not None:
+            log.info("evaluations of the lost learner's policies dropped")
+        self._running = self._pending = self._latest = self._previous = None
+        self._submitted_version = None
+        self._drop_actor()
 
     def on_train_end(self, event: TrainEnd) -> None:
         try:

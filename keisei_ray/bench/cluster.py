@@ -55,6 +55,12 @@ class SimulatedCluster:
         self.selfplay.append(node)
         return node
 
+    def add_learner_node(self) -> Any:
+        """Start a node with the `learner` resource (a replacement for a lost one)."""
+        self.learner = self.cluster.add_node(num_cpus=self.cpus_per_node,
+                                             resources={"learner": 1}, wait=True)
+        return self.learner
+
     def remove(self, node: Any, *, graceful: bool = True) -> None:
         """Take a node away: graceful lets its raylet say goodbye (what a drained or
         scaled-down node does); otherwise all its processes are SIGKILLed (a lost VM)."""
@@ -88,7 +94,7 @@ def simulated_cluster(selfplay_nodes: int, *, cpus_per_node: int = 1, learner_no
     sim = SimulatedCluster(cluster, cpus_per_node, learner=None)
     try:
         if learner_node:
-            sim.learner = cluster.add_node(num_cpus=cpus_per_node, resources={"learner": 1})
+            sim.add_learner_node()
         for _ in range(selfplay_nodes):
             sim.add_selfplay_node()
         cluster.wait_for_nodes()

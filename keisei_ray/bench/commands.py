@@ -339,6 +339,9 @@ def bench_soak_cmd(
     preset: Annotated[str, typer.Option(help="Preset trained.")] = "local",
     kill_every: Annotated[float, typer.Option(help="Seconds between worker kills (0: "
                                               "none).")] = 180.0,
+    kill_learner_every: Annotated[float, typer.Option(help="Seconds between learner kills "
+                                                      "(0: none); the driver restarts it from "
+                                                      "its last checkpoint.")] = 0.0,
     sample_every: Annotated[float, typer.Option(help="Seconds between samples.")] = 10.0,
     out_path: Annotated[Path | None, typer.Option("--out", help="Also write the report "
                                                   "(figures and samples) as JSON here.",
@@ -348,15 +351,18 @@ def bench_soak_cmd(
     overrides: OverridesArg = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train with evaluation and checkpoints on, kill a worker every few minutes; RSS of the
-    driver, learner and workers, steps/s, restarts, counter vs accepted, longest stall.
-    Ctrl-C ends the run early and still reports."""
+    """Train with evaluation and checkpoints on, kill a worker every few minutes (and the
+    learner, with --kill-learner-every); RSS of the driver, learner and workers, steps/s,
+    restarts, transitions lost, counter vs accepted, longest stall. Ctrl-C ends the run early
+    and still reports."""
     from keisei_ray.bench.soak import bench_soak
 
-    if minutes <= 0 or sample_every <= 0 or kill_every < 0:
-        raise ConfigError("--minutes and --sample-every must be positive, --kill-every >= 0")
+    if minutes <= 0 or sample_every <= 0 or kill_every < 0 or kill_learner_every < 0:
+        raise ConfigError("--minutes and --sample-every must be positive, --kill-every and "
+                          "--kill-learner-every >= 0")
     report = bench_soak(minutes, preset=preset, kill_every_s=kill_every,
-                        sample_every_s=sample_every, overrides=tuple(overrides or []))
+                        kill_learner_every_s=kill_learner_every, sample_every_s=sample_every,
+                        overrides=tuple(overrides or []))
     if out_path is not None:
         out_path.write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
     if not as_json:

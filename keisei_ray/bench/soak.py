@@ -6,8 +6,11 @@ It trains a preset (default `local`) with background evaluation and checkpoints 
 (RSS) of the driver, the learner, the self-play workers and the evaluation actors, the
 steps/s of every interval, and the gap between consecutive updates; every `kill_every_s` it
 SIGKILLs one self-play worker process (Ray restarts it: `train.max_worker_restarts` is made
-unlimited). At every update it checks the driver's timestep counter against the transitions
-the learner accepted. Only processes descended from this driver are watched or killed.
+unlimited), and every `kill_learner_every_s` the learner's (the driver restarts it from the
+last checkpoint: `train.learner_max_restarts` is made unlimited). At every update it checks the
+driver's timestep counter against the transitions the learner accepted, and at every learner
+restart that the counter went back to a value it had at an update, by exactly the transitions
+the restart reports lost. Only processes descended from this driver are watched or killed.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from keisei_ray.api import graceful_interrupt
 from keisei_ray.arena.background import BackgroundEvaluation
 from keisei_ray.config import Config
 from keisei_ray.config_loading import load_config
-from keisei_ray.events import Callback, CheckpointSaved, EvaluationDone, TrainStart, UpdateDone
+from keisei_ray.events import (
+    Callback,
+    CheckpointSaved,
+    EvaluationDone,
+    LearnerRestarted,
+    TrainStart,
+    UpdateDone,
+)
 from keisei_ray.store.checkpoint import create_run_id
 from keisei_ray.store.run_dir import write_run_files
 from keisei_ray.store.saver import CheckpointCallback
@@ -75,6 +85,10 @@ class SoakReport:
     evaluations: int = 0
     reason: str = ""
     warmup_s: float = 0.0
+    learner_kills: list[float] = field(default_factory=list)  # seconds since the start
+    learner_restarts: int = 0
+    transitions_lost: list[int] = field(default_factory=list)  # per learner restart
+    loss_to_update_s: list[float] = field(default_factory=list)  # kill -> next update
 
     def rss_growth(self) -> dict[str, float | None]:
         """Per role: mean RSS of the last samples over the first after warm-up, minus 1; each
@@ -113,6 +127,10 @@ class SoakReport:
             "timestep counter": self.timestep, "accepted transitions": self.accepted,
             "counter == accepted": self.timestep == self.accepted and not self.counter_mismatches,
             "workers killed": len(self.kills), "worker restarts": self.worker_restarts,
+            "learners killed": len(self.learner_kills),
+            "learner restarts": self.learner_restarts,
+            "transitions lost per restart": list(self.transitions_lost),
+            "loss to next update (s)": [round(s, 1) for s in self.loss_to_update_s],
             "longest gap between updates (s)": round(self.max_update_gap_s, 1),
             "checkpoints saved": self.checkpoints, "evaluations": self.evaluations,
             "steps/s min after warm-up": round(min(rates), 1) if rates else None,
@@ -130,7 +148,7 @@ class SoakReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"figures": self.figures(), "samples": [asdict(s) for s in self.samples],
-                "kills": self.kills}
+                "kills": self.kills, "learner_kills": self.learner_kills}
 
 
 def _role(process: Any) -> str | None:
@@ -168,17 +186,23 @@ def _rss_mb(processes: list[Any]) -> float:
 
 class SoakMonitor(Callback):
     """Samples RSS and throughput every `sample_every_s`, kills a worker every `kill_every_s`
-    (0: never), and checks the timestep counter at every update."""
+    and the learner every `kill_learner_every_s` (0: never), and checks the timestep counter
+    at every update and learner restart."""
 
     def __init__(self, report: SoakReport, *, sample_every_s: float = 10.0,
-                 kill_every_s: float = 120.0) -> None:
+                 kill_every_s: float = 120.0, kill_learner_every_s: float = 0.0) -> None:
         self.report = report
         self.sample_every_s = sample_every_s
         self.kill_every_s = kill_every_s
+        self.kill_learner_every_s = kill_learner_every_s
+        self._counters = {0}  # every value the timestep counter had at an update
+        self._lost_at: list[float] = []  # monotonic times of learner kills not yet restarted
+        self._restarted_at: float | None = None  # of the latest loss, until the next update
         self._started = time.monotonic()
         self._timestep = 0
         self._last_update: float | None = None
         self._last_sample = (0.0, 0)
+        self._trained = 0  # accepted transitions, those later lost with a learner included
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="soak-monitor", daemon=True)
         self._lock = threading.Lock()
@@ -188,6 +212,7 @@ class SoakMonitor(Callback):
         self._started = time.monotonic()
         self._timestep = event.timestep
         self.report.accepted = event.timestep
+        self._counters = {event.timestep}
         self._thread.start()
 
     def on_update_done(self, event: UpdateDone) -> None:
@@ -206,6 +231,29 @@ class SoakMonitor(Callback):
                 report.max_update_gap_s = max(report.max_update_gap_s, now - self._last_update)
             self._last_update = now
             self._timestep = event.timestep
+            self._trained += event.accepted
+            self._counters.add(event.timestep)
+            if self._restarted_at is not None:
+                report.loss_to_update_s.append(now - self._restarted_at)
+                self._restarted_at = None
+
+    def on_learner_restarted(self, event: LearnerRestarted) -> None:
+        with self._lock:
+            report = self.report
+            lost = report.accepted - event.timestep
+            if event.timestep not in self._counters or lost != event.transitions_lost:
+                report.counter_mismatches += 1
+                log.error("learner restart: the counter went back from %d to %d, reporting %d "
+                          "transitions lost (the accepted ones say %d)", event.lost_timestep,
+                          event.timestep, event.transitions_lost, lost)
+            report.accepted = event.timestep
+            report.learner_restarts = event.restarts
+            report.transitions_lost.append(event.transitions_lost)
+            self._timestep = event.timestep
+            # From the kill when this monitor made it, else from when the driver saw the loss.
+            seen = time.monotonic() - event.down_s
+            self._restarted_at = self._lost_at.pop(0) if self._lost_at else seen
+            self._lost_at.clear()
 
     def on_checkpoint_saved(self, event: CheckpointSaved) -> None:
         self.report.checkpoints += 1
@@ -223,20 +271,26 @@ class SoakMonitor(Callback):
 
     def _loop(self) -> None:
         next_kill = self.kill_every_s if self.kill_every_s > 0 else float("inf")
+        every = self.kill_learner_every_s
+        next_learner_kill = every if every > 0 else float("inf")
         while not self._stop.wait(self.sample_every_s):
             self._sample()
             if time.monotonic() - self._started >= next_kill:
                 self._kill_one()
                 next_kill += self.kill_every_s
+            if time.monotonic() - self._started >= next_learner_kill:
+                self._kill_learner()
+                next_learner_kill += every
 
     def _sample(self) -> None:
         t = time.monotonic() - self._started
         processes = ray_processes()
         with self._lock:
-            timestep = self._timestep
-        last_t, last_step = self._last_sample
-        rate = (timestep - last_step) / (t - last_t) if t > last_t else 0.0
-        self._last_sample = (t, timestep)
+            timestep, trained = self._timestep, self._trained
+        last_t, last_trained = self._last_sample
+        # The work done: a learner restart takes the counter back, not the rate below zero.
+        rate = (trained - last_trained) / (t - last_t) if t > last_t else 0.0
+        self._last_sample = (t, trained)
         self.report.samples.append(Sample(
             t=round(t, 1), rss_mb={role: round(_rss_mb(p), 1) for role, p in processes.items()},
             processes={role: len(p) for role, p in processes.items()}, timestep=timestep,
@@ -256,20 +310,37 @@ class SoakMonitor(Callback):
         self.report.kills.append(round(time.monotonic() - self._started, 1))
         log.warning("soak: killed worker process %d", victim.pid)
 
+    def _kill_learner(self) -> None:
+        learners = ray_processes()["learner"]
+        if not learners:
+            log.warning("soak: no learner process to kill (a restart still under way?)")
+            return
+        now = time.monotonic()
+        for victim in learners:
+            try:
+                os.kill(victim.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            log.warning("soak: killed learner process %d", victim.pid)
+        with self._lock:
+            self._lost_at.append(now)
+        self.report.learner_kills.append(round(now - self._started, 1))
+
 
 def soak_config(preset: str, minutes: float, overrides: tuple[str, ...] = ()) -> Config:
     """The preset trained for `minutes`, evaluation and checkpoints on, restarts unlimited."""
     return load_config(None, [
         "train.total_timesteps=1000000000000", f"train.max_minutes={minutes}",
-        "train.max_worker_restarts=-1", "evaluation.enabled=true",
+        "train.max_worker_restarts=-1", "train.learner_max_restarts=-1", "evaluation.enabled=true",
         "evaluation.interval_timesteps=20000", "evaluation.games=16",
         "evaluation.final_wait_s=30", "checkpoint.interval_timesteps=20000", "wandb.mode=disabled",
         *overrides], preset=preset)
 
 
 def bench_soak(minutes: float, *, preset: str = "local", kill_every_s: float = 120.0,
-               sample_every_s: float = 10.0, warmup_s: float | None = None,
-               run_dir: Path | None = None, overrides: tuple[str, ...] = ()) -> SoakReport:
+               kill_learner_every_s: float = 0.0, sample_every_s: float = 10.0,
+               warmup_s: float | None = None, run_dir: Path | None = None,
+               overrides: tuple[str, ...] = ()) -> SoakReport:
     """Train for `minutes` under the monitor; returns the report (see `SoakReport.figures`)."""
     config = soak_config(preset, minutes, overrides)
     report = SoakReport(minutes=minutes,
@@ -282,7 +353,8 @@ def bench_soak(minutes: float, *, preset: str = "local", kill_every_s: float = 1
         session = connect_ray(config.train.address)
         try:
             monitor = SoakMonitor(report, sample_every_s=sample_every_s,
-                                  kill_every_s=kill_every_s)
+                                  kill_every_s=kill_every_s,
+                                  kill_learner_every_s=kill_learner_every_s)
             callbacks: list[Callback] = [BackgroundEvaluation(config, folder),
                                          CheckpointCallback(config), monitor]
             trainer = Trainer(config, folder, callbacks=callbacks)

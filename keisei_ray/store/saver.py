@@ -20,6 +20,8 @@ from keisei_ray.events import (
     CheckpointSaved,
     EvaluationDone,
     EventBus,
+    LearnerLost,
+    LearnerRestarted,
     TrainEnd,
     TrainStart,
     UpdateDone,
@@ -178,6 +180,30 @@ class CheckpointCallback(Callback):
         assert interval is not None
         self.next_due = (event.timestep // interval + 1) * interval
         self._save(event.snapshot, event.timestep, "interval")
+
+    def on_learner_lost(self, event: LearnerLost) -> None:
+        # The driver restores the newest good checkpoint next: finish the ones in the writer
+        # (one whose snapshot needs the lost learner fails, and is logged).
+        if self._writer is not None:
+            self._writer.wait()
+            self._poll()
+
+    def on_learner_restarted(self, event: LearnerRestarted) -> None:
+        """Continue from the restored checkpoint: the next one is due after its timestep, and
+        newer (bad) ones are set aside, as a resume does."""
+        if self.folder is None:
+            return
+        for path in list_checkpoints(self.folder.parent):
+            timestep = int(_NAME.match(path.name).group(1))  # type: ignore[union-attr]
+            if timestep > event.timestep:
+                aside = path.with_name(f"{path.name}.abandoned-{int(time.time())}")
+                log.warning("%s is newer than the restored timestep %d; renamed to %s",
+                            path.name, event.timestep, aside.name)
+                path.rename(aside)
+                self.saved.pop(path.name, None)
+        self.last_timestep = event.timestep
+        interval = self.settings.interval_timesteps
+        self.next_due = None if interval is None else (event.timestep // interval + 1) * interval
 
     def on_evaluation_done(self, event: EvaluationDone) -> None:
         self.measured_since_save = True

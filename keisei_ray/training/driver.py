@@ -10,6 +10,12 @@ workers to the learner as object refs; the driver only reads the small batch sum
 The driver owns the one timestep counter, and it advances only by transitions the learner
 accepted: a batch lost with a dying worker, or dropped as too old, is never counted.
 
+A lost learner (its actor or its node) is replaced by one restored from the newest good
+checkpoint, within `train.learner_max_restarts` (restarts.py): the driver's state goes back to
+that checkpoint as a resume would set it (the transitions accepted after it are lost), the
+workers keep their games and get the restored weights, and batches played by versions the new
+learner never made are dropped.
+
 `Trainer` keeps set-up, the loop, snapshot and restore together: they share the consistent-
 cut invariant (a snapshot is only taken with the learner idle and no collect running). The
 worker pool is in `workers.py`, Ray set-up in `ray_cluster.py`.
@@ -34,8 +40,11 @@ import numpy as np
 import ray
 import torch
 from ray.exceptions import (
+    ActorAlreadyExistsError,
     GetTimeoutError,
+    NodeDiedError,
     ObjectLostError,
+    OutOfMemoryError,
     RayActorError,
     RayTaskError,
 )
@@ -46,6 +55,8 @@ from keisei_ray.events import (
     Callback,
     EventBus,
     GameStats,
+    LearnerLost,
+    LearnerRestarted,
     StatefulCallback,
     TrainEnd,
     TrainStart,
@@ -61,6 +72,13 @@ from keisei_ray.training.ray_cluster import (
     resources_per_node,
     worker_resource,
     worker_room,
+)
+from keisei_ray.training.restarts import (
+    LearnerGone,
+    RestartBudget,
+    await_learner,
+    learner_bundle,
+    restore_point,
 )
 from keisei_ray.training.tuning import LearnerTuner, tune_games
 from keisei_ray.training.waits import learner_remedies, wait_split
@@ -101,7 +119,27 @@ class TrainResult:
     worker_busy: float  # fraction of worker time spent collecting
     worker_restarts: int
     callback_errors: int
+    learner_restarts: int = 0
     final_weights: dict[str, Any] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A gathered batch the learner has not trained on yet."""
+
+    payload: Any  # ObjectRef of the encoded bytes
+    games: GameStats  # the games it finished
+    version: int | None  # the policy version that played it; None: from a checkpoint
+    lineage: int  # of the learner whose weights played it (restarts.py)
+    updates: int  # the driver's update count when it was gathered
+
+
+def _payloads(batches: Sequence[Batch]) -> list[Any]:
+    return [b.payload for b in batches]
+
+
+def _games(batches: Sequence[Batch]) -> GameStats:
+    return sum((b.games for b in batches), GameStats())
 
 
 class Trainer:
@@ -143,11 +181,21 @@ class Trainer:
         self._updates_start = self.state.updates
         self.league = (League(config.league, config.train.seed) if config.league.enabled
                        else None)
+        # Learner restarts (restarts.py): the budget, the learner's placement, the lineage of
+        # policy versions and, per replaced lineage, the newest version still valid.
+        self.budget = RestartBudget(config.train.learner_max_restarts,
+                                    config.train.learner_restart_window_s)
+        self.device = "cpu"
+        self.lineage = 0
+        self._valid_upto: dict[int, int] = {}
+        self._learner_options: dict[str, Any] = {}
+        self._origin: RunSnapshot | None = None  # the run's start (a new run's only)
+        self._lost_at: float | None = None  # when the newest loss was seen, until an update
 
     # ---------------------------------------------------------------- set-up
     def _start_actors(self) -> Published:
         train = self.config.train
-        device = resolve_device(self.config)
+        self.device = device = resolve_device(self.config)
         self.remedies = learner_remedies(self.config, device)
         workers = (_auto_workers(self.config) if train.num_workers == "auto"
                    else int(train.num_workers))
@@ -156,21 +204,19 @@ class Trainer:
         resources = ray.cluster_resources()
         # A batch holds E*T transitions (T plies of E games).
         self.capacity = max(workers, _auto_workers(self.config)) * _batch_capacity(self.config)
-        capacity = self.capacity
         name = self.config.cluster.learner_resource  # only the learner lands on that node
         custom = {name: 1.0} if resources.get(name, 0) > 0 else None
-        self.learner = ray.remote(LearnerActor).options(
-            name="keisei/learner",
-            num_cpus=train.learner_cpus,
-            num_gpus=1 if device == "cuda" else 0,
-            resources=custom,
-            max_restarts=0,  # a lost learner ends the run; `--resume` recovers it
-        ).remote(self.config, capacity, device)
-        if self._learner_state is not None:
-            ray.get(self.learner.load_state_dict.remote(self._learner_state))
-        published: Published = ray.get(self.learner.publish.remote())
+        self._learner_options = {
+            "name": "keisei/learner", "num_cpus": train.learner_cpus,
+            "num_gpus": 1 if device == "cuda" else 0, "resources": custom,
+            "max_restarts": 0,  # the driver restarts it from a checkpoint (restarts.py)
+        }
+        loaded, publishing = self._new_learner(self._learner_state)
+        if loaded is not None:
+            ray.get(loaded)
+        published: Published = ray.get(publishing)
         if self.league is not None:
-            self._start_league(published)
+            self._start_league(published, self.resume)
         log.info("learner on %s; policy version %d, %.1f MB of weights", device,
                  published.version, published.nbytes / 1e6)
         self.pool = WorkerPool(self.config)
@@ -182,15 +228,31 @@ class Trainer:
                  train.games_per_worker)
         return published
 
-    def _start_league(self, published: Published) -> None:
-        """The resumed run's pool (weights back into the object store), or a new pool whose
+    def _new_learner(self, state: dict[str, Any] | None) -> tuple[Any, Any]:
+        """Create the learner actor (restored from `state` when given); returns the refs of
+        the restore (None without a state) and of its first weights, not waited for."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self.learner = ray.remote(LearnerActor).options(**self._learner_options).remote(
+                    self.config, self.capacity, self.device, self.lineage)
+                break
+            except ActorAlreadyExistsError:  # a lost one's name is released a moment after
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        loaded = None if state is None else self.learner.load_state_dict.remote(state)
+        return loaded, self.learner.publish.remote()
+
+    def _start_league(self, published: Published, snapshot: RunSnapshot | None) -> None:
+        """The snapshot's pool (weights back into the object store), or a new pool whose
         first member is the starting policy."""
         assert self.league is not None
-        saved = self.resume.league if self.resume is not None else {}
+        saved = snapshot.league if snapshot is not None else {}
         if saved:
-            assert self.resume is not None
+            assert snapshot is not None
             self.league.load_state_dict(saved, {member_id: [ray.put(weights)] for member_id,
-                                                weights in self.resume.league_weights.items()})
+                                                weights in snapshot.league_weights.items()})
         else:
             self.league.add(published.version, published.weights, self.state.updates)
 
@@ -209,19 +271,18 @@ class Trainer:
         if fresh:
             log.info("worker(s) %s have no saved games: they start new ones", fresh)
 
-    def _restore_process_state(self) -> None:
-        """The driver's RNG states and the stateful callbacks' states of the resumed run."""
-        assert self.resume is not None
-        rng = self.resume.rng
+    def _restore_process_state(self, snapshot: RunSnapshot) -> None:
+        """The driver's RNG states and the stateful callbacks' states of `snapshot`."""
+        rng = snapshot.rng
         if rng:
             random.setstate(rng["python"])
             np.random.set_state(rng["numpy"])
             torch.set_rng_state(torch.from_numpy(np.asarray(rng["torch"], dtype=np.uint8)))
         for callback in self.bus.callbacks:
             if isinstance(callback, StatefulCallback) and callback.state_key in (
-                    self.resume.callbacks):
+                    snapshot.callbacks):
                 try:
-                    callback.load_state_dict(self.resume.callbacks[callback.state_key])
+                    callback.load_state_dict(snapshot.callbacks[callback.state_key])
                 except Exception:
                     # Contained like any callback failure: its state starts empty instead.
                     self.bus.errors += 1
@@ -244,13 +305,7 @@ class Trainer:
         state_refs = {slot.worker_id: slot.actor.get_state.remote()
                       for slot in self.pool.ready_workers if slot.pending is None}
         pending = list(pending)
-        # Copies of what the driver owns, as they are now (JSON round trip: callback states
-        # must be JSON-able, and later changes must not leak into this snapshot).
-        callbacks = json.loads(json.dumps({cb.state_key: cb.state_dict()
-                                           for cb in self.bus.callbacks
-                                           if isinstance(cb, StatefulCallback)}))
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(),
-               "torch": torch.get_rng_state().numpy()}
+        callbacks, rng = self._callback_states(), _rng_states()
         driver, timestep, version = self.state.to_dict(), self.state.timestep, self.state.version
         league = (json.loads(json.dumps(self.league.state_dict())) if self.league is not None
                   else {})
@@ -285,6 +340,14 @@ class Trainer:
 
         return fetch
 
+    def _callback_states(self) -> dict[str, Any]:
+        """Copies of the stateful callbacks' states as they are now (JSON round trip: they
+        must be JSON-able, and later changes must not leak into the copy)."""
+        states = json.loads(json.dumps({cb.state_key: cb.state_dict()
+                                        for cb in self.bus.callbacks
+                                        if isinstance(cb, StatefulCallback)}))
+        return dict(states)
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
@@ -295,11 +358,16 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train until `total_timesteps` accepted transitions, or until `stop` is set."""
         reason = "completed"
-        stopped_at: tuple[list[Any], GameStats] | None = None  # the cut the loop ended at
+        stopped_at: list[Batch] | None = None  # the cut the loop ended at
         self._started = time.monotonic()
         try:
-            batches, games = self._begin()
-            stopped_at = self._loop(batches, games)
+            batches = self._begin()
+            while True:
+                try:
+                    stopped_at = self._loop(batches)
+                    break
+                except LearnerGone as lost:
+                    batches = self._recover(lost)
             if self.stop.is_set() and self.state.timestep < self.config.train.total_timesteps:
                 reason = "interrupted"
             assert self.published is not None
@@ -316,32 +384,37 @@ class Trainer:
             self._end(reason, stopped_at)
         return self._result(reason)
 
-    def _loop(self, batches: list[Any] | None, games: GameStats) -> tuple[list[Any], GameStats]:
+    def _loop(self, batches: list[Batch] | None) -> list[Batch]:
         """Collect, update, count, fire events, until a stop; return the cut it stopped at
-        (the batches gathered and never trained on, and their games: not counted).
+        (the batches gathered and never trained on: not counted).
 
         Pipelined: round k+1 is collected while the learner updates on round k, and the
         update is counted once that round is in. Every stop happens at a consistent cut: the
-        learner idle, no collect running.
+        learner idle, no collect running. A lost learner raises LearnerGone with the batches
+        in hand.
         """
         assert self.pool is not None and self.published is not None
         synchronous = self.config.ppo.max_policy_lag == 0
-        in_flight: tuple[Any, GameStats, int] | None = None  # the running update
+        in_flight: tuple[Any, list[Batch]] | None = None  # the running update and its input
         while True:
             if batches is None:
-                batches, games = self._collect()
+                batches = self._collect()
+                if self.pool.weights_lost:
+                    sent = in_flight[1] if in_flight is not None else []
+                    raise LearnerGone("the learner failed: the policy weights it published "
+                                      "are gone", in_hand=[*sent, *batches])
                 if in_flight is not None:  # pipelined: the previous update ran meanwhile
-                    self._finish_update(*in_flight, cut=(batches, games))
+                    self._finish_update(*in_flight, cut=batches)
                     in_flight = None
             if self._should_stop():
-                return batches, games
+                return batches
             if batches:
-                in_flight = (self.learner.update.remote(*batches), games, len(batches))
+                in_flight = (self.learner.update.remote(*_payloads(batches)), batches)
                 if synchronous:
-                    self._finish_update(*in_flight, cut=([], GameStats()))
+                    self._finish_update(*in_flight, cut=[])
                     in_flight = None
                     if self._should_stop():
-                        return [], GameStats()
+                        return []
             batches = None
             self.pool.poll_ready()
             self.pool.grow_to_capacity()
@@ -349,10 +422,10 @@ class Trainer:
                 raise TrainingError("every self-play worker is gone")
             self.pool.launch(self.published, self.league, self.progress())
 
-    def _begin(self) -> tuple[list[Any] | None, GameStats]:
+    def _begin(self) -> list[Batch] | None:
         """Start the actors, restore a resumed run, fire TrainStart, launch the first round.
 
-        Returns the payload refs gathered and not trained on yet (None: gather the next round);
+        Returns the batches gathered and not trained on yet (None: gather the next round);
         a resumed run starts with the checkpoint's, so it trains exactly as it would have.
         """
         self.published = self._start_actors()
@@ -360,36 +433,165 @@ class Trainer:
         self.state.version = self.published.version
         self._steps_start = self.state.timestep
         if self.resume is not None:
-            self._restore_process_state()
+            self._restore_process_state(self.resume)
+        else:  # what a learner lost before the first checkpoint restarts from
+            self._origin = RunSnapshot(
+                config=self.config, timestep=self.state.timestep, version=self.state.version,
+                driver=self.state.to_dict(), learner={}, workers={}, rng=_rng_states(),
+                callbacks=self._callback_states())
         self._started = time.monotonic()  # rates count from here, not from actor start-up
         self.bus.emit(TrainStart(self.run_dir, self.config, self.state.timestep,
                                  self.state.version, self.resumed, bus=self.bus))
         if self.resume is None:
             self.pool.launch(self.published, self.league, self.progress())
-            return None, GameStats()
-        batches = [ray.put(payload) for payload in self.resume.pending]
-        # Batches saved by versions that held a row per game back hold up to E*(T+1) rows.
-        games = self.config.train.games_per_worker
-        self._reserve(len(batches) * (_batch_capacity(self.config) + games))
-        return batches, GameStats(**self.resume.pending_games)
+            return None
+        return self._pending_of(self.resume)
 
-    def _collect(self) -> tuple[list[Any], GameStats]:
-        """Gather the running round: its payload refs and the games it finished."""
+    def _pending_of(self, snapshot: RunSnapshot) -> list[Batch]:
+        """A snapshot's batches gathered and not trained on, back in the object store (their
+        games all on the first)."""
+        games = GameStats(**snapshot.pending_games) if snapshot.pending_games else GameStats()
+        batches = [Batch(ray.put(payload), games if i == 0 else GameStats(), None, self.lineage,
+                         self.state.updates) for i, payload in enumerate(snapshot.pending)]
+        # Batches saved by versions that held a row per game back hold up to E*(T+1) rows.
+        held = self.config.train.games_per_worker
+        self._reserve(len(batches) * (_batch_capacity(self.config) + held))
+        return batches
+
+    def _collect(self) -> list[Batch]:
+        """Gather the running round: its batches (those of a replaced learner's versions that
+        the current one never made are dropped)."""
         assert self.pool is not None
         collected = self.pool.gather(self.config.train.round_timeout_s, self._on_batch)
-        self._reserve(sum(c.summary.transitions for c in collected))
         record_round(self.league, (c.summary for c in collected), self.pool.slots)
-        games = sum((game_stats(c.summary) for c in collected), GameStats())
-        return [c.payload for c in collected], games
+        batches = [Batch(c.payload, game_stats(c.summary), c.summary.version, c.lineage,
+                         self.state.updates) for c in collected]
+        kept = [b for b in batches if self._usable(b)]
+        if len(kept) < len(batches):
+            self.state.dropped_batches += len(batches) - len(kept)
+            log.info("dropped %d batch(es) played by a replaced learner's weights",
+                     len(batches) - len(kept))
+        self._reserve(sum(c.summary.transitions for c in collected))
+        return kept
 
-    def _end(self, reason: str, stopped_at: tuple[list[Any], GameStats] | None) -> None:
+    def _usable(self, batch: Batch) -> bool:
+        """Played by the current learner's weights, or by a version the current one shares."""
+        return batch.lineage == self.lineage or (
+            batch.version is not None and batch.version <= self._valid_upto.get(batch.lineage,
+                                                                               -1))
+
+    def _end(self, reason: str, stopped_at: list[Batch] | None) -> None:
         """Fire TrainEnd (with a snapshot when the loop stopped at a cut) and stop the actors."""
-        snapshot = None if stopped_at is None else functools.partial(self.snapshot, *stopped_at)
+        snapshot = (None if stopped_at is None else functools.partial(
+            self.snapshot, _payloads(stopped_at), _games(stopped_at)))
         if self.profile.recording and stopped_at is not None:
             self.profile.finish()  # the run ended inside the window: what it recorded
         self.bus.emit(TrainEnd(self.state.timestep, self.state.version, reason,
                                snapshot=snapshot))
         self.close()
+
+    # ---------------------------------------------------------------- learner restarts
+    def _recover(self, lost: LearnerGone) -> list[Batch]:
+        """A new learner from the last good checkpoint, within the restart budget (else the
+        loss ends the run: TrainingError); returns the batches its first update trains on."""
+        while True:
+            if not self.budget.take(time.monotonic()):
+                raise TrainingError(f"{lost}{self.budget.refusal()}") from lost
+            try:
+                return self._restart_learner(lost)
+            except LearnerGone as again:  # the new one was lost too: another restart
+                again.in_hand = lost.in_hand
+                lost = again
+
+    def _restart_learner(self, lost: LearnerGone) -> list[Batch]:
+        """Replace the lost learner by one restored from the newest good checkpoint (or the
+        run's start), as `--resume` restores it; roll the driver back to that checkpoint and
+        keep the workers' games (they get the restored weights with their next collect).
+        Returns the batches the new learner's first update trains on."""
+        error = str(lost)
+        log.warning("%s; restarting it from the last good checkpoint (restart %d of this "
+                    "session)", error, self.budget.total)
+        # Checkpoint writers finish now: the newest good checkpoint is read next.
+        self.bus.emit(LearnerLost(self.state.timestep, self.state.version, error))
+        ray.kill(self.learner, no_restart=True)  # should it linger (unreachable, not dead)
+        point = restore_point(self.run_dir)
+        snapshot = point.snapshot or self._origin
+        if snapshot is None:  # a resumed session whose checkpoints are all gone or bad
+            raise TrainingError(f"{error}; no good checkpoint to restart the learner from")
+        published = self._place_learner(snapshot, point.path, error)
+        return self._roll_back(snapshot, point.path, published, lost)
+
+    def _place_learner(self, snapshot: RunSnapshot, path: Path | None, error: str) -> Published:
+        """A new learner (a new lineage) restored from `snapshot`, once there is room for it;
+        LearnerGone when it is lost too, TrainingError when it finds no room in time."""
+        assert self.pool is not None
+        # The versions after the checkpoint will be made again, by other weights.
+        for lineage in self._valid_upto:
+            self._valid_upto[lineage] = min(self._valid_upto[lineage], snapshot.version)
+        self._valid_upto[self.lineage] = snapshot.version
+        self.lineage += 1
+        loaded, publishing = self._new_learner(snapshot.learner or None)
+        bundle = learner_bundle(self.config, self._learner_options)
+        on_cluster = bool(self._learner_options.get("resources"))
+        if on_cluster:  # ask the autoscaler for a node for it, as for workers
+            self.pool.request_room([bundle])
+        try:
+            published: Published = await_learner(
+                publishing, self.config.train.learner_restart_timeout_s, self.stop, bundle)
+            if loaded is not None:
+                ray.get(loaded)
+        except (RayActorError, OutOfMemoryError, NodeDiedError) as exc:
+            raise LearnerGone(f"the learner failed: {_first_line(exc)}") from exc
+        except TrainingError as exc:  # no room in time, or asked to stop meanwhile
+            ray.kill(self.learner, no_restart=True)
+            raise TrainingError(f"{error}; {exc}") from exc
+        except RayTaskError as exc:
+            raise TrainingError(f"{error}; the new learner could not load "
+                                f"{path or 'the initial state'}: {_first_line(exc)}") from exc
+        finally:
+            if on_cluster:
+                self.pool.request_room()
+        return published
+
+    def _roll_back(self, snapshot: RunSnapshot, path: Path | None, published: Published,
+                   lost: LearnerGone) -> list[Batch]:
+        """The driver's side of `snapshot`, as a resume restores it (the workers keep their
+        games); the batches in hand that the new learner can use; LearnerRestarted."""
+        assert self.pool is not None
+        lost_timestep = self.state.timestep
+        self.state = TrainState.from_dict(snapshot.driver)
+        self._lost_base = self.state.lost_batches - self.pool.lost_batches
+        self._restore_process_state(snapshot)
+        if self.league is not None:
+            next_id = self.league.next_id
+            self.league = League(self.config.league, self.config.train.seed)
+            self._start_league(published, snapshot if snapshot.league else None)
+            # Workers may still hold the lost members' networks: never reuse their ids.
+            self.league.next_id = max(self.league.next_id, next_id)
+        self.published = published
+        self.state.version = published.version
+        self.pool.lineage = self.lineage
+        # Gathered after the checkpoint's cut (its own are in its pending) and played by a
+        # version the new learner shares: trained on; the others are dropped.
+        restored = int(snapshot.driver.get("updates", 0))
+        kept = [b for b in lost.in_hand if self._usable(b) and b.updates >= restored]
+        self.state.dropped_batches += len(lost.in_hand) - len(kept)
+        batches = self._pending_of(snapshot) + kept
+        self._reserve(len(batches) * _batch_capacity(self.config))
+        self._lost_at = lost.at
+        down = time.monotonic() - lost.at
+        lost_steps = lost_timestep - self.state.timestep
+        log.warning("learner restarted from %s: timestep %d -> %d (%d transitions lost), "
+                    "policy version %d; %d batch(es) in hand kept, %d dropped; %.1f s down",
+                    path or "the run's start (no checkpoint yet)", lost_timestep,
+                    self.state.timestep, lost_steps, published.version, len(kept),
+                    len(lost.in_hand) - len(kept), down)
+        self.bus.emit(LearnerRestarted(
+            timestep=self.state.timestep, version=published.version, checkpoint=path,
+            transitions_lost=lost_steps, lost_timestep=lost_timestep,
+            restarts=self.budget.total, down_s=down, error=str(lost),
+            weights=published.weights))
+        return batches
 
     def _result(self, reason: str) -> TrainResult:
         wall = time.monotonic() - self._started
@@ -401,7 +603,8 @@ class Trainer:
             learner_busy=self.learner_busy_s / wall if wall > 0 else 0.0,
             worker_busy=(self.pool.busy_s if self.pool else 0.0) / max(wall * alive, 1e-9),
             worker_restarts=self.pool.restarts if self.pool else 0,
-            callback_errors=self.bus.errors, final_weights=self.final_weights)
+            callback_errors=self.bus.errors, learner_restarts=self.budget.total,
+            final_weights=self.final_weights)
 
     def _should_stop(self) -> bool:
         train = self.config.train
@@ -434,27 +637,28 @@ class Trainer:
         self.bus.emit(BatchCollected(worker_id=s.worker_id, transitions=s.transitions,
                                      version=s.version, bytes=s.nbytes, games=game_stats(s)))
 
-    def _finish_update(self, ref: Any, games: GameStats, sent: int,
-                       cut: tuple[list[Any], GameStats]) -> None:
-        """Count a finished update and emit UpdateDone; `cut` is what a snapshot taken by its
-        handlers holds as not-yet-trained batches (the next update's)."""
+    def _finish_update(self, ref: Any, sent: list[Batch], cut: list[Batch]) -> None:
+        """Count a finished update of the batches `sent` and emit UpdateDone; `cut` is what a
+        snapshot taken by its handlers holds as not-yet-trained batches (the next update's)."""
         assert self.pool is not None
         try:
             result: UpdateResult = ray.get(ref)
+        except (RayActorError, OutOfMemoryError, NodeDiedError) as exc:
+            raise LearnerGone(f"the learner failed: {_first_line(exc)}",
+                              in_hand=[*sent, *cut]) from exc
         except RayTaskError as exc:
             if not isinstance(exc.cause, ObjectLostError):
                 raise TrainingError(f"the learner failed: {exc.__class__.__name__}: "
                                     f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
             # A batch's bytes went with their node before the learner fetched them: the update
             # never ran (the learner is unchanged), so its round is dropped and not counted.
-            self.pool.lost_batches += sent
+            self.pool.lost_batches += len(sent)
             self.state.lost_batches = self._lost_base + self.pool.lost_batches
             log.warning("an update's input was lost with a node (%s): its %d batch(es) are "
-                        "dropped, not counted", type(exc.cause).__name__, sent)
+                        "dropped, not counted", type(exc.cause).__name__, len(sent))
             return
-        except (RayActorError, GetTimeoutError) as exc:
-            raise TrainingError(f"the learner failed: {exc.__class__.__name__}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        except GetTimeoutError as exc:
+            raise TrainingError(f"the learner failed: {_first_line(exc)}") from exc
         st = self.state
         st.timestep += result.accepted
         st.updates += 1
@@ -462,26 +666,42 @@ class Trainer:
         st.dropped_batches += result.dropped
         st.lost_batches = self._lost_base + self.pool.lost_batches
         self.learner_busy_s += result.busy_s
-        st.games = st.games + games
+        st.games = st.games + _games(sent)
         self.published = result.published
         self.profile.after_update(st.updates - self._updates_start, self.learner,
                                   [(s.worker_id, s.actor) for s in self.pool.ready_workers])
         self.tuner.after_update(self.learner)
         if self.league is not None:
             self.league.on_update(st.updates, st.version, result.published.weights)
+        if self._lost_at is not None:
+            log.info("first update after the learner restart: %.1f s after the loss was seen",
+                     time.monotonic() - self._lost_at)
+            self._lost_at = None
         wall = time.monotonic() - self._started
         waits = wait_split(wall, self.learner_busy_s, self.pool.busy_s, self.pool.alive,
                            self.remedies)
         self.bus.emit(UpdateDone(
             timestep=st.timestep, version=st.version, accepted=result.accepted,
             metrics={k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)},
-            games=games, totals=st.games, policy_lag=result.max_lag,
+            games=_games(sent), totals=st.games, policy_lag=result.max_lag,
             workers_alive=self.pool.alive,
             steps_per_s=(st.timestep - self._steps_start) / wall if wall > 0 else 0.0,
             worker_restarts=self.pool.restarts, wall_time=wall, weights=result.published.weights,
             learner_busy=self.learner_busy_s / wall if wall > 0 else 0.0,
             worker_busy=waits.worker_busy, bottleneck=waits.hint(),
-            snapshot=functools.partial(self.snapshot, *cut)))
+            learner_restarts=self.budget.total,
+            snapshot=functools.partial(self.snapshot, _payloads(cut), _games(cut))))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _rng_states() -> dict[str, Any]:
+    """The driver process's RNG states (what a snapshot saves and a restore sets)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state().numpy()}
 
 
 def training_progress(train: TrainConfig, timestep: int, elapsed_s: float) -> float:

@@ -33,6 +33,9 @@ class Published:
     version: int
     weights: list[Any]  # [ObjectRef of {name: np.ndarray}]
     nbytes: int
+    # Which learner made it: a restarted learner makes the versions after its checkpoint
+    # again, with other weights (keisei_ray/training/restarts.py).
+    lineage: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,10 @@ class UpdateResult:
 class LearnerActor:
     """Ray actor class around a `Learner` (decorated with ray.remote by the driver)."""
 
-    def __init__(self, config: Config, capacity: int, device: str) -> None:
+    def __init__(self, config: Config, capacity: int, device: str, lineage: int = 0) -> None:
         torch.set_num_threads(config.train.learner_threads)
         self.config = config
+        self.lineage = lineage
         self.learner = Learner(config, capacity=capacity, device=device)
         self.metrics = LearnerMetrics()
         self.profiler = ProfileSession()
@@ -61,7 +65,8 @@ class LearnerActor:
         with torch.profiler.record_function("broadcast"):
             version, weights = self.learner.weights(half=self.config.train.half_weights)
             nbytes = sum(int(a.nbytes) for a in weights.values())
-            return Published(version=version, weights=[ray.put(weights)], nbytes=nbytes)
+            return Published(version=version, weights=[ray.put(weights)], nbytes=nbytes,
+                             lineage=self.lineage)
 
     def update(self, *payloads: bytes) -> UpdateResult:
         start = time.perf_counter()

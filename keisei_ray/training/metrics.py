@@ -27,6 +27,7 @@ from keisei_ray.events import (
     Callback,
     CheckpointSaved,
     EvaluationDone,
+    LearnerRestarted,
     TrainEnd,
     TrainStart,
     UpdateDone,
@@ -71,6 +72,7 @@ class MetricsLog(Callback):
             "worker_busy": event.worker_busy, "learner_waiting": 1.0 - event.learner_busy,
             "workers_waiting": 1.0 - event.worker_busy, "bottleneck": event.bottleneck,
             "workers_alive": event.workers_alive, "worker_restarts": event.worker_restarts,
+            "learner_restarts": event.learner_restarts,
             "wall_time": event.wall_time, "metrics": event.metrics,
             "games": dataclasses.asdict(event.games), "totals": dataclasses.asdict(event.totals),
         })
@@ -86,6 +88,19 @@ class MetricsLog(Callback):
     def on_checkpoint_saved(self, event: CheckpointSaved) -> None:
         self._write({"event": "checkpoint", "timestep": event.timestep, "version": event.version,
                      "path": str(event.path), "reason": event.reason})
+
+    def on_learner_restarted(self, event: LearnerRestarted) -> None:
+        # The work after the checkpoint is redone, and its lines with it (as on resume).
+        if self.path is not None and self._file is not None:
+            self._file.close()
+            drop_lines_after(self.path, event.timestep)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._write({"event": "learner_restart", "timestep": event.timestep,
+                     "version": event.version,
+                     "checkpoint": None if event.checkpoint is None else str(event.checkpoint),
+                     "transitions_lost": event.transitions_lost,
+                     "lost_timestep": event.lost_timestep, "restarts": event.restarts,
+                     "down_s": event.down_s, "error": event.error})
 
     def on_train_end(self, event: TrainEnd) -> None:
         self._write({"event": "end", "timestep": event.timestep, "version": event.version,
@@ -158,7 +173,10 @@ class RayMetrics(Callback):
             gauge = m.Gauge(f"keisei_{name}", description=description, tag_keys=keys)
             gauge.set_default_tags(tags)
             self._gauges[name] = gauge
-        counters = {"updates": "learner updates", "games_finished": "self-play games finished"}
+        counters = {"updates": "learner updates", "games_finished": "self-play games finished",
+                    "learner_restarts": "learners restarted from a checkpoint",
+                    "transitions_lost": "accepted transitions lost with a learner (rolled "
+                    "back to its checkpoint)"}
         for name, description in counters.items():
             counter = m.Counter(f"keisei_{name}", description=description, tag_keys=("run",))
             counter.set_default_tags(tags)
@@ -181,6 +199,15 @@ class RayMetrics(Callback):
         self._counters["updates"].inc(1.0)
         if event.games.games:
             self._counters["games_finished"].inc(float(event.games.games))
+
+    def on_learner_restarted(self, event: LearnerRestarted) -> None:
+        if not self._gauges:
+            return
+        self._gauges["timesteps"].set(event.timestep)
+        self._gauges["policy_version"].set(event.version)
+        self._counters["learner_restarts"].inc(1.0)
+        if event.transitions_lost:
+            self._counters["transitions_lost"].inc(float(event.transitions_lost))
 
     def on_checkpoint_saved(self, event: CheckpointSaved) -> None:
         if event.reason != "best":

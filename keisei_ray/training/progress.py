@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from keisei_ray.events import Callback, TrainEnd, TrainStart, UpdateDone
+from keisei_ray.events import Callback, LearnerRestarted, TrainEnd, TrainStart, UpdateDone
 from keisei_ray.logs import console as default_console
 from keisei_ray.logs import is_interactive
 
@@ -57,6 +57,11 @@ class ProgressView(Callback):
             self._last_log = time.monotonic()
             log.info("%s", self.summary_line())
 
+    def on_learner_restarted(self, event: LearnerRestarted) -> None:
+        log.warning("learner restart %d: back at timestep %d from %s (%d transitions lost, "
+                    "%.1f s down)", event.restarts, event.timestep,
+                    event.checkpoint or "the run's start", event.transitions_lost, event.down_s)
+
     def on_train_end(self, event: TrainEnd) -> None:
         if self._live is not None:
             self._live.stop()
@@ -77,6 +82,7 @@ class ProgressView(Callback):
                 f"len {e.totals.mean_length:.0f}) | pl {m.get('policy_loss', 0.0):.3f} "
                 f"vl {m.get('value_loss', 0.0):.3f} ent {m.get('entropy', 0.0):.2f} | "
                 f"lag {e.policy_lag} | workers {e.workers_alive}"
+                + (f" | learner restarts {e.learner_restarts}" if e.learner_restarts else "")
                 + (f" | {e.bottleneck}" if e.bottleneck else "")
                 + (f" | vs opponent {e.totals.opponent_games:,} games, won "
                    f"{shares['opponent_win_share']:.0%}" if e.totals.opponent_games else ""))
@@ -112,6 +118,8 @@ class ProgressView(Callback):
             ("workers alive", f"{e.workers_alive}", "worker restarts", f"{e.worker_restarts}"),
             ("learner busy", f"{e.learner_busy:.0%}", "workers busy", f"{e.worker_busy:.0%}"),
         ]
+        if e.learner_restarts:
+            rows.append(("learner restarts", f"{e.learner_restarts}", "", ""))
         if e.bottleneck:
             rows.append(("bottleneck", e.bottleneck, "", ""))
         if e.totals.opponent_games:

@@ -32,6 +32,7 @@ from keisei_ray.events import (
     Callback,
     CheckpointSaved,
     EvaluationDone,
+    LearnerRestarted,
     TrainEnd,
     TrainStart,
     UpdateDone,
@@ -243,7 +244,8 @@ class WandbCallback(Callback):
             "perf/learner_waiting": 1.0 - event.learner_busy,
             "perf/workers_waiting": 1.0 - event.worker_busy,
             "perf/policy_lag": event.policy_lag, "perf/workers_alive": event.workers_alive,
-            "perf/worker_restarts": event.worker_restarts, "perf/wall_time": event.wall_time,
+            "perf/worker_restarts": event.worker_restarts,
+            "perf/learner_restarts": event.learner_restarts, "perf/wall_time": event.wall_time,
             "games/finished": games.games, "games/total": totals.games,
         })
         if games.games:
@@ -265,6 +267,13 @@ class WandbCallback(Callback):
         if records:  # game records (SVG board, KIF text), read in the background
             self._submit("records", lambda: self.client.log(
                 {"timestep": event.timestep, **wandb_media(records)}))
+
+    def on_learner_restarted(self, event: LearnerRestarted) -> None:
+        # `timestep` is the restored checkpoint's (0 and no checkpoint: the run's start).
+        data = {"timestep": event.timestep, "learner/restarts": event.restarts,
+                "learner/transitions_lost": event.transitions_lost,
+                "learner/lost_timestep": event.lost_timestep, "learner/down_s": event.down_s}
+        self._submit("log", lambda: self.client.log(data))
 
     def on_checkpoint_saved(self, event: CheckpointSaved) -> None:
         if not self.settings.log_checkpoints or self.run_dir is None:

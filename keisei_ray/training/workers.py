@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,12 +52,14 @@ class WorkerSlot:
     failed_at: float = 0.0  # monotonic time of the last failure
     batches: int = 0
     incarnation: int = 0
+    lineage: int = 0  # of the learner whose weights the running collect was given
 
 
 @dataclass(frozen=True)
 class Collected:
     summary: BatchSummary
     payload: Any  # ObjectRef to the encoded ExperienceBatch bytes
+    lineage: int = 0  # of the learner whose weights played it
 
 
 class WorkerPool:
@@ -80,14 +83,21 @@ class WorkerPool:
         self.busy_s = 0.0  # worker seconds spent collecting (from the summaries)
         self.nodes: dict[str, str] = {}  # alive node id -> address, as of the last poll
         self.started = False  # a first worker came up
+        self.lineage = 0  # of the current learner (restarts.py)
+        self.weights_lost = False  # the last gather found the current learner's weights gone
         self.resource = worker_resource(config)
         requested = config.cluster.request_workers
         if requested > 0:
-            # Persistent until withdrawn (shutdown): the autoscaler keeps this much room,
-            # so it also replaces self-play nodes that are lost.
-            request_resources(bundles=[self._bundle()] * requested)
+            self.request_room()
             log.info("asked the autoscaler for room for %d self-play worker(s) (%s)",
                      requested, self._bundle())
+
+    def request_room(self, extra: Sequence[dict[str, float]] = ()) -> None:
+        """Ask the autoscaler for room for `cluster.request_workers` workers plus the `extra`
+        bundles (a new learner's). Each call replaces the previous request, which persists
+        until then: the autoscaler keeps this much room, so it also replaces lost nodes."""
+        request_resources(bundles=[self._bundle()] * self.config.cluster.request_workers
+                          + list(extra))
 
     def _bundle(self) -> dict[str, float]:
         bundle = {"CPU": self.config.train.worker_cpus}
@@ -251,8 +261,9 @@ class WorkerPool:
             if slot.pending is None:
                 refs = slot.actor.collect.options(num_returns=2).remote(
                     published.weights, published.version, assignment(league, self.config),
-                    progress)
+                    progress, published.lineage)
                 slot.pending = (refs[0], refs[1])
+                slot.lineage = published.lineage
                 slot.launched_at = time.monotonic()
 
     def gather(self, timeout_s: float, on_batch: Any) -> list[Collected]:
@@ -260,8 +271,10 @@ class WorkerPool:
 
         A worker that dies mid-collect loses its batch (logged, counted). Stragglers keep
         running; their batch arrives in a later round (and may be dropped as too old).
-        Weights that cannot be fetched mean the learner (their owner) is gone: TrainingError.
+        Weights that cannot be fetched mean the learner (their owner) is gone: that batch is
+        lost and `weights_lost` set, unless they were a replaced learner's (a straggler's).
         """
+        self.weights_lost = False
         running = {slot.pending[0]: slot for slot in self.slots.values()
                    if slot.pending is not None}
         collected: list[Collected] = []
@@ -284,11 +297,18 @@ class WorkerPool:
                     self._on_worker_failure(slot, exc)
                     continue
                 except RayTaskError as exc:
-                    if isinstance(exc.cause, ObjectLostError):
-                        raise TrainingError(
-                            "the learner failed: the policy weights it published are gone "
-                            f"({type(exc.cause).__name__})") from exc
-                    raise
+                    if not isinstance(exc.cause, ObjectLostError):
+                        raise
+                    self.lost_batches += 1
+                    if slot.lineage == self.lineage:
+                        self.weights_lost = True
+                        log.warning("worker-%d could not fetch the policy weights (%s): the "
+                                    "learner that published them is gone", slot.worker_id,
+                                    type(exc.cause).__name__)
+                    else:
+                        log.info("worker-%d's collect with a replaced learner's weights is "
+                                 "lost", slot.worker_id)
+                    continue
                 slot.failures = 0
                 slot.batches += 1
                 if summary.incarnation != slot.incarnation:
@@ -297,7 +317,7 @@ class WorkerPool:
                     log.info("worker-%d is back after a restart", slot.worker_id)
                 slot.node_id = summary.node_id
                 self.busy_s += summary.collect_s
-                item = Collected(summary, payload)
+                item = Collected(summary, payload, slot.lineage)
                 collected.append(item)
                 on_batch(item)
         collected.sort(key=lambda c: c.summary.worker_id)
