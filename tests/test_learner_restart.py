@@ -14,7 +14,8 @@ import pytest
 import ray
 
 from actors.self_play import SelfPlayActor
-from keisei_ray.config import Config, load_config
+from keisei_ray.config import Config
+from keisei_ray.config_loading import load_config
 from keisei_ray.events import (
     Callback,
     CheckpointSaved,

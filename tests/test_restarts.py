@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keisei_ray.config import load_config
+from keisei_ray.config_loading import load_config
 from keisei_ray.training.restarts import RestartBudget, learner_bundle
 
 
