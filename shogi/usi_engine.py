@@ -3,10 +3,16 @@
 An engine is named by a spec string, `usi:COMMAND[,key=value]...`:
 
 - COMMAND is the engine's program (split like a shell line, so it may carry arguments);
-- `depth=N`, `nodes=N` or `movetime=MS` is the search limit sent with every `go` (default
-  `depth=1`; prefer depth or nodes: they do not depend on the machine's load);
-- `timeout=S` is the wall-clock safety net per move in seconds (default 10): an engine that
-  has not answered by then is killed and loses the game;
+- `depth=N`, `nodes=N`, `movetime=MS` or `byoyomi=MS` is the search limit sent with every `go`
+  (default `depth=1`; prefer depth or nodes: they do not depend on the machine's load).
+  `byoyomi=MS` sends `go btime 0 wtime 0 byoyomi MS`, the one form every USI engine must
+  understand: GPSShogi (`gpsusi`) knows no other and aborts (SIGABRT, "unknown option in go
+  depth") on `go depth`, `go nodes` or `go movetime`. Its strength is set by its option
+  `LimitDepth` instead, with a byoyomi long enough never to cut the search (`GPS_ALIASES`);
+- `timeout=S` is the wall-clock safety net per move in seconds (default 10, plus the time
+  limit for `movetime`/`byoyomi`): an engine that has not answered by then is killed and
+  loses the game (`Termination.ENGINE_TIMEOUT`: a rating leaves such games out, see
+  `keisei_ray.arena.gauntlet`);
 - `name=TEXT` is the player's display name (default: the spec itself);
 - any other key is an engine option, sent as `setoption name KEY value VALUE`. Keys and values
   are URL-decoded, so `+` is a space: `Skill+Level=-20` sets the option `Skill Level`.
@@ -18,10 +24,13 @@ engines short names (`sf-d1`, ...).
 One engine process serves a player; the positions of a batch are asked one after the other
 (each `position` command carries the game's whole move list, so games never mix). The process
 starts lazily, is killed on `close()`, and after any failure is restarted for the next move.
-A failure never raises out of `choose`: it becomes the end of that game, lost by the engine
+A failure of an engine that has played becomes the end of that game, lost by the engine
 (`Termination.ENGINE_CRASH`, `ENGINE_TIMEOUT`, `ILLEGAL_MOVE`); `bestmove resign` is
 `Termination.RESIGN`; `bestmove win` is judged by our 27-point rule (a false declaration is an
-illegal move).
+illegal move). An engine that fails `SETUP_FAILURES` times in a row without ever answering a
+`go` cannot play at all (a wrong command, a limit it does not know): `choose` raises
+`EngineSetupError` instead of losing every game. The engine's stderr is kept (its last lines)
+and quoted in every failure message, with the signal that ended it.
 """
 
 from __future__ import annotations
@@ -29,9 +38,11 @@ from __future__ import annotations
 import logging
 import queue
 import shlex
+import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
@@ -62,8 +73,25 @@ ENGINE_ALIASES: dict[str, str] = {
 }
 """Short names of engine players (the gauntlet's rungs): name -> spec."""
 
-_LIMITS = ("depth", "nodes", "movetime")
+GPSSHOGI = "/usr/games/gpsusi"
+GPS_ALIASES: dict[str, str] = {
+    # GPSShogi (Debian's gpsshogi) at a fixed search depth (its `LimitDepth`, 4..10). It knows
+    # only time-based `go`, so a long byoyomi with a matching timeout lets LimitDepth alone end
+    # the search (load-independent strength); one search thread, and no opening book, whose
+    # fixed replies would repeat the same few games.
+    f"gps-d{depth}": (f"usi:{GPSSHOGI},byoyomi=600000,timeout=900,LimitDepth={depth},"
+                      f"BookDepth=0,Thread=1,name=gps-d{depth}")
+    for depth in (4, 5, 6, 7, 8)
+}
+ENGINE_ALIASES.update(GPS_ALIASES)
+
+_LIMITS = ("depth", "nodes", "movetime", "byoyomi")
+_TIME_LIMITS = ("movetime", "byoyomi")  # milliseconds of the engine's clock
 STARTUP_TIMEOUT_S = 20.0
+SETUP_FAILURES = 3
+"""Failures in a row, without a single answered `go`, after which an engine cannot play."""
+STDERR_LINES = 20
+"""The last lines of an engine's stderr kept for failure messages."""
 
 
 class EngineSpecError(ValueError):
@@ -76,6 +104,11 @@ class EngineFailure(RuntimeError):
     def __init__(self, reason: Termination, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class EngineSetupError(RuntimeError):
+    """An engine failed again and again without ever answering a `go`: it cannot play as
+    configured (the message quotes its last failure and stderr)."""
 
 
 def is_engine_spec(spec: str) -> bool:
@@ -92,6 +125,14 @@ class EngineSpec:
     timeout_s: float = 10.0
     name: str = ""
 
+    @property
+    def go(self) -> str:
+        """The `go` command of every move."""
+        kind, number = self.limit
+        if kind == "byoyomi":
+            return f"go btime 0 wtime 0 byoyomi {number}"
+        return f"go {kind} {number}"
+
     @classmethod
     def parse(cls, spec: str) -> EngineSpec:
         text = ENGINE_ALIASES.get(spec, spec)
@@ -107,7 +148,7 @@ class EngineSpec:
             raise EngineSpecError(f"engine spec {spec!r} names no command")
         options: list[tuple[str, str]] = []
         limit: tuple[str, int] | None = None
-        timeout_s = 10.0
+        timeout_s: float | None = None
         name = spec
         for part in parts:
             key, sep, value = part.partition("=")
@@ -138,7 +179,14 @@ class EngineSpec:
                 name = value
             else:
                 options.append((key, value))
-        return cls(command, tuple(options), limit or ("depth", 1), timeout_s, name)
+        limit = limit or ("depth", 1)
+        clock_s = limit[1] / 1000.0 if limit[0] in _TIME_LIMITS else 0.0
+        if timeout_s is None:
+            timeout_s = 10.0 + clock_s
+        elif timeout_s <= clock_s:
+            raise EngineSpecError(f"engine spec {spec!r}: timeout {timeout_s:g} s must exceed "
+                                  f"the {limit[0]} of {clock_s:g} s")
+        return cls(command, tuple(options), limit, timeout_s, name)
 
     def available(self) -> bool:
         """Whether the engine's program exists (on PATH or as a path)."""
@@ -154,6 +202,7 @@ class EngineProcess:
     spec: EngineSpec
     _proc: subprocess.Popen[str] | None = None
     _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    _stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
 
     @property
     def running(self) -> bool:
@@ -164,7 +213,7 @@ class EngineProcess:
         try:
             proc = subprocess.Popen(
                 list(self.spec.command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, text=True, bufsize=1, encoding="utf-8",
+                stderr=subprocess.PIPE, text=True, bufsize=1, encoding="utf-8",
                 errors="replace")
         except OSError as exc:
             raise EngineFailure(Termination.ENGINE_CRASH,
@@ -173,8 +222,13 @@ class EngineProcess:
                                 f"`{INSTALL_HINT}`") from None
         self._proc = proc
         self._lines = queue.Queue()
+        self._stderr = deque(maxlen=STDERR_LINES)
         threading.Thread(target=_pump, args=(proc, self._lines), daemon=True,
                          name=f"usi-{self.spec.name}").start()
+        # An engine's stderr is read too: a full pipe would block it, and its last words say
+        # why it died ("unknown option in go depth").
+        threading.Thread(target=_keep_tail, args=(proc, self._stderr), daemon=True,
+                         name=f"usi-{self.spec.name}-stderr").start()
         self.send("usi")
         self.wait_for("usiok", STARTUP_TIMEOUT_S)
         for key, value in self.spec.options:
@@ -192,7 +246,8 @@ class EngineProcess:
             proc.stdin.flush()
         except (BrokenPipeError, OSError) as exc:
             raise EngineFailure(Termination.ENGINE_CRASH,
-                                f"engine {self.spec.name} died (writing {line!r}: {exc})") from None
+                                f"engine {self.spec.name} died (writing {line!r}: {exc})"
+                                f"{self.last_words()}") from None
 
     def wait_for(self, word: str, timeout_s: float) -> str:
         """The first line starting with `word` (others are skipped), within `timeout_s`."""
@@ -209,8 +264,8 @@ class EngineProcess:
             if line is None:
                 code = self._proc.wait() if self._proc is not None else None
                 raise EngineFailure(Termination.ENGINE_CRASH,
-                                    f"engine {self.spec.name} exited (code {code}) while we "
-                                    f"waited for {word!r}")
+                                    f"engine {self.spec.name} exited ({describe_exit(code)}) "
+                                    f"while we waited for {word!r}{self.last_words()}")
             if line.split(maxsplit=1)[:1] == [word]:
                 return line
 
@@ -218,13 +273,21 @@ class EngineProcess:
         """The engine's answer for a position: a USI move, `resign` or `win`."""
         start = "startpos" if start_sfen == STARTING_SFEN else f"sfen {start_sfen}"
         self.send(f"position {start}" + (" moves " + " ".join(moves) if moves else ""))
-        kind, number = self.spec.limit
-        self.send(f"go {kind} {number}")
+        self.send(self.spec.go)
         words = self.wait_for("bestmove", self.spec.timeout_s).split()
         if len(words) < 2:
             raise EngineFailure(Termination.ILLEGAL_MOVE,
                                 f"engine {self.spec.name}: empty bestmove")
         return words[1]
+
+    def last_words(self) -> str:
+        """The engine's last stderr lines, for a failure message ('' when it said nothing)."""
+        # The reader thread may still be draining the pipe of a process that just died.
+        proc = self._proc
+        if proc is not None and proc.poll() is not None:
+            time.sleep(0.05)
+        lines = [line for line in list(self._stderr) if line]
+        return f"; its stderr ends: {' | '.join(lines[-5:])}" if lines else ""
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -253,6 +316,24 @@ def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
+def _keep_tail(proc: subprocess.Popen[str], tail: deque[str]) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        tail.append(line.strip())
+
+
+def describe_exit(code: int | None) -> str:
+    """An exit status in words: 'code 3', or 'killed by SIGABRT' for a signal."""
+    if code is None:
+        return "code unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"code {code}"
+
+
 class EnginePlayer:
     """A USI engine choosing one move per position; failures end that game (module docstring).
 
@@ -265,6 +346,8 @@ class EnginePlayer:
         self.name = name or self.spec.name
         self.process = EngineProcess(self.spec)
         self.failures: dict[str, int] = {}
+        self.answered = 0  # `go` commands answered with a move, resign or win
+        self._failing = 0  # failures in a row before the first answer
 
     def choose(self, positions: Sequence[Position]) -> list[Move | Outcome]:
         return [self.choose_one(p) for p in positions]
@@ -278,10 +361,18 @@ class EnginePlayer:
             answer = self.process.best_move(position.start_sfen,
                                             [m.usi() for m in position.moves])
         except EngineFailure as exc:
-            log.warning("%s; the engine loses this game and restarts", exc)
             self.process.close()
             self.failures[exc.reason.value] = self.failures.get(exc.reason.value, 0) + 1
+            if not self.answered:
+                self._failing += 1
+                if self._failing >= SETUP_FAILURES:
+                    raise EngineSetupError(
+                        f"engine {self.name} failed {self._failing} times in a row without "
+                        f"answering a single move, so it cannot play as configured ({exc}; "
+                        f"spec {self.spec.command[0]!r} with {self.spec.go!r})") from None
+            log.warning("%s; the engine loses this game and restarts", exc)
             return Outcome(loss, exc.reason)
+        self.answered += 1
         if answer == "resign":
             return Outcome(loss, Termination.RESIGN)
         if answer == "win":

@@ -2,11 +2,14 @@
 
 MODE: legal (the first legal move), crash (exit at the N-th `go`, default 1), illegal (a
 well-formed move that is not legal), garbage (a malformed move), hang (never answer `go`),
-resign, win (a false impasse declaration), silent (never answer `usi`).
+resign, win (a false impasse declaration), silent (never answer `usi`), timeonly (like
+GPSShogi: plays the first legal move for a `go` with btime/wtime/byoyomi, and for any other
+`go` says "unknown option in go ..." on stderr and aborts with SIGABRT).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -49,11 +52,15 @@ def main() -> None:
         elif command == "go":
             goes += 1
             legal = [cshogi.move_to_usi(m) for m in board.legal_moves]
+            if mode == "timeonly" and words[1] not in ("btime", "wtime", "byoyomi", "infinite"):
+                sys.stderr.write(f"unknown option in go {words[1]}\n")
+                sys.stderr.flush()
+                os.abort()
             if mode == "crash" and goes >= limit:
                 sys.exit(3)
             if mode == "hang":
                 time.sleep(3600)
-            if mode == "legal":
+            if mode in ("legal", "timeonly"):
                 say("info depth 1 score cp 0 pv " + legal[0])
                 say("bestmove " + legal[0])
             elif mode == "crash":
