@@ -27,10 +27,12 @@ starts lazily, is killed on `close()`, and after any failure is restarted for th
 A failure of an engine that has played becomes the end of that game, lost by the engine
 (`Termination.ENGINE_CRASH`, `ENGINE_TIMEOUT`, `ILLEGAL_MOVE`); `bestmove resign` is
 `Termination.RESIGN`; `bestmove win` is judged by our 27-point rule (a false declaration is an
-illegal move). An engine that fails `SETUP_FAILURES` times in a row without ever answering a
+illegal move). An engine that exits `SETUP_FAILURES` times in a row without ever answering a
 `go` cannot play at all (a wrong command, a limit it does not know): `choose` raises
-`EngineSetupError` instead of losing every game. The engine's stderr is kept (its last lines)
-and quoted in every failure message, with the signal that ended it.
+`EngineSetupError` instead of losing every game. Timeouts never count toward that: on a loaded
+machine a slow start (GPSShogi reads 100 MB of tables) is not a broken engine. The engine's
+stderr is kept (its last lines) and quoted in every failure message, with the signal that
+ended it.
 """
 
 from __future__ import annotations
@@ -65,11 +67,15 @@ ENGINE_ALIASES: dict[str, str] = {
     # Fairy-Stockfish 11.1 (shogi is its default variant), limited by depth, weakened by skill.
     "sf-skill-20": f"usi:{FAIRY_STOCKFISH},depth=1,Skill+Level=-20,name=sf-skill-20",
     "sf-skill-5": f"usi:{FAIRY_STOCKFISH},depth=1,Skill+Level=-5,name=sf-skill-5",
+    # Skill -4 at depth 1 is barely above mate; at depth 2 it sits between mate and skill -3
+    # (17-3 and 5-15 in a 20-game probe), which otherwise beat mate every game.
+    "sf-skill-4-d2": f"usi:{FAIRY_STOCKFISH},depth=2,Skill+Level=-4,name=sf-skill-4-d2",
     "sf-skill-3": f"usi:{FAIRY_STOCKFISH},depth=1,Skill+Level=-3,name=sf-skill-3",
     "sf-skill0": f"usi:{FAIRY_STOCKFISH},depth=1,Skill+Level=0,name=sf-skill0",
     "sf-d1": f"usi:{FAIRY_STOCKFISH},depth=1,name=sf-d1",
     "sf-d2": f"usi:{FAIRY_STOCKFISH},depth=2,name=sf-d2",
     "sf-d4": f"usi:{FAIRY_STOCKFISH},depth=4,name=sf-d4",
+    "sf-d6": f"usi:{FAIRY_STOCKFISH},depth=6,name=sf-d6",
 }
 """Short names of engine players (the gauntlet's rungs): name -> spec."""
 
@@ -87,9 +93,11 @@ ENGINE_ALIASES.update(GPS_ALIASES)
 
 _LIMITS = ("depth", "nodes", "movetime", "byoyomi")
 _TIME_LIMITS = ("movetime", "byoyomi")  # milliseconds of the engine's clock
-STARTUP_TIMEOUT_S = 20.0
+STARTUP_TIMEOUT_S = 60.0
+"""The least wait for `usiok` / `readyok` (an engine's own `timeout` if longer): a start under
+heavy load took over 20 s."""
 SETUP_FAILURES = 3
-"""Failures in a row, without a single answered `go`, after which an engine cannot play."""
+"""Exits in a row, without a single answered `go`, after which an engine cannot play."""
 STDERR_LINES = 20
 """The last lines of an engine's stderr kept for failure messages."""
 
@@ -229,12 +237,13 @@ class EngineProcess:
         # why it died ("unknown option in go depth").
         threading.Thread(target=_keep_tail, args=(proc, self._stderr), daemon=True,
                          name=f"usi-{self.spec.name}-stderr").start()
+        startup_s = max(STARTUP_TIMEOUT_S, self.spec.timeout_s)
         self.send("usi")
-        self.wait_for("usiok", STARTUP_TIMEOUT_S)
+        self.wait_for("usiok", startup_s)
         for key, value in self.spec.options:
             self.send(f"setoption name {key} value {value}")
         self.send("isready")
-        self.wait_for("readyok", STARTUP_TIMEOUT_S)
+        self.wait_for("readyok", startup_s)
         self.send("usinewgame")
 
     def send(self, line: str) -> None:
@@ -363,7 +372,7 @@ class EnginePlayer:
         except EngineFailure as exc:
             self.process.close()
             self.failures[exc.reason.value] = self.failures.get(exc.reason.value, 0) + 1
-            if not self.answered:
+            if not self.answered and exc.reason is Termination.ENGINE_CRASH:
                 self._failing += 1
                 if self._failing >= SETUP_FAILURES:
                     raise EngineSetupError(

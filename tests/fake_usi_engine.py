@@ -4,7 +4,9 @@ MODE: legal (the first legal move), crash (exit at the N-th `go`, default 1), il
 well-formed move that is not legal), garbage (a malformed move), hang (never answer `go`),
 resign, win (a false impasse declaration), silent (never answer `usi`), timeonly (like
 GPSShogi: plays the first legal move for a `go` with btime/wtime/byoyomi, and for any other
-`go` says "unknown option in go ..." on stderr and aborts with SIGABRT).
+`go` says "unknown option in go ..." on stderr and aborts with SIGABRT), hangonce (N is a
+file: the first process to reach its 3rd `go` creates it and hangs there, every other plays
+legal moves: one timed-out game in a match).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import cshogi
 
 def main() -> None:
     mode = sys.argv[1]
-    limit = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    flag = sys.argv[2] if mode == "hangonce" else ""
+    limit = int(sys.argv[2]) if len(sys.argv) > 2 and not flag else 1
     board = cshogi.Board()
     goes = 0
 
@@ -58,9 +61,9 @@ def main() -> None:
                 os.abort()
             if mode == "crash" and goes >= limit:
                 sys.exit(3)
-            if mode == "hang":
+            if mode == "hang" or (mode == "hangonce" and goes == 3 and _first(flag)):
                 time.sleep(3600)
-            if mode in ("legal", "timeonly"):
+            if mode in ("legal", "timeonly", "hangonce"):
                 say("info depth 1 score cp 0 pv " + legal[0])
                 say("bestmove " + legal[0])
             elif mode == "crash":
@@ -78,6 +81,15 @@ def main() -> None:
                 say("bestmove win")
         elif command == "quit":
             return
+
+
+def _first(flag: str) -> bool:
+    """Whether this process is the first to get here (it creates `flag`)."""
+    try:
+        with open(flag, "x"):
+            return True
+    except FileExistsError:
+        return False
 
 
 if __name__ == "__main__":

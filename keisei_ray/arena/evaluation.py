@@ -62,14 +62,16 @@ def boxed(contestant: Contestant) -> Contestant:
 
 
 def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (draws may count as half successes)."""
+    """Wilson score interval of a proportion (draws may count as half successes), within
+    [0, 1] and holding the proportion itself (at 0 or n successes the formula's end misses
+    it by a rounding error: 2.8e-17 for 0 of 6)."""
     if n <= 0:
         return (math.nan, math.nan)
     p = successes / n
     denominator = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
 
 
 @dataclass(frozen=True)
