@@ -392,7 +392,8 @@ def gauntlet_cmd(
                           f"{', '.join(RUNGS)})")
     if rate_ladder and target is not None and "=" in target and not Path(target).exists():
         # No MODEL with --rate-ladder: the first override lands in MODEL's place.
-        target, overrides = None, [target, *(overrides or [])]
+        overrides = [target, *(overrides or [])]
+        target = None
     cfg = load_config(config, overrides or [], preset=preset)
     torch.set_num_threads(threads)
     if workers > 1:

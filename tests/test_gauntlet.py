@@ -12,12 +12,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
 
 from actors.evaluation import Contestant, GameRecord, MatchResult
 from keisei_ray.arena import gauntlet as gauntlet_module
+from keisei_ray.arena.elo import EloStore
 from keisei_ray.arena.evaluation import load_contestant, wilson_interval
 from keisei_ray.arena.gauntlet import (
     RUNGS,
@@ -34,6 +38,7 @@ from keisei_ray.arena.gauntlet import (
     spread,
     without_failures,
 )
+from keisei_ray.arena.ladder import LadderRow, ladder_figure
 from keisei_ray.arena.ladder_rating import (
     ladder_pairs,
     play_openings,
@@ -124,6 +129,44 @@ def test_rung_labels_are_spread_apart_in_order() -> None:
     assert spots[0] >= 0.0 and spots[-1] <= 1.0
     assert spread([0.2, 0.6], gap=0.1) == pytest.approx([0.2, 0.6])  # nothing to move
     assert spread([], gap=0.1) == []
+
+
+def _drawn_extents(figure: Any, texts: list[Any]) -> list[Any]:
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    # A label's own text (Text's extent: an Annotation's adds its leader line).
+    return [Text.get_window_extent(t, renderer) if isinstance(t, Text)
+            else t.get_window_extent(renderer) for t in texts]
+
+
+def test_rung_labels_of_a_crowded_gauntlet_do_not_overlap() -> None:
+    # The labels used to sit beside the points and overlapped where rungs are close.
+    crowded = {r: e for r, e in zip(RUNGS, [0, 200, 400, 600, 700, 760, 1150, 1190, 1230, 1700,
+                                            1900, 2050, 2300, 2400, 2550, 2900, 3100],
+                                    strict=False)}
+    rows = [GauntletRow(r, e, result(r, 3, 0, 3)) for r, e in crowded.items()]
+    figure = gauntlet_module.gauntlet_figure(
+        GauntletResult("model", rows, fit_fixed([x.result for x in rows], crowded), 1.0))
+    labels = [t for t in figure.axes[0].texts if t.get_text() in crowded]
+    assert len(labels) == len(rows)
+    boxes = _drawn_extents(figure, labels)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+
+
+def test_ladder_legend_stands_clear_of_the_plot() -> None:
+    store = EloStore()
+    for k in range(8):
+        store.record(f"ts-{k}", "random", 20, 0, 0)
+        store.record(f"ts-{k}", "heuristic", 2 + 2 * k, 0, 18 - 2 * k)
+    store.record("heuristic", "random", 30, 0, 0)
+    rows = [LadderRow(f"ts-{k}", k * 1000, store.ratings()[f"ts-{k}"], {}) for k in range(8)]
+    figure = ladder_figure(rows, store)
+    axes = figure.axes[0]
+    legend, frame = _drawn_extents(figure, [axes.get_legend(), axes])
+    assert not legend.overlaps(frame)  # it covered the curve's last points before
 
 
 def test_a_failed_plot_loses_neither_the_table_nor_the_report(

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
@@ -30,6 +30,9 @@ from keisei_ray.arena.elo import ANCHOR, ELO_PER_NAT, PRIOR_DRAWS, Z95, Rating
 from keisei_ray.arena.evaluation import load_contestant, run_match, wilson_interval
 from keisei_ray.config import Config
 from shogi import Color, Outcome, Termination
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -281,9 +284,17 @@ def _error_bars(row: GauntletRow) -> tuple[float, float]:
 
 
 def plot_gauntlet(result: GauntletResult, path: Path) -> Path:
-    """A PNG: score against each rung (95% bars) over the rung's rating, with the expected
-    score of the fitted rating drawn as a curve; rung names stand above the plot, spread so
-    that they never overlap, each with a thin line down to its point."""
+    """A PNG of `gauntlet_figure`."""
+    figure = gauntlet_figure(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+def gauntlet_figure(result: GauntletResult) -> Figure:
+    """Score against each rung (95% bars) over the rung's rating, with the expected score of
+    the fitted rating drawn as a curve; rung names stand above the plot, spread so that they
+    never overlap, each with a thin line down to its point."""
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     if not result.rows:
@@ -309,19 +320,17 @@ def plot_gauntlet(result: GauntletResult, path: Path) -> Path:
     spots = spread([(xs[i] - lo) / (hi - lo) for i in order], gap=0.9 / max(len(xs), 1))
     for i, spot in zip(order, spots, strict=True):
         axes.annotate(result.rows[i].rung, xy=(xs[i], scores[i]), xycoords="data",
-                      xytext=(spot, 1.02), textcoords="axes fraction", rotation=60,
+                      xytext=(spot, 1.02), textcoords="axes fraction", rotation=90,
                       ha="left", va="bottom", fontsize=7, rotation_mode="anchor",
                       arrowprops={"arrowstyle": "-", "color": "0.75", "linewidth": 0.5,
                                   "shrinkA": 0, "shrinkB": 3})
     axes.set_xlabel(f"rung Elo ({ANCHOR} = 0, stored ladder ratings)")
     axes.set_ylabel("score")
-    figure.suptitle(f"Gauntlet of {result.player}", y=0.99)
+    figure.suptitle(f"Gauntlet of {result.player}", y=0.985)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left", fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.subplots_adjust(top=0.74, bottom=0.11, left=0.08, right=0.93)
-    figure.savefig(path)
-    return path
+    figure.subplots_adjust(top=0.77, bottom=0.11, left=0.08, right=0.93)
+    return figure
 
 
 def spread(positions: Sequence[float], gap: float) -> list[float]:
