@@ -14,6 +14,10 @@ An engine is named by a spec string, `usi:COMMAND[,key=value]...`:
   loses the game (`Termination.ENGINE_TIMEOUT`: a rating leaves such games out, see
   `keisei_ray.arena.gauntlet`);
 - `name=TEXT` is the player's display name (default: the spec itself);
+- `random=P` (0 <= P < 1) plays a uniformly random legal move instead of asking the engine on
+  that share of moves: a load-independent way to weaken an engine whose weakest setting is
+  still too strong (the gauntlet's bridge below GPSShogi at depth 4), as the `mix` players
+  weaken the heuristic. Unseeded, like an engine's own randomness;
 - any other key is an engine option, sent as `setoption name KEY value VALUE`. Keys and values
   are URL-decoded, so `+` is a space: `Skill+Level=-20` sets the option `Skill Level`.
 
@@ -50,6 +54,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
 import cshogi
+import numpy as np
 
 from shogi.errors import ShogiError
 from shogi.moves import Move
@@ -132,6 +137,7 @@ class EngineSpec:
     limit: tuple[str, int] = ("depth", 1)
     timeout_s: float = 10.0
     name: str = ""
+    random_share: float = 0.0
 
     @property
     def go(self) -> str:
@@ -157,6 +163,7 @@ class EngineSpec:
         options: list[tuple[str, str]] = []
         limit: tuple[str, int] | None = None
         timeout_s: float | None = None
+        random_share = 0.0
         name = spec
         for part in parts:
             key, sep, value = part.partition("=")
@@ -185,6 +192,14 @@ class EngineSpec:
                                           f"number of seconds, got {value!r}")
             elif key == "name":
                 name = value
+            elif key == "random":
+                try:
+                    random_share = float(value)
+                except ValueError:
+                    random_share = -1.0
+                if not 0.0 <= random_share < 1.0:
+                    raise EngineSpecError(f"engine spec {spec!r}: random must be a share in "
+                                          f"[0, 1), got {value!r}")
             else:
                 options.append((key, value))
         limit = limit or ("depth", 1)
@@ -194,7 +209,7 @@ class EngineSpec:
         elif timeout_s <= clock_s:
             raise EngineSpecError(f"engine spec {spec!r}: timeout {timeout_s:g} s must exceed "
                                   f"the {limit[0]} of {clock_s:g} s")
-        return cls(command, tuple(options), limit, timeout_s, name)
+        return cls(command, tuple(options), limit, timeout_s, name, random_share)
 
     def available(self) -> bool:
         """Whether the engine's program exists (on PATH or as a path)."""
@@ -356,12 +371,16 @@ class EnginePlayer:
         self.process = EngineProcess(self.spec)
         self.failures: dict[str, int] = {}
         self.answered = 0  # `go` commands answered with a move, resign or win
+        self.rng = np.random.default_rng()
         self._failing = 0  # failures in a row before the first answer
 
     def choose(self, positions: Sequence[Position]) -> list[Move | Outcome]:
         return [self.choose_one(p) for p in positions]
 
     def choose_one(self, position: Position) -> Move | Outcome:
+        if self.spec.random_share and self.rng.random() < self.spec.random_share:
+            moves = position.legal_moves()
+            return moves[int(self.rng.integers(len(moves)))]
         me = position.turn
         loss = me.opponent()
         try:

@@ -174,6 +174,23 @@ def test_an_engine_that_knows_only_byoyomi_aborts_on_go_depth_and_says_so() -> N
     assert result.games == 4 and not engine.failures and engine.answered > 0
 
 
+def test_a_random_share_of_moves_bypasses_the_engine() -> None:
+    assert EngineSpec.parse("usi:x,random=0.2").random_share == 0.2
+    for bad in ("usi:x,random=1", "usi:x,random=-0.1", "usi:x,random=lots"):
+        with pytest.raises(EngineSpecError, match="random must be a share"):
+            EngineSpec.parse(bad)
+    engine = EnginePlayer(fake("legal", "random=0.5"))
+    try:
+        position = Position()
+        first = position.legal_moves()[0]  # the fake engine's every answer
+        answers = [engine.choose_one(position) for _ in range(60)]
+    finally:
+        engine.close()
+    others = sum(a != first for a in answers)
+    assert 15 <= others <= 45
+    assert engine.answered <= 60 - others  # those moves never reached the engine
+
+
 def test_exit_codes_are_described() -> None:
     assert describe_exit(-6) == "killed by SIGABRT" and describe_exit(3) == "code 3"
 
@@ -240,6 +257,7 @@ def test_make_player_builds_engines_and_closes_them() -> None:
 
 
 @needs_gps
+@pytest.mark.slow  # GPSShogi reads 100 MB of tables per start: seconds, 20 s under load
 @pytest.mark.timeout(300)
 def test_gpsshogi_plays_at_a_fixed_depth_and_beats_random() -> None:
     # Started as the gauntlet starts it (byoyomi + LimitDepth): it answers usi, plays legal

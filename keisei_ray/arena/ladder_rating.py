@@ -336,8 +336,8 @@ def rate_ladder(config: Config, games: int, *, rungs: Sequence[str] = RUNGS, rea
         fitted = state.store().ratings()
         widest = max((fitted[r] for r in state.rungs if r in fitted and r != ANCHOR),
                      key=lambda rating: rating.ci95)
-        log.info("rate-ladder: %d games so far, widest interval %s ± %.0f", state.total_games(),
-                 widest.player, widest.ci95)
+        log.info("rate-ladder: %d games, widest ±%.0f (%s)", state.total_games(), widest.ci95,
+                 widest.player)
 
     while True:
         while len(running) < workers:
