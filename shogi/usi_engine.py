@@ -76,6 +76,9 @@ ENGINE_ALIASES: dict[str, str] = {
     # (17-3 and 5-15 in a 20-game probe), which otherwise beat mate every game.
     "sf-skill-4-d2": f"usi:{FAIRY_STOCKFISH},depth=2,Skill+Level=-4,name=sf-skill-4-d2",
     "sf-skill-3": f"usi:{FAIRY_STOCKFISH},depth=1,Skill+Level=-3,name=sf-skill-3",
+    # Skill -2 bridges -3 and 0, which beat -3 in all of 20 games from random openings
+    # (-2: 15-5 against -3, 8-12 against 0).
+    "sf-skill-2": f"usi:{FAIRY_STOCKFISH},depth=1,Skill+Level=-2,name=sf-skill-2",
     "sf-skill0": f"usi:{FAIRY_STOCKFISH},depth=1,Skill+Level=0,name=sf-skill0",
     "sf-d1": f"usi:{FAIRY_STOCKFISH},depth=1,name=sf-d1",
     "sf-d2": f"usi:{FAIRY_STOCKFISH},depth=2,name=sf-d2",
@@ -94,6 +97,10 @@ GPS_ALIASES: dict[str, str] = {
                       f"BookDepth=0,Thread=1,name=gps-d{depth}")
     for depth in (4, 5, 6, 7, 8)
 }
+# Depth 4 is GPSShogi's weakest and beat Fairy-Stockfish at depth 6 (10-0) and depth 8 (6-0):
+# one move in ten played at random puts it between (5-1 against sf-d6 in a probe).
+GPS_ALIASES["gps-d4-r10"] = GPS_ALIASES["gps-d4"].replace(
+    ",name=gps-d4", ",random=0.1,name=gps-d4-r10")
 ENGINE_ALIASES.update(GPS_ALIASES)
 
 _LIMITS = ("depth", "nodes", "movetime", "byoyomi")
