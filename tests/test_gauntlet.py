@@ -277,6 +277,11 @@ def test_rating_with_a_target_plays_until_every_interval_is_within_it() -> None:
     again = sum(m["wins"] + m["draws"] + m["losses"] for m in more["matches"])
     assert again > played
     assert all(entry["ci95"] <= 200.0 for entry in more["ratings"].values())
+    # With a shorter reach, a pair further apart still counts in the fit, and gets no games.
+    near = rate_ladder(cfg, 2, rungs=rungs, reach=1, start=document)
+    far = [m for m in near["matches"] if (m["player"], m["opponent"]) == ("mix30", "random")]
+    assert far == [m for m in document["matches"]
+                   if (m["player"], m["opponent"]) == ("mix30", "random")]
 
 
 def test_games_an_engine_failed_in_are_left_out_and_replayed(tmp_path: Path) -> None:

@@ -160,12 +160,13 @@ class LadderRating:
 
     # ---------------------------------------------------------------- results
     def resume(self, document: Mapping[str, Any]) -> None:
-        """Count the matches of an earlier document (pairs of this ladder only)."""
+        """Count the matches of an earlier document between rungs of this ladder (a pair
+        further apart than `reach` counts in the fit; only the ladder's pairs get more)."""
         for match in document.get("matches", []):
             pair = (str(match["player"]), str(match["opponent"]))
-            if pair not in self.tally:
+            if not set(pair) <= set(self.rungs):
                 continue
-            tally = self.tally[pair]
+            tally = self.tally.setdefault(pair, PairTally())
             tally.wins += int(match["wins"])
             tally.draws += int(match["draws"])
             tally.losses += int(match["losses"])
@@ -209,8 +210,8 @@ class LadderRating:
     def next_task(self) -> tuple[tuple[str, str], int] | None:
         """The pair and number of games to start next, or None (wait, or done)."""
         # First every pair's `games`, the pairs whose first games are still unplayed first.
-        short = [(pair, self.games - t.games - t.pending) for pair, t in self.tally.items()
-                 if t.games + t.pending < self.games]
+        short = [(pair, self.games - t.games - t.pending) for pair in self.pairs
+                 if (t := self.tally[pair]).games + t.pending < self.games]
         if short:
             pair, missing = min(short, key=lambda item: self.tally[item[0]].next_game)
             return pair, min(missing + missing % 2, self.chunk(pair))
