@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from actors.players import SCRIPTED, BaselinePlayer, Player, PolicyPlayer
-from keisei_ray.config import Config, ModelConfig
+from keisei_ray.config import Config, ModelConfig, SearchConfig
 from shogi import (
     Color,
     Outcome,
@@ -212,6 +213,8 @@ class Contestant:
     weights: Any = None
     max_moves: int | None = None
     engine: str | None = None
+    search: tuple[tuple[str, Any], ...] = ()  # a network's own `search.*` settings, over the
+    # config's (from a player spec such as `model.pt,sims=64`)
 
     @property
     def is_baseline(self) -> bool:
@@ -229,9 +232,11 @@ def make_player(contestant: Contestant, config: Config, *, seed: int | None = No
     """The one place a contestant becomes a player (evaluation, gauntlet, `usi`, `play`).
 
     Every setting comes from `config`: a network plays with `evaluation.greedy`,
-    `temperature`, `sample_plies` and `avoid_repetition`, and scales its ply plane by the
-    contestant's `max_moves` or else `env.max_moves`; `seed` defaults to `evaluation.seed`.
-    `model` is an already built network for the contestant (saves rebuilding it).
+    `temperature`, `sample_plies` and `avoid_repetition`, searches with `search.*` (the
+    contestant's own search settings over those; `search.simulations` 0: the raw policy), and
+    scales its ply plane by the contestant's `max_moves` or else `env.max_moves`; `seed`
+    defaults to `evaluation.seed`. `model` is an already built network for the contestant
+    (saves rebuilding it).
     """
     seed = config.evaluation.seed if seed is None else seed
     if contestant.engine is not None:
@@ -242,13 +247,27 @@ def make_player(contestant: Contestant, config: Config, *, seed: int | None = No
     max_moves = contestant.max_moves or config.env.max_moves
     options: dict[str, Any] = {"greedy": s.greedy, "temperature": s.temperature,
                                "sample_plies": s.sample_plies, "seed": seed,
-                               "avoid_repetition": s.avoid_repetition}
+                               "avoid_repetition": s.avoid_repetition,
+                               "search": search_settings(config.search, contestant.search)}
     if model is not None:
         return PolicyPlayer(contestant.name, model, max_moves, **options)
     if contestant.weights is None:
         raise ValueError(f"network player {contestant.name!r} has no weights")
     return PolicyPlayer.from_weights(contestant.name, contestant.model, contestant.weights,
                                      max_moves, **options)
+
+
+def search_settings(base: SearchConfig, options: Sequence[tuple[str, Any]]) -> SearchConfig:
+    """`base` with a contestant's own search settings over it (validated: ValueError naming
+    the setting)."""
+    if not options:
+        return base
+    try:
+        return SearchConfig.model_validate({**base.model_dump(), **dict(options)})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors())
+        raise ValueError(f"search settings: {problems}") from None
 
 
 def close_player(player: Player) -> None:

@@ -1,7 +1,8 @@
 """Players: who chooses the moves of a match, one batch of positions at a time.
 
 Scripted players (`random`, `heuristic`, `mate`), a network (`PolicyPlayer`: one batched
-forward over every game in which it is its turn) and external USI engines (`EnginePlayer`).
+forward over every game in which it is its turn, or with `search.simulations` > 0 a tree search
+over all those games at once, `actors.search`) and external USI engines (`EnginePlayer`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from keisei_ray.config import ModelConfig
+from actors.search import SearchResult, TreeSearch
+from keisei_ray.config import ModelConfig, SearchConfig
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.model import ModelSpec, build_model, choose_actions, load_weights
 from shogi import (
@@ -77,7 +79,8 @@ class Decision:
     moves: list[Move]
     values: np.ndarray  # float32 [N], in [-1, 1]
     probabilities: np.ndarray  # float32 [N]: each chosen move's probability (greedy: at
-    # temperature 1; sampled: under the sampling temperature)
+    # temperature 1; sampled: under the sampling temperature; searched: the improved policy's)
+    searches: list[SearchResult] | None = None  # a searching player's results, per position
 
 
 class PolicyPlayer:
@@ -89,11 +92,17 @@ class PolicyPlayer:
     into any earlier position are left out while another move exists: a deterministic player
     otherwise walks the same cycle into a draw by repetition (or loses by perpetual check).
     `max_moves` scales the ply plane exactly as in training.
+
+    With `search` settings of simulations > 0 the player searches (`actors.search.TreeSearch`,
+    every game of the batch in one search) instead: deterministic, except in the sampled
+    opening plies, where the search samples (Gumbel noise at a Gumbel root, visit counts at a
+    PUCT root); `temperature` and `avoid_repetition` are the raw policy's (the search judges
+    repetitions by the game's rules itself).
     """
 
     def __init__(self, name: str, model: nn.Module, max_moves: int, *, greedy: bool = True,
                  temperature: float = 1.0, sample_plies: int = 0, seed: int = 0,
-                 avoid_repetition: bool = False) -> None:
+                 avoid_repetition: bool = False, search: SearchConfig | None = None) -> None:
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if max_moves < 1:
@@ -110,6 +119,19 @@ class PolicyPlayer:
         spec = getattr(model, "spec", None)
         self.attack_planes = bool(spec.attack_planes) if isinstance(spec, ModelSpec) else False
         self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.search = search if search is not None and search.simulations > 0 else None
+        self._searcher: TreeSearch | None = None
+
+    @property
+    def searcher(self) -> TreeSearch:
+        """The player's tree search (built on first use; its trees persist across calls)."""
+        if self._searcher is None:
+            device = next(iter(self.model.parameters()), torch.zeros(0)).device
+            self._searcher = TreeSearch(self.model, self.search or SearchConfig(),
+                                        device=device, seed=self.seed,
+                                        max_moves=self.max_moves)
+        return self._searcher
 
     @classmethod
     def from_weights(cls, name: str, config: ModelConfig, weights: Mapping[str, np.ndarray],
@@ -121,8 +143,23 @@ class PolicyPlayer:
     def choose(self, positions: Sequence[Position]) -> list[Move]:
         return self.decide(positions).moves
 
-    @torch.inference_mode()
     def decide(self, positions: Sequence[Position]) -> Decision:
+        if self.search is not None:
+            return self._search(positions)
+        return self._policy(positions)
+
+    def _search(self, positions: Sequence[Position]) -> Decision:
+        if not positions or any(p.outcome() is not None for p in positions):
+            raise ValueError("every position given to a player must have a legal move")
+        sample = [not self.greedy or p.ply < self.sample_plies for p in positions]
+        results = self.searcher.search_many(positions, sample=sample)
+        return Decision([Move.from_usi(r.move) for r in results],
+                        np.array([r.value for r in results], dtype=np.float32),
+                        np.array([r.improved_policy.get(r.move, 1.0) for r in results],
+                                 dtype=np.float32), results)
+
+    @torch.inference_mode()
+    def _policy(self, positions: Sequence[Position]) -> Decision:
         n = len(positions)
         state = CompactState.concat([p.compact() for p in positions])
         rows = [p.legal_actions() for p in positions]

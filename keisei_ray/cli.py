@@ -493,16 +493,17 @@ def _rate_ladder(cfg: Config, games: int, rungs: tuple[str, ...], reach: int, wo
 PLAYER_OVERRIDES = ("evaluation.greedy", "evaluation.avoid_repetition",
                     "evaluation.temperature", "evaluation.sample_plies", "evaluation.seed",
                     "env.max_moves", "env.impasse")
-"""The overrides `usi` and `play` apply (how the player plays); any other is refused."""
+"""The overrides `usi` and `play` apply (how the player plays), with every `search.*`; any
+other is refused."""
 
 
 def _player_overrides(command: str, overrides: list[str] | None) -> list[str]:
     """The overrides, refused by name if `command` cannot apply them."""
     for item in overrides or []:
         key = item.partition("=")[0].strip()
-        if key not in PLAYER_OVERRIDES:
+        if key not in PLAYER_OVERRIDES and not key.startswith("search."):
             raise ConfigError(f"{command}: override {key!r} does not apply here (it "
-                              f"takes {', '.join(PLAYER_OVERRIDES)})")
+                              f"takes {', '.join(PLAYER_OVERRIDES)} and search.*)")
     return list(overrides or [])
 
 

@@ -327,6 +327,47 @@ class LeagueConfig(Section):
                                   "count less; 1: never forget)")
 
 
+class SearchConfig(Section):
+    """Tree search at play time (docs/search.md): a model player with simulations > 0 searches
+    (PUCT over the policy-value network, optionally a Gumbel root with sequential halving);
+    0 plays the raw policy, one forward per move."""
+
+    simulations: int = Field(0, ge=0, le=10_000_000, description="simulations per move (leaf "
+                             "evaluations and terminal visits); 0: the raw policy")
+    c_puct: float = Field(1.25, gt=0.0, le=100.0, description="PUCT exploration constant "
+                          "(values in [-1, 1])")
+    fpu_reduction: float = Field(0.2, ge=0.0, le=2.0, description="first-play urgency: an "
+                                 "unvisited move is valued at its parent's value minus this "
+                                 "times the square root of the prior mass already visited")
+    gumbel: bool = Field(True, description="Gumbel root: sample gumbel_moves moves, sequential "
+                         "halving over the budget, completed-Q improved policy (Danihelka et al. "
+                         "2022; holds up at 8-64 simulations); false: PUCT at the root too")
+    gumbel_moves: int = Field(16, ge=1, le=1000, description="moves considered at a Gumbel "
+                              "root (m in the paper)")
+    gumbel_c_visit: float = Field(50.0, ge=0.0, le=1e6, description="sigma(q) = (c_visit + "
+                                  "max visits) * c_scale * q, q mapped to [0, 1]")
+    gumbel_c_scale: float = Field(1.0, gt=0.0, le=1e3, description="see gumbel_c_visit")
+    leaves_per_forward: int = Field(8, ge=1, le=4096, description="leaves one tree sends to "
+                                    "each forward (virtual loss keeps them apart); many trees "
+                                    "at once add theirs to the same forward")
+    time_per_move_s: float = Field(0.0, ge=0.0, le=86_400.0, description="also stop a move's "
+                                   "search after this many seconds (0: simulations only)")
+    mate_plies: int = Field(3, ge=0, le=15, description="before searching, play a forced mate "
+                            "within this many plies found by cshogi's mate search (odd: 1, 3, "
+                            "5...; 0: off)")
+    mate_leaves: bool = Field(True, description="value leaves whose side to move mates in one "
+                              "as won (not evaluated by the network)")
+    reuse_tree: bool = Field(True, description="keep the subtree of the moves played between "
+                             "one search of a game and the next")
+
+    @field_validator("mate_plies")
+    @classmethod
+    def _odd_plies(cls, value: int) -> int:
+        if value and value % 2 == 0:
+            raise ValueError(f"a mate is an odd number of plies (1, 3, 5...) or 0, got {value}")
+        return value
+
+
 class Config(Section):
     """The root of the configuration. Later sections hang here."""
 
@@ -341,6 +382,7 @@ class Config(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
     league: LeagueConfig = Field(default_factory=LeagueConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
 
 # ----------------------------------------------------------------------------- presets

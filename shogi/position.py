@@ -287,6 +287,12 @@ class Position:
         """The game so far as CSA text (see `shogi.records.to_csa`)."""
         return to_csa(self, names)
 
+    def history_keys(self) -> tuple[list[int], list[bool]]:
+        """Per ply k since the start (k = 0 is the start): the position key (cshogi's Zobrist
+        hash of board, hands and side to move) and whether the side to move was in check.
+        Copies: what repetition and perpetual check are judged on (`shogi.rules.judge`)."""
+        return list(self._hashes), list(self._checks)
+
     def cshogi_history(self) -> list[int]:
         """The cshogi move ints played since the start (for records and replays)."""
         return [m.cshogi_move for m in self._moves]

@@ -14,11 +14,18 @@ from typing import Any
 
 import numpy as np
 import ray
+import yaml
 
-from actors.evaluation import Contestant, EvaluationActor, Evaluator, MatchResult
+from actors.evaluation import (
+    Contestant,
+    EvaluationActor,
+    Evaluator,
+    MatchResult,
+    search_settings,
+)
 from actors.players import SCRIPTED
 from keisei_ray.arena.elo import Z95, EloStore, Rating
-from keisei_ray.config import Config
+from keisei_ray.config import Config, SearchConfig
 from keisei_ray.store.model_file import load_model
 from learner.model import export_weights
 from shogi.usi_engine import INSTALL_HINT, EngineSpec, is_engine_spec
@@ -34,7 +41,10 @@ def load_contestant(spec: str, name: str | None = None) -> Contestant:
     `shogi.usi_engine`) or a model file: the one place that turns a name into a contestant.
 
     A model's name defaults to its file name; its `max_moves` (which scales an input plane)
-    comes from the file's metadata when the file records it. An engine whose program is not
+    comes from the file's metadata when the file records it. A model spec may carry its own
+    search settings after commas, `model.pt,sims=64` (`sims` is `search.simulations`; any
+    other `search.*` field by its name, e.g. `model.pt,sims=256,gumbel=false,c_puct=2`); they
+    apply over the config's, and the name keeps them. An engine whose program is not
     installed is refused here (ValueError naming the install command).
     """
     if spec in SCRIPTED:
@@ -45,10 +55,43 @@ def load_contestant(spec: str, name: str | None = None) -> Contestant:
             raise ValueError(f"engine {spec!r}: program {engine.command[0]!r} not found "
                              f"(install it with `{INSTALL_HINT}`)")
         return Contestant(name or engine.name, engine=spec)
-    loaded = load_model(spec)
+    path, search = split_model_spec(spec)
+    loaded = load_model(path)
     max_moves = loaded.meta.get("max_moves")
-    return Contestant(name or Path(spec).name, loaded.config, export_weights(loaded.model),
-                      int(max_moves) if isinstance(max_moves, int) else None)
+    default = Path(path).name + spec[len(path):]
+    return Contestant(name or default, loaded.config, export_weights(loaded.model),
+                      int(max_moves) if isinstance(max_moves, int) else None, search=search)
+
+
+SEARCH_ALIASES = {"sims": "simulations"}
+"""Short names of search settings in a model spec."""
+
+
+def split_model_spec(spec: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """`PATH[,key=value...]` -> (PATH, search settings); values are YAML scalars. A spec that
+    names an existing file or folder is a path whatever it holds. ValueError names a bad
+    setting."""
+    if "," not in spec or Path(spec).exists():
+        return spec, ()
+    path, *items = spec.split(",")
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = SEARCH_ALIASES.get(key.strip(), key.strip())
+        if not sep or key not in SearchConfig.model_fields:
+            raise ValueError(f"player spec {spec!r}: {item!r} is not a search setting (expected "
+                             f"key=value with key sims or one of "
+                             f"{', '.join(SearchConfig.model_fields)})")
+        try:
+            options[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ValueError(f"player spec {spec!r}: {key} value {raw!r} is not a "
+                             "scalar") from None
+    try:
+        search_settings(SearchConfig(), tuple(options.items()))
+    except ValueError as exc:
+        raise ValueError(f"player spec {spec!r}: {exc}") from None
+    return path, tuple(options.items())
 
 
 def boxed(contestant: Contestant) -> Contestant:

@@ -135,6 +135,37 @@ def bench_worker_cmd(size: str = "small", games: int = 64, steps: int = 32,
                                                    policy_head=policy_head), as_json)
 
 
+@bench_app.command("search")
+def bench_search_cmd(
+    sizes: Annotated[str, typer.Option(help="Comma-separated model sizes.")] = "tiny,small",
+    trees: Annotated[str, typer.Option(help="Comma-separated numbers of trees searched at "
+                                       "once (1: the USI engine; 64: a match).")] = "1,64",
+    simulations: Annotated[int, typer.Option(help="Simulations per position.")] = 64,
+    seconds: Annotated[float, typer.Option(help="Seconds per measurement.")] = 3.0,
+    threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+    overrides: OverridesArg = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tree search simulations/s and leaf evaluations/s vs pure batched inference of the same
+    model at the same batch size, and the tree's own share of the time (extra `search.*`
+    overrides allowed)."""
+    from keisei_ray.bench.search import bench_search
+
+    for item in overrides or []:
+        if not item.partition("=")[0].strip().startswith("search."):
+            raise ConfigError(f"bench search: override {item!r} is not a search.* setting")
+    try:
+        counts = [int(t) for t in trees.split(",")]
+    except ValueError:
+        raise ConfigError(f"--trees: expected comma-separated integers, got {trees!r}") from None
+    if simulations < 1 or seconds <= 0 or threads < 1 or any(c < 1 for c in counts):
+        raise ConfigError("bench search: --simulations, --trees and --threads must be at least "
+                          "1 and --seconds above 0")
+    _print_figures("Tree search vs batched inference (one process)",
+                   bench_search([s.strip() for s in sizes.split(",")], counts, simulations,
+                                seconds, threads, overrides=overrides or []), as_json)
+
+
 @bench_app.command("broadcast")
 def bench_broadcast_cmd(workers: int = 8, half: bool = False, as_json: JsonOpt = False) -> None:
     """ray.put -> all workers holding the new weights, small and large models."""
