@@ -343,6 +343,9 @@ def gauntlet_cmd(
                                               "the whole ladder, weakest first).")] = None,
     climb: Annotated[int, typer.Option(help="Stop climbing after this many rungs in a row "
                                        "scored 0 (0: play every rung).")] = 2,
+    search: Annotated[int | None, typer.Option(
+        help="Also play the model searching N simulations a move, beside its raw policy "
+        "(search.simulations=0): both on the stored scale, one table and one plot.")] = None,
     rate_ladder: Annotated[bool, typer.Option(
         "--rate-ladder", help="Play the rungs against each other and write their ratings "
         "(the file the gauntlet reads) instead.")] = False,
@@ -373,6 +376,7 @@ def gauntlet_cmd(
     from keisei_ray.arena.gauntlet import (
         RUNGS,
         GauntletError,
+        comparison_table,
         gauntlet,
         gauntlet_document,
         gauntlet_table,
@@ -424,29 +428,52 @@ def gauntlet_cmd(
             fail(f"run folder {where}: no checkpoints or model files", EXIT_USAGE)
         spec = str(models[-1].path)
         log.info("gauntlet of %s (the newest model of %s)", spec, where)
-    player = _contestant(spec)
-    try:
-        result = gauntlet(cfg, player, games, rungs=ladder, workers=workers,
-                          climb=climb or None, progress=progress)
-    except GauntletError as exc:
-        fail(str(exc), EXIT_USAGE)
+    specs = [spec]
+    if search is not None:
+        from keisei_ray.arena.evaluation import split_model_spec
+
+        if search < 1:
+            raise ConfigError(f"--search must be at least 1 simulation, got {search}")
+        try:
+            path, settings = split_model_spec(spec)
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
+        if settings or not Path(path).exists():
+            fail(f"--search {search}: give a model file, checkpoint or run folder without "
+                 f"search settings, got {spec!r}", EXIT_USAGE)
+        # The raw policy (no search, whatever the config says) and the search at the budget.
+        specs = [f"{spec},sims=0", f"{spec},sims={search}"]
+    results = []
+    for one in specs:
+        player = _contestant(one)
+        try:
+            results.append(gauntlet(cfg, player, games, rungs=ladder, workers=workers,
+                                    climb=climb or None, progress=progress))
+        except GauntletError as exc:
+            fail(str(exc), EXIT_USAGE)
     # The table and the report first: a long gauntlet's figures must survive a failed plot.
-    document = gauntlet_document(result)
+    document: dict[str, Any] = gauntlet_document(results[0])
+    if search is not None:
+        document = {"search_simulations": search,
+                    "players": [gauntlet_document(r) for r in results]}
     if as_json:
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
-        out.print(gauntlet_table(result))
-        out.print(rating_line(result), markup=False)
+        out.print(gauntlet_table(results[0]) if len(results) == 1 else
+                  comparison_table(results))
+        for result in results:
+            out.print(rating_line(result), markup=False)
     png = plot or (where.parent if where.is_file() else where if where.is_dir()
                    else Path.cwd()) / "gauntlet.png"
     report = png.with_suffix(".json")
     report.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(report, json.dumps(document, indent=2) + "\n")
     try:
-        plot_gauntlet(result, png)
+        plot_gauntlet(results, png)
     except (ValueError, RuntimeError, OSError) as exc:
-        log.exception("gauntlet plot %s failed (%d rungs, scores %s)", png, len(result.rows),
-                      [round(row.result.score, 3) for row in result.rows])
+        log.exception("gauntlet plot %s failed (%s)", png, "; ".join(
+            f"{r.player}: {len(r.rows)} rungs, scores "
+            f"{[round(row.result.score, 3) for row in r.rows]}" for r in results))
         fail(f"the plot {png} failed ({type(exc).__name__}: {exc}); the table above and the "
              f"report {report} are complete", EXIT_FAILURE)
     if not as_json:

@@ -201,6 +201,40 @@ def test_stored_ratings_cover_the_ladder() -> None:
     assert ratings["heuristic"] > ratings["random"]
 
 
+def test_gauntlet_shows_the_raw_policy_and_its_search_side_by_side(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(size="tiny")
+    model = save_model(tmp_path / "tiny.pt", export_weights(build_model(config)), config,
+                       {"timestep": 0})
+    ratings = tmp_path / "ratings.json"
+    ratings.write_text(json.dumps({"ratings": {"random": {"elo": 0.0},
+                                               "mix10": {"elo": 300.0}}}))
+    monkeypatch.setattr(gauntlet_module, "ratings_path", lambda: ratings)
+    png = tmp_path / "g.png"
+    with pytest.raises(SystemExit) as info:
+        main(["gauntlet", str(model), "--search", "4", "--rungs", "random,mix10", "-n", "2",
+              "--json", "--plot", str(png), "env.max_moves=40"])
+    assert info.value.code in (0, None)
+    document = json.loads(capsys.readouterr().out)
+    assert document["search_simulations"] == 4
+    assert [p["player"] for p in document["players"]] == ["tiny.pt,sims=0", "tiny.pt,sims=4"]
+    assert all([r["rung"] for r in p["rungs"]] == ["random", "mix10"]
+               for p in document["players"])
+    assert json.loads(png.with_suffix(".json").read_text()) == document
+    figure = gauntlet_module.gauntlet_figure([
+        GauntletResult(p["player"], [GauntletRow(r["rung"], r["rung_elo"], result(
+            r["rung"], r["wins"], r["draws"], r["losses"])) for r in p["rungs"]],
+            fit_fixed([result("random", 1, 0, 1)], {"random": 0.0}), 1.0)
+        for p in document["players"]])
+    assert len(figure.axes[0].containers) == 2  # one series of score bars per player
+    # A searched player needs a model: a scripted one is a usage error.
+    with pytest.raises(SystemExit) as info:
+        main(["gauntlet", "heuristic", "--search", "4", "--rungs", "random"])
+    assert info.value.code == 2
+
+
 def test_ladder_pairs_link_each_rung_to_the_next_ones() -> None:
     assert ladder_pairs(["a", "b", "c"], reach=2) == [("b", "a"), ("c", "a"), ("c", "b")]
     assert ladder_pairs(["a", "b", "c"], reach=1) == [("b", "a"), ("c", "b")]

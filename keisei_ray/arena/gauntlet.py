@@ -284,50 +284,63 @@ def _error_bars(row: GauntletRow) -> tuple[float, float]:
     return max(0.0, score - low), max(0.0, high - score)
 
 
-def plot_gauntlet(result: GauntletResult, path: Path) -> Path:
+def plot_gauntlet(results: GauntletResult | Sequence[GauntletResult], path: Path) -> Path:
     """A PNG of `gauntlet_figure`."""
-    figure = gauntlet_figure(result)
+    figure = gauntlet_figure(results)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
 
 
-def gauntlet_figure(result: GauntletResult) -> Figure:
+def gauntlet_figure(results: GauntletResult | Sequence[GauntletResult]) -> Figure:
     """Score against each rung (95% bars) over the rung's rating, with the expected score of
-    the fitted rating drawn as a curve; rung names stand above the plot, spread so that they
-    never overlap, each with a thin line down to its point."""
+    the fitted rating drawn as a curve, for one player or several side by side (e.g. the raw
+    policy and its search); rung names stand above the plot, spread so that they never
+    overlap, each with a thin line down to its point."""
     from matplotlib.figure import Figure  # noqa: PLC0415
 
-    if not result.rows:
-        raise ValueError(f"gauntlet of {result.player}: no rung was played, nothing to plot")
+    results = [results] if isinstance(results, GauntletResult) else list(results)
+    if not results or not all(r.rows for r in results):
+        raise ValueError("gauntlet plot: a player without a played rung, nothing to plot")
     figure = Figure(figsize=(9, 5.2), dpi=120)
     axes = figure.add_subplot()
-    xs = [row.rung_elo for row in result.rows]
-    scores = [row.result.score for row in result.rows]
-    bars = [_error_bars(row) for row in result.rows]
-    axes.errorbar(xs, scores, yerr=[[b[0] for b in bars], [b[1] for b in bars]], marker="o",
-                  linestyle="none", capsize=3, label=f"{result.player}: score (95%)")
-    lo, hi = min(xs) - 150, max(xs) + 150
+    rungs = {row.rung: row.rung_elo for r in results for row in r.rows}
+    lo, hi = min(rungs.values()) - 150, max(rungs.values()) + 150
     grid = [lo + (hi - lo) * i / 200 for i in range(201)]
-    elo = result.rating.elo
-    label = (f"expected at Elo {elo:+.0f} ± {result.rating.ci95:.0f}" if result.rating.bound
-             is None else f"all {'lost' if result.rating.bound == 'below' else 'won'}: Elo "
-             f"{'<' if result.rating.bound == 'below' else '>'} {elo:+.0f}")
-    axes.plot(grid, [1 / (1 + 10 ** ((g - elo) / 400)) for g in grid], color="grey",
-              linestyle="--", label=label)
+    # The label's leader line goes to the first player's point at that rung.
+    anchor: dict[str, float] = {}
+    for k, result in enumerate(results):
+        colour = f"C{k}"
+        dodge = (k - (len(results) - 1) / 2) * 0.01 * (hi - lo)  # side by side, not on top
+        xs = [row.rung_elo + dodge for row in result.rows]
+        scores = [row.result.score for row in result.rows]
+        bars = [_error_bars(row) for row in result.rows]
+        axes.errorbar(xs, scores, yerr=[[b[0] for b in bars], [b[1] for b in bars]],
+                      marker="o", linestyle="none", capsize=3, color=colour,
+                      label=f"{result.player}: score (95%)")
+        rating = result.rating
+        elo = rating.elo
+        label = (f"expected at Elo {elo:+.0f} ± {rating.ci95:.0f}" if rating.bound is None
+                 else f"all {'lost' if rating.bound == 'below' else 'won'}: Elo "
+                 f"{'<' if rating.bound == 'below' else '>'} {elo:+.0f}")
+        axes.plot(grid, [1 / (1 + 10 ** ((g - elo) / 400)) for g in grid],
+                  color="grey" if len(results) == 1 else colour, linestyle="--", alpha=0.8,
+                  label=label)
+        for row in result.rows:
+            anchor.setdefault(row.rung, row.result.score)
     axes.set_xlim(lo, hi)
     axes.set_ylim(-0.05, 1.05)
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    spots = spread([(xs[i] - lo) / (hi - lo) for i in order], gap=0.9 / max(len(xs), 1))
-    for i, spot in zip(order, spots, strict=True):
-        axes.annotate(result.rows[i].rung, xy=(xs[i], scores[i]), xycoords="data",
+    order = sorted(rungs, key=lambda r: rungs[r])
+    spots = spread([(rungs[r] - lo) / (hi - lo) for r in order], gap=0.9 / len(order))
+    for rung, spot in zip(order, spots, strict=True):
+        axes.annotate(rung, xy=(rungs[rung], anchor[rung]), xycoords="data",
                       xytext=(spot, 1.02), textcoords="axes fraction", rotation=90,
                       ha="left", va="bottom", fontsize=7, rotation_mode="anchor",
                       arrowprops={"arrowstyle": "-", "color": "0.75", "linewidth": 0.5,
                                   "shrinkA": 0, "shrinkB": 3})
     axes.set_xlabel(f"rung Elo ({ANCHOR} = 0, stored ladder ratings)")
     axes.set_ylabel("score")
-    figure.suptitle(f"Gauntlet of {result.player}", y=0.985)
+    figure.suptitle("Gauntlet of " + " and ".join(r.player for r in results), y=0.985)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left", fontsize=8)
     figure.subplots_adjust(top=0.77, bottom=0.11, left=0.08, right=0.93)
@@ -398,6 +411,42 @@ def gauntlet_table(result: GauntletResult) -> Table:
     for rung in result.skipped:
         table.add_row(rung, "", "-", "", "", "", "skipped", "")
     return table
+
+
+def comparison_table(results: Sequence[GauntletResult]) -> Table:
+    """Players side by side (e.g. the raw policy and its search): per rung each one's
+    W/D/L and score, and each one's gauntlet Elo in the last row."""
+    table = Table(title="Gauntlet of " + " and ".join(r.player for r in results) +
+                  f" (Elo: {ANCHOR} = 0, rungs at their stored ratings)", header_style="bold")
+    table.add_column("rung")
+    table.add_column("rung Elo", justify="right")
+    for r in results:
+        table.add_column(f"{r.player}: +/=/-", justify="right")
+        table.add_column("score (95%)", justify="right")
+    played = [{row.rung: row for row in r.rows} for r in results]
+    order = {row.rung: row.rung_elo for r in results for row in r.rows}
+    for rung in sorted(order, key=lambda name: order[name]):
+        cells = []
+        for rows in played:
+            entry = rows.get(rung)
+            if entry is None:
+                cells += ["skipped", ""]
+                continue
+            res, (low, high) = entry.result, entry.score_ci
+            cells += [f"{res.wins}/{res.draws}/{res.losses}",
+                      f"{100 * res.score:.0f}% ({100 * low:.0f}-{100 * high:.0f})"]
+        table.add_row(rung, f"{order[rung]:+.0f}", *cells)
+    table.add_row("gauntlet Elo", "", *(cell for r in results
+                                           for cell in (_elo_cell(r.rating), "")))
+    return table
+
+
+def _elo_cell(rating: FixedRating) -> str:
+    if rating.bound == "below":
+        return f"< {rating.elo:+.0f}"
+    if rating.bound == "above":
+        return f"> {rating.elo:+.0f}"
+    return f"{rating.elo:+.0f} ± {rating.ci95:.0f}"
 
 
 def rating_line(result: GauntletResult) -> str:
