@@ -206,8 +206,8 @@ class EvaluationConfig(Section):
                        "(colours alternate)")
     opponents: list[str] = Field(default_factory=lambda: ["random", "heuristic"],
                                  description="fixed opponents: random, heuristic, mate, "
-                                 "USI engines (usi:... or a gauntlet rung such as sf-d1) "
-                                 "or model files")
+                                 "mix10..mix40, USI engines (usi:... or a gauntlet rung "
+                                 "such as sf-d1) or model files")
     previous: bool = Field(True, description="also play the previously evaluated policy of the "
                            "run (rates checkpoints against each other)")
     greedy: bool = Field(True, description="network players take their most likely move "

@@ -183,10 +183,12 @@ def run_match(config: Config, player: Contestant, opponent: Contestant, games: i
     actors = [EvaluationActor.options(num_cpus=1).remote(config) for _ in range(workers)]
     try:
         bounds = np.linspace(0, games, workers + 1).round().astype(int)
+        # Records are of the first `records` games by number, whichever actor plays them.
+        wanted = config.evaluation.records if records is None else records
         refs = [actor.match.remote(player, opponent, int(hi - lo), seed, int(lo),
-                                   records if k == 0 else 0)
-                for k, (actor, lo, hi) in enumerate(zip(actors, bounds[:-1], bounds[1:],
-                                                        strict=True)) if hi > lo]
+                                   int(max(0, min(hi - lo, wanted - lo))))
+                for actor, lo, hi in zip(actors, bounds[:-1], bounds[1:], strict=True)
+                if hi > lo]
         parts: list[MatchResult] = ray.get(refs)
     finally:
         for actor in actors:
