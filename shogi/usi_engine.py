@@ -98,9 +98,10 @@ GPS_ALIASES: dict[str, str] = {
     for depth in (4, 5, 6, 7, 8)
 }
 # Depth 4 is GPSShogi's weakest and beat Fairy-Stockfish at depth 6 (10-0) and depth 8 (6-0):
-# one move in ten played at random puts it between (5-1 against sf-d6 in a probe).
-GPS_ALIASES["gps-d4-r10"] = GPS_ALIASES["gps-d4"].replace(
-    ",name=gps-d4", ",random=0.1,name=gps-d4-r10")
+# one move in ten played at random puts it between (5-1 against sf-d6 in a probe, and 0-10
+# against gps-d4), one in twenty between that and gps-d4.
+GPS_ALIASES.update({f"gps-d4-r{share:02d}": GPS_ALIASES["gps-d4"].replace(
+    ",name=gps-d4", f",random={share / 100},name=gps-d4-r{share:02d}") for share in (5, 10)})
 ENGINE_ALIASES.update(GPS_ALIASES)
 
 _LIMITS = ("depth", "nodes", "movetime", "byoyomi")

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 RUNGS: tuple[str, ...] = ("random", "mix10", "mix20", "mix30", "mix40", "sf-skill-20",
                           "sf-skill-5", "heuristic", "mate", "sf-skill-4-d2", "sf-skill-3",
                           "sf-skill-2", "sf-skill0", "sf-d1", "sf-d4", "sf-d6", "gps-d4-r10",
-                          "gps-d4")
+                          "gps-d4-r05", "gps-d4")
 """The ladder, weakest first (engine rungs: `shogi.usi_engine.ENGINE_ALIASES`; the mixtures:
 `actors.players.MIXES`)."""
 RATINGS_FILE = "gauntlet_ratings.json"
