@@ -357,7 +357,10 @@ def rate_ladder(config: Config, games: int, *, rungs: Sequence[str] = RUNGS, rea
             if state.next_task() is None:
                 break
             continue
-        done, _ = ray.wait(list(running), num_returns=1)
+        # A timeout keeps Ctrl-C prompt while long engine games run.
+        done, _ = ray.wait(list(running), num_returns=1, timeout=2.0)
+        if not done:
+            continue
         pair, count, started = running.pop(done[0])
         finish(pair, count, ray.get(done[0]), time.monotonic() - started)
     return state.document(finished=True)
