@@ -384,6 +384,7 @@ def gauntlet_cmd(
         rating_line,
     )
     from keisei_ray.arena.ladder import run_models
+    from shogi.usi_engine import EngineSetupError
 
     if games < 1:
         raise ConfigError(f"--games must be at least 1, got {games}")
@@ -451,6 +452,8 @@ def gauntlet_cmd(
                                     climb=climb or None, progress=progress))
         except GauntletError as exc:
             fail(str(exc), EXIT_USAGE)
+        except EngineSetupError as exc:
+            fail(str(exc), EXIT_FAILURE)
     # The table and the report first: a long gauntlet's figures must survive a failed plot.
     document: dict[str, Any] = gauntlet_document(results[0])
     if search is not None:
@@ -487,6 +490,7 @@ def _rate_ladder(cfg: Config, games: int, rungs: tuple[str, ...], reach: int, wo
     (progress after every task to OUTPUT.partial, removed at the end)."""
     from keisei_ray.arena.gauntlet import ratings_path
     from keisei_ray.arena.ladder_rating import rate_ladder
+    from shogi.usi_engine import EngineSetupError
 
     start = None
     if continue_from is not None:
@@ -509,6 +513,8 @@ def _rate_ladder(cfg: Config, games: int, rungs: tuple[str, ...], reach: int, wo
                                checkpoint=checkpoint, progress=progress)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
+    except EngineSetupError as exc:
+        fail(f"{exc} (the games so far are in {partial}: --continue-from it)", EXIT_FAILURE)
     write_text_atomic(path, json.dumps(document, indent=2) + "\n")
     partial.unlink(missing_ok=True)
     for name, entry in document["ratings"].items():

@@ -235,6 +235,20 @@ def test_gauntlet_shows_the_raw_policy_and_its_search_side_by_side(
     assert info.value.code == 2
 
 
+def test_an_engine_that_cannot_play_stops_the_gauntlet_with_its_cause(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ratings = tmp_path / "ratings.json"
+    ratings.write_text(json.dumps({"ratings": {"random": {"elo": 0.0}}}))
+    monkeypatch.setattr(gauntlet_module, "ratings_path", lambda: ratings)
+    with pytest.raises(SystemExit) as info:
+        main(["gauntlet", f"usi:{sys.executable} {FAKE} timeonly,name=gpslike", "--rungs",
+              "random", "-n", "4", "--plot", str(tmp_path / "g.png")])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "without answering a single move" in err and "unknown option in go depth" in err
+
+
 def test_ladder_pairs_link_each_rung_to_the_next_ones() -> None:
     assert ladder_pairs(["a", "b", "c"], reach=2) == [("b", "a"), ("c", "a"), ("c", "b")]
     assert ladder_pairs(["a", "b", "c"], reach=1) == [("b", "a"), ("c", "b")]
