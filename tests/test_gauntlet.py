@@ -40,6 +40,7 @@ from keisei_ray.arena.gauntlet import (
 )
 from keisei_ray.arena.ladder import LadderRow, ladder_figure
 from keisei_ray.arena.ladder_rating import (
+    LadderRating,
     ladder_pairs,
     play_openings,
     random_opening,
@@ -330,6 +331,17 @@ def test_rating_with_a_target_plays_until_every_interval_is_within_it() -> None:
     far = [m for m in near["matches"] if (m["player"], m["opponent"]) == ("mix30", "random")]
     assert far == [m for m in document["matches"]
                    if (m["player"], m["opponent"]) == ("mix30", "random")]
+
+
+def test_the_scheduler_leaves_lopsided_pairs_alone() -> None:
+    # Without the limit it poured thousands of cheap games into 94-98% pairs.
+    state = LadderRating(load_config(None, []), ("random", "a", "b"), 2, 2, 10.0, None)
+    for pair, (wins, losses) in {("a", "random"): (99, 1), ("b", "random"): (199, 1),
+                                 ("b", "a"): (60, 40)}.items():
+        tally = state.tally[pair]
+        tally.wins, tally.losses, tally.seconds = wins, losses, 0.01 * (wins + losses)
+    task = state.next_task()
+    assert task is not None and task[0] == ("b", "a")
 
 
 def test_games_an_engine_failed_in_are_left_out_and_replayed(tmp_path: Path) -> None:
