@@ -22,6 +22,7 @@ from learner.model import ModelSpec, build_model, choose_actions, load_weights
 from shogi import (
     CompactState,
     HeuristicPlayer,
+    MixedPlayer,
     Move,
     Outcome,
     Position,
@@ -32,8 +33,11 @@ from shogi.tactics import MatePlayer
 
 BASELINES = ("random", "heuristic")
 """Opponents that need no model (the ladder plays both)."""
-SCRIPTED = ("random", "heuristic", "mate")
-"""Every scripted player: the baselines and `mate` (`shogi.tactics.MatePlayer`)."""
+MIXES = {"mix10": 0.10, "mix20": 0.20, "mix30": 0.30, "mix40": 0.40}
+"""Mixtures (`shogi.players.MixedPlayer`): the heuristic's move on that share of moves, else a
+random one; the gauntlet's rungs between random and the rest."""
+SCRIPTED = ("random", "heuristic", "mate", *MIXES)
+"""Every scripted player: the baselines, `mate` (`shogi.tactics.MatePlayer`), the mixtures."""
 
 
 class Player(Protocol):
@@ -46,12 +50,15 @@ class Player(Protocol):
 
 
 class BaselinePlayer:
-    """`random`, `heuristic` (see `shogi.players`) or `mate` (`shogi.tactics`), one move per
-    position."""
+    """`random`, `heuristic`, a mixture such as `mix20` (see `shogi.players`) or `mate`
+    (`shogi.tactics`), one move per position."""
 
     def __init__(self, kind: str, seed: int = 0, name: str | None = None) -> None:
+        self._player: RandomPlayer | HeuristicPlayer | MatePlayer | MixedPlayer
         if kind == "random":
-            self._player: RandomPlayer | HeuristicPlayer | MatePlayer = RandomPlayer(seed)
+            self._player = RandomPlayer(seed)
+        elif kind in MIXES:
+            self._player = MixedPlayer(MIXES[kind], seed)
         elif kind == "heuristic":
             self._player = HeuristicPlayer(seed)
         elif kind == "mate":

@@ -37,7 +37,7 @@ from keisei_ray.console import (
     out,
 )
 from keisei_ray.events import CallbackImportError, load_callback
-from keisei_ray.files import set_file_mode
+from keisei_ray.files import set_file_mode, write_text_atomic
 from keisei_ray.logs import setup_logging
 from keisei_ray.text import did_you_mean, signed
 
@@ -345,14 +345,31 @@ def gauntlet_cmd(
                                        "--rate-ladder).")] = 20,
     workers: Annotated[int, typer.Option(help="Evaluation workers (Ray actors above 1).")] = 1,
     plot: Annotated[Path | None, typer.Option(help="PNG of the scores (default: "
-                                              "gauntlet.png beside the model).")] = None,
+                                              "gauntlet.png beside the model; the JSON report "
+                                              "gauntlet.json goes beside it).")] = None,
+    rungs: Annotated[str | None, typer.Option(help="Comma-separated rungs to play (default: "
+                                              "the whole ladder, weakest first).")] = None,
+    climb: Annotated[int, typer.Option(help="Stop climbing after this many rungs in a row "
+                                       "scored 0 (0: play every rung).")] = 2,
+    search: Annotated[int | None, typer.Option(
+        help="Also play the model searching N simulations a move, beside its raw policy "
+        "(search.simulations=0): both on the stored scale, one table and one plot.")] = None,
     rate_ladder: Annotated[bool, typer.Option(
         "--rate-ladder", help="Play the rungs against each other and write their ratings "
         "(the file the gauntlet reads) instead.")] = False,
     reach: Annotated[int, typer.Option(help="--rate-ladder: pair each rung with the next "
                                        "N rungs.")] = 2,
+    target_ci: Annotated[float | None, typer.Option(
+        help="--rate-ladder: after --games per pair, schedule more games until every rung's "
+        "95% interval is within ± this many Elo.")] = None,
+    max_games: Annotated[int | None, typer.Option(
+        help="--rate-ladder: stop scheduling at this many games in all.")] = None,
+    continue_from: Annotated[Path | None, typer.Option(
+        help="--rate-ladder: count the matches of this earlier ratings file (or its "
+        ".partial progress file) and go on from there.", dir_okay=False)] = None,
     output: Annotated[Path | None, typer.Option(help="--rate-ladder: where to write the "
-                                                "ratings (default: the package's file).",
+                                                "ratings (default: the package's file; "
+                                                "progress goes to OUTPUT.partial).",
                                                 dir_okay=False)] = None,
     threads: ThreadsOpt = 1,
     config: ConfigOpt = None,
@@ -360,19 +377,34 @@ def gauntlet_cmd(
     overrides: OverridesArg = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Play the fixed gauntlet (random, scripted players, Fairy-Stockfish at rising levels):
-    score and Elo on the stored ladder scale per rung, plus a PNG."""
+    """Play the fixed gauntlet (random, scripted players, Fairy-Stockfish and GPSShogi at
+    rising levels): score and Elo on the stored ladder scale per rung, plus a PNG."""
     import torch
 
     from keisei_ray.arena.gauntlet import (
+        RUNGS,
         GauntletError,
+        comparison_table,
         gauntlet,
         gauntlet_document,
         gauntlet_table,
         plot_gauntlet,
+        rating_line,
     )
-
     _at_least_one(games=games, workers=workers, reach=reach, threads=threads)
+    from shogi.usi_engine import EngineSetupError
+
+    if climb < 0:
+        raise ConfigError(f"--climb must be 0 (play every rung) or more, got {climb}")
+    ladder = RUNGS if rungs is None else tuple(r.strip() for r in rungs.split(",") if r.strip())
+    unknown = [r for r in ladder if r not in RUNGS]
+    if unknown or not ladder:
+        raise ConfigError(f"--rungs: {', '.join(unknown) or 'none given'} (the rungs are "
+                          f"{', '.join(RUNGS)})")
+    if rate_ladder and target is not None and "=" in target and not Path(target).exists():
+        # No MODEL with --rate-ladder: the first override lands in MODEL's place.
+        overrides = [target, *(overrides or [])]
+        target = None
     cfg = load_config(config, overrides or [], preset=preset)
     torch.set_num_threads(threads)
     if workers > 1:
@@ -387,43 +419,103 @@ def gauntlet_cmd(
     if rate_ladder:
         if target is not None:
             fail("--rate-ladder rates the rungs themselves: give no MODEL", EXIT_USAGE)
-        _rate_ladder(cfg, games, reach, workers, output, progress)
+        _rate_ladder(cfg, games, ladder, reach, workers, target_ci, max_games, continue_from,
+                     output, progress)
         return
     if target is None:
         fail("give a MODEL file or RUN_DIR (or --rate-ladder)", EXIT_USAGE)
-    where = Path(target)
-    player = _contestant(target)
-    try:
-        result = gauntlet(cfg, player, games, workers=workers, progress=progress)
-    except GauntletError as exc:
-        fail(str(exc), EXIT_USAGE)
+    spec, where = target, Path(target)
+    specs = [spec]
+    if search is not None:
+        from keisei_ray.arena.evaluation import split_model_spec
+
+        if search < 1:
+            raise ConfigError(f"--search must be at least 1 simulation, got {search}")
+        try:
+            path, settings = split_model_spec(spec)
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
+        if settings or not Path(path).exists():
+            fail(f"--search {search}: give a model file, checkpoint or run folder without "
+                 f"search settings, got {spec!r}", EXIT_USAGE)
+        # The raw policy (no search, whatever the config says) and the search at the budget.
+        specs = [f"{spec},sims=0", f"{spec},sims={search}"]
+    results = []
+    for one in specs:
+        player = _contestant(one)
+        try:
+            results.append(gauntlet(cfg, player, games, rungs=ladder, workers=workers,
+                                    climb=climb or None, progress=progress))
+        except GauntletError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except EngineSetupError as exc:
+            fail(str(exc), EXIT_FAILURE)
+    # The table and the report first: a long gauntlet's figures must survive a failed plot.
+    document: dict[str, Any] = gauntlet_document(results[0])
+    if search is not None:
+        document = {"search_simulations": search,
+                    "players": [gauntlet_document(r) for r in results]}
     if as_json:
-        sys.stdout.write(json.dumps(gauntlet_document(result), indent=2) + "\n")
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
-        out.print(gauntlet_table(result))
-        out.print(f"{result.player}: gauntlet Elo {signed(result.rating.elo)} ± "
-                  f"{result.rating.ci95:.0f} (95%), {sum(r.result.games for r in result.rows)} "
-                  f"games in {result.seconds:.0f} s", markup=False)
-    default_plot = (where.parent if where.is_file() else where if where.is_dir()
-                    else Path.cwd()) / "gauntlet.png"
-    path = plot_gauntlet(result, plot or default_plot)
+        out.print(gauntlet_table(results[0]) if len(results) == 1 else
+                  comparison_table(results))
+        for result in results:
+            out.print(rating_line(result), markup=False)
+    png = plot or (where.parent if where.is_file() else where if where.is_dir()
+                   else Path.cwd()) / "gauntlet.png"
+    report = png.with_suffix(".json")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(report, json.dumps(document, indent=2) + "\n")
+    try:
+        plot_gauntlet(results, png)
+    except (ValueError, RuntimeError, OSError) as exc:
+        log.exception("gauntlet plot %s failed (%s)", png, "; ".join(
+            f"{r.player}: {len(r.rows)} rungs, scores "
+            f"{[round(row.result.score, 3) for row in r.rows]}" for r in results))
+        fail(f"the plot {png} failed ({type(exc).__name__}: {exc}); the table above and the "
+             f"report {report} are complete", EXIT_FAILURE)
     if not as_json:
-        out.print(f"plot written to {path}", markup=False)
+        out.print(f"report written to {report}, plot to {png}", markup=False)
 
 
-def _rate_ladder(cfg: Config, games: int, reach: int, workers: int, output: Path | None,
-                 progress: Callable[[Any], None]) -> None:
-    """`gauntlet --rate-ladder`: play the rungs against each other, write their ratings."""
-    from keisei_ray.arena.gauntlet import rate_ladder, ratings_path
+def _rate_ladder(cfg: Config, games: int, rungs: tuple[str, ...], reach: int, workers: int,
+                 target_ci: float | None, max_games: int | None, continue_from: Path | None,
+                 output: Path | None, progress: Callable[[Any], None]) -> None:
+    """`gauntlet --rate-ladder`: play the rungs against each other, write their ratings
+    (progress after every task to OUTPUT.partial, removed at the end)."""
+    from keisei_ray.arena.gauntlet import ratings_path
+    from keisei_ray.arena.ladder_rating import rate_ladder
+    from shogi.usi_engine import EngineSetupError
+
+    start = None
+    if continue_from is not None:
+        try:
+            start = json.loads(continue_from.read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"--continue-from {continue_from}: cannot read it ({exc})", EXIT_USAGE)
+        if not isinstance(start, dict) or not isinstance(start.get("matches"), list):
+            fail(f"--continue-from {continue_from}: not a ratings file (no matches list)",
+                 EXIT_USAGE)
+    path = output or ratings_path()
+    partial = path.with_name(path.name + ".partial")
+
+    def checkpoint(document: dict[str, Any]) -> None:
+        write_text_atomic(partial, json.dumps(document, indent=2) + "\n")
 
     try:
-        document = rate_ladder(cfg, games, reach=reach, workers=workers, progress=progress)
+        document = rate_ladder(cfg, games, rungs=rungs, reach=reach, workers=workers,
+                               target_ci=target_ci, max_games=max_games, start=start,
+                               checkpoint=checkpoint, progress=progress)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
-    path = output or ratings_path()
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    except EngineSetupError as exc:
+        fail(f"{exc} (the games so far are in {partial}: --continue-from it)", EXIT_FAILURE)
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n")
+    partial.unlink(missing_ok=True)
     for name, entry in document["ratings"].items():
-        out.print(f"{name}: Elo {signed(entry['elo'])} ± {entry['ci95']}", markup=False)
+        out.print(f"{name}: Elo {signed(entry['elo'])} ± {entry['ci95']} ({entry['games']} games)",
+                  markup=False)
     out.print(f"ratings written to {path}", markup=False)
 
 

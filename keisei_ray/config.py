@@ -247,9 +247,9 @@ class EvaluationConfig(Section):
                        "(colours alternate)")
     opponents: list[str] = Field(default_factory=lambda: ["random", "heuristic"],
                                  description="fixed opponents: random, heuristic, mate, "
-                                 "USI engines (usi:... or a gauntlet rung such as sf-d1) "
-                                 "or models (a model file, a checkpoint, or a run folder: "
-                                 "its best checkpoint)")
+                                 "mix10..mix40, USI engines (usi:... or a gauntlet rung "
+                                 "such as sf-d1) or models (a model file, a checkpoint, or a "
+                                 "run folder: its best checkpoint)")
     previous: bool = Field(True, description="also play the previously evaluated policy of the "
                            "run (rates checkpoints against each other)")
     greedy: bool = Field(True, description="network players take their most likely move "

@@ -14,7 +14,7 @@ from shogi.actions import (
 from shogi.compact import HAND_MAX, CompactState, material_balance
 from shogi.errors import GameOverError, IllegalMoveError, InvalidSfenError, ShogiError
 from shogi.moves import HAND_PIECE_SYMBOLS, Color, Move, square, square_name
-from shogi.players import HeuristicPlayer, RandomPlayer
+from shogi.players import HeuristicPlayer, MixedPlayer, RandomPlayer
 from shogi.position import Position
 from shogi.records import to_csa, to_kif
 from shogi.rules import Outcome, Termination
@@ -33,6 +33,7 @@ __all__ = [
     "HeuristicPlayer",
     "IllegalMoveError",
     "InvalidSfenError",
+    "MixedPlayer",
     "Move",
     "Observation",
     "Outcome",

@@ -1,4 +1,5 @@
-"""Simple opponents for evaluation: uniform random and a one-ply heuristic."""
+"""Simple opponents for evaluation: uniform random, a one-ply heuristic, and mixtures of the
+two (the gauntlet's bridge between random and everything else)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,25 @@ class HeuristicPlayer:
         if not best:
             best = [move for move in moves if move.promotion] or moves
         return best[int(self.rng.integers(len(best)))]
+
+
+class MixedPlayer:
+    """The heuristic's move with probability `share`, else a uniformly random move.
+
+    Everything better than random beats it nearly every time (random never mates on
+    purpose), so `random` alone cannot anchor a rating scale; mixtures at rising shares give
+    the gauntlet rungs whose neighbours each score between about 10% and 90% against them.
+    """
+
+    def __init__(self, share: float, seed: int = 0) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must be within [0, 1], got {share!r}")
+        self.share = share
+        self.rng = np.random.default_rng(seed)
+        self.heuristic = HeuristicPlayer(int(self.rng.integers(2**31)))
+
+    def choose(self, position: Position) -> Move:
+        if self.rng.random() < self.share:
+            return self.heuristic.choose(position)
+        moves = _legal_or_raise(position)
+        return moves[int(self.rng.integers(len(moves)))]

@@ -2,11 +2,16 @@
 
 MODE: legal (the first legal move), crash (exit at the N-th `go`, default 1), illegal (a
 well-formed move that is not legal), garbage (a malformed move), hang (never answer `go`),
-resign, win (a false impasse declaration), silent (never answer `usi`).
+resign, win (a false impasse declaration), silent (never answer `usi`), timeonly (like
+GPSShogi: plays the first legal move for a `go` with btime/wtime/byoyomi, and for any other
+`go` says "unknown option in go ..." on stderr and aborts with SIGABRT), hangonce (N is a
+file: the first process to reach its 3rd `go` creates it and hangs there, every other plays
+legal moves: one timed-out game in a match).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -15,7 +20,8 @@ import cshogi
 
 def main() -> None:
     mode = sys.argv[1]
-    limit = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    flag = sys.argv[2] if mode == "hangonce" else ""
+    limit = int(sys.argv[2]) if len(sys.argv) > 2 and not flag else 1
     board = cshogi.Board()
     goes = 0
 
@@ -49,11 +55,15 @@ def main() -> None:
         elif command == "go":
             goes += 1
             legal = [cshogi.move_to_usi(m) for m in board.legal_moves]
+            if mode == "timeonly" and words[1] not in ("btime", "wtime", "byoyomi", "infinite"):
+                sys.stderr.write(f"unknown option in go {words[1]}\n")
+                sys.stderr.flush()
+                os.abort()
             if mode == "crash" and goes >= limit:
                 sys.exit(3)
-            if mode == "hang":
+            if mode == "hang" or (mode == "hangonce" and goes == 3 and _first(flag)):
                 time.sleep(3600)
-            if mode == "legal":
+            if mode in ("legal", "timeonly", "hangonce"):
                 say("info depth 1 score cp 0 pv " + legal[0])
                 say("bestmove " + legal[0])
             elif mode == "crash":
@@ -71,6 +81,15 @@ def main() -> None:
                 say("bestmove win")
         elif command == "quit":
             return
+
+
+def _first(flag: str) -> bool:
+    """Whether this process is the first to get here (it creates `flag`)."""
+    try:
+        with open(flag, "x"):
+            return True
+    except FileExistsError:
+        return False
 
 
 if __name__ == "__main__":

@@ -268,3 +268,7 @@ def test_a_match_split_over_evaluation_actors(tmp_path: Path) -> None:
     # The same games as one process playing them in the same two blocks.
     first = run_match(config, heuristic, random_, 4, seed=3, records=2)
     assert first.records == split.records
+    # Records of every game, from both actors (the gauntlet leaves failed games out by them).
+    every = run_match(config, heuristic, random_, 7, workers=2, seed=3, records=7)
+    assert len(every.records) == 7
+    assert [r.black for r in every.records] == ["heuristic", "random"] * 3 + ["heuristic"]

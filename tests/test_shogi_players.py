@@ -1,10 +1,13 @@
-"""Opponents: random and heuristic players choose legal moves with the documented priorities."""
+"""Opponents: random, heuristic and mixed players choose legal moves with the documented
+priorities."""
 
 from __future__ import annotations
 
 import pytest
 
-from shogi import Color, GameOverError, HeuristicPlayer, Position, RandomPlayer
+from actors.evaluation import play_match
+from actors.players import MIXES, SCRIPTED, BaselinePlayer
+from shogi import Color, GameOverError, HeuristicPlayer, MixedPlayer, Position, RandomPlayer
 
 
 def test_random_player_is_legal_and_seeded() -> None:
@@ -68,3 +71,22 @@ def test_heuristic_beats_random_most_of_the_time() -> None:
         outcome = position.outcome()
         wins += outcome is not None and outcome.winner is heuristic_color
     assert wins >= 5
+
+
+def test_mixed_player_plays_the_heuristic_move_at_its_share() -> None:
+    mate = Position("4k4/9/4P4/9/9/9/9/9/4K4 b GR 1")  # the heuristic always mates here
+    always = MixedPlayer(1.0, seed=0)
+    assert all(str(always.choose(mate)) in {"G*5b", "R*5b"} for _ in range(20))
+    sometimes = MixedPlayer(0.3, seed=1)
+    mates = sum(str(sometimes.choose(mate)) in {"G*5b", "R*5b"} for _ in range(2000))
+    legal_mates = 2 / len(mate.legal_moves())  # what a random move hits anyway
+    assert mates / 2000 == pytest.approx(0.3 + 0.7 * legal_mates, abs=0.04)
+    with pytest.raises(ValueError, match="share"):
+        MixedPlayer(1.5)
+
+
+def test_mixtures_are_scripted_players_and_rise_in_strength() -> None:
+    assert set(MIXES) <= set(SCRIPTED)
+    result = play_match(BaselinePlayer("mix40", 1), BaselinePlayer("random", 2), 20,
+                        max_moves=300, games_at_once=10)
+    assert result.wins > result.losses + 5, result.reasons

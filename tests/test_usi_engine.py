@@ -20,16 +20,21 @@ from shogi import Color, Move, Outcome, Position, RandomPlayer, Termination
 from shogi.duel import OpponentEnv, duel_opponent
 from shogi.usi_engine import (
     FAIRY_STOCKFISH,
+    GPSSHOGI,
     INSTALL_HINT,
     EnginePlayer,
+    EngineSetupError,
     EngineSpec,
     EngineSpecError,
+    describe_exit,
 )
 
 FAKE = Path(__file__).with_name("fake_usi_engine.py")
 needs_stockfish = pytest.mark.skipif(
     shutil.which(FAIRY_STOCKFISH) is None,
     reason=f"Fairy-Stockfish is not installed (`{INSTALL_HINT}`)")
+needs_gps = pytest.mark.skipif(
+    shutil.which(GPSSHOGI) is None, reason=f"GPSShogi is not installed (`{INSTALL_HINT}`)")
 
 
 def fake(mode: str, *extra: str) -> str:
@@ -69,7 +74,14 @@ def test_spec_syntax() -> None:
     assert EngineSpec.parse("usi:engine").limit == ("depth", 1)
     assert EngineSpec.parse("sf-d2").limit == ("depth", 2) and EngineSpec.parse("sf-d2").name \
         == "sf-d2"
+    byoyomi = EngineSpec.parse("usi:gps,byoyomi=300,LimitDepth=4")
+    assert byoyomi.go == "go btime 0 wtime 0 byoyomi 300"
+    assert byoyomi.timeout_s == pytest.approx(10.3)  # the safety net comes on top of the clock
+    assert EngineSpec.parse("usi:x,nodes=9").go == "go nodes 9"
+    assert EngineSpec.parse("gps-d5").options == (("LimitDepth", "5"), ("BookDepth", "0"),
+                                                 ("Thread", "1"))
     for bad, message in (("usi:", "names no command"), ("usi:x,depth=0", "positive integer"),
+                         ("usi:x,byoyomi=2000,timeout=2", "must exceed the byoyomi"),
                          ("usi:x,depth=1,nodes=3", "not two"), ("usi:x,Hash", "key=value"),
                          ("usi:x,timeout=-1", "timeout"), ("stockfish", "must start with")):
         with pytest.raises(EngineSpecError, match=message):
@@ -144,6 +156,56 @@ def test_an_engine_that_never_starts_loses_without_hanging() -> None:
     engine.close()
 
 
+def test_an_engine_that_knows_only_byoyomi_aborts_on_go_depth_and_says_so() -> None:
+    # GPSShogi's failure: `go depth 1` (the default limit) makes it abort. The client must
+    # not lose game after game to it silently: after SETUP_FAILURES it stops, quoting the
+    # engine's own words and the signal.
+    engine = EnginePlayer(fake("timeonly"))
+    try:
+        first = engine.choose_one(Position())
+        assert first == Outcome(Color.WHITE, Termination.ENGINE_CRASH)
+        assert engine.choose_one(Position()) == first
+        with pytest.raises(EngineSetupError, match=r"(?s)without answering.*SIGABRT.*"
+                           r"unknown option in go depth.*'go depth 1'"):
+            engine.choose_one(Position())
+    finally:
+        engine.close()
+    # Asked the way it understands, the same engine plays whole games.
+    result, engine = match(fake("timeonly", "byoyomi=100"))
+    assert result.games == 4 and not engine.failures and engine.answered > 0
+
+
+def test_a_random_share_of_moves_bypasses_the_engine() -> None:
+    assert EngineSpec.parse("usi:x,random=0.2").random_share == 0.2
+    for bad in ("usi:x,random=1", "usi:x,random=-0.1", "usi:x,random=lots"):
+        with pytest.raises(EngineSpecError, match="random must be a share"):
+            EngineSpec.parse(bad)
+    engine = EnginePlayer(fake("legal", "random=0.5"))
+    try:
+        position = Position()
+        first = position.legal_moves()[0]  # the fake engine's every answer
+        answers = [engine.choose_one(position) for _ in range(60)]
+    finally:
+        engine.close()
+    others = sum(a != first for a in answers)
+    assert 15 <= others <= 45
+    assert engine.answered <= 60 - others  # those moves never reached the engine
+
+
+def test_exit_codes_are_described() -> None:
+    assert describe_exit(-6) == "killed by SIGABRT" and describe_exit(3) == "code 3"
+
+
+def test_failures_after_a_first_answer_lose_games_and_never_raise() -> None:
+    engine = EnginePlayer(fake("crash", "name=x").replace("crash,", "crash 2,"))
+    try:
+        for _ in range(6):  # answer, crash, answer, crash, ...: never a setup error
+            engine.choose_one(Position())
+        assert engine.failures == {"engine_crash": 3}
+    finally:
+        engine.close()
+
+
 @pytest.mark.slow
 def test_duel_against_a_crashing_engine_keeps_training_games_going() -> None:
     opponent = duel_opponent(fake("crash", "name=c").replace("crash,", "crash 4,"), 0)
@@ -193,6 +255,20 @@ def test_make_player_builds_engines_and_closes_them() -> None:
     assert not isinstance(move, Outcome) and player.process.running
     player.close()
     assert not player.process.running
+
+
+@needs_gps
+@pytest.mark.slow  # GPSShogi reads 100 MB of tables per start: seconds, 20 s under load
+@pytest.mark.timeout(300)
+def test_gpsshogi_plays_at_a_fixed_depth_and_beats_random() -> None:
+    # Started as the gauntlet starts it (byoyomi + LimitDepth): it answers usi, plays legal
+    # moves and wins; `go depth` would have aborted it.
+    cfg = load_config(None, ["evaluation.games_at_once=2", "env.max_moves=200"])
+    gps = load_contestant("gps-d4")
+    result = Evaluator(cfg).match(gps, load_contestant("random"), 2, seed=0)
+    assert result.wins == 2, result.reasons
+    with pytest.raises(EngineSetupError, match="SIGABRT.*unknown option in go depth"):
+        EnginePlayer(f"usi:{GPSSHOGI},depth=4").choose([Position()] * 3)
 
 
 def test_a_missing_training_opponent_engine_is_refused_by_name() -> None:

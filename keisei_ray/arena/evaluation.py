@@ -114,14 +114,16 @@ def boxed(contestant: Contestant) -> Contestant:
 
 
 def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (draws may count as half successes)."""
+    """Wilson score interval of a proportion (draws may count as half successes), within
+    [0, 1] and holding the proportion itself (at 0 or n successes the formula's end misses
+    it by a rounding error: 2.8e-17 for 0 of 6)."""
     if n <= 0:
         return (math.nan, math.nan)
     p = successes / n
     denominator = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
 
 
 @dataclass(frozen=True)
@@ -190,10 +192,12 @@ def run_match(config: Config, player: Contestant, opponent: Contestant, games: i
     actors = [EvaluationActor.options(num_cpus=1).remote(config) for _ in range(workers)]
     try:
         bounds = np.linspace(0, games, workers + 1).round().astype(int)
+        # Records are of the first `records` games by number, whichever actor plays them.
+        wanted = config.evaluation.records if records is None else records
         refs = [actor.match.remote(player, opponent, int(hi - lo), seed, int(lo),
-                                   records if k == 0 else 0)
-                for k, (actor, lo, hi) in enumerate(zip(actors, bounds[:-1], bounds[1:],
-                                                        strict=True)) if hi > lo]
+                                   int(max(0, min(hi - lo, wanted - lo))))
+                for actor, lo, hi in zip(actors, bounds[:-1], bounds[1:], strict=True)
+                if hi > lo]
         parts: list[MatchResult] = ray.get(refs)
     finally:
         for actor in actors:

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from actors.evaluation import Contestant, MatchResult
 from actors.players import BASELINES
@@ -19,6 +20,9 @@ from keisei_ray.arena.evaluation import (
 from keisei_ray.config import Config
 from keisei_ray.store.checkpoint import CHECKPOINTS, list_checkpoints
 from keisei_ray.store.model_file import ModelFileError, load_model
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +108,25 @@ def ladder(config: Config, models: Sequence[RunModel], games: int, *, workers: i
     return rows, store
 
 
+RUNG_COLOURS = ("C1", "C2", "C4", "C5", "C6", "C8", "C9")
+"""Colours of the gauntlet rungs' lines (not the curve's blue nor the heuristic's red)."""
+
+
 def plot_ladder(rows: Sequence[LadderRow], store: EloStore, path: Path) -> Path:
     """A PNG of Elo over timesteps (95% bars), with the anchors drawn as lines."""
+    figure = ladder_figure(rows, store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+def ladder_figure(rows: Sequence[LadderRow], store: EloStore) -> Figure:
+    """The ladder plot's figure; its legend stands outside the axes, right of them."""
     # Only the ladder draws: keep matplotlib out of every other import. No pyplot (no global
     # backend state): a bare Figure renders with Agg.
     from matplotlib.figure import Figure  # noqa: PLC0415
 
-    figure = Figure(figsize=(7, 4), dpi=120)
+    figure = Figure(figsize=(9, 4), dpi=120)
     axes = figure.add_subplot()
     steps = [r.timestep for r in rows]
     elos = [r.rating.elo for r in rows]
@@ -130,17 +146,18 @@ def plot_ladder(rows: Sequence[LadderRow], store: EloStore, path: Path) -> Path:
         log.warning("ladder plot without the gauntlet rungs: %s", exc)
         rungs = {}
     low, high = min(elos) - 300.0, max(elos) + 300.0
-    for k, (rung, elo) in enumerate(sorted((r, e) for r, e in rungs.items()
-                                           if r.startswith("sf-") and low <= e <= high)):
-        axes.axhline(elo, color=f"C{3 + k % 6}", linestyle="-.", linewidth=0.8,
+    for k, (rung, elo) in enumerate(sorted(((r, e) for r, e in rungs.items()
+                                            if r.startswith(("sf-", "gps-")) and
+                                            low <= e <= high), key=lambda item: item[1])):
+        axes.axhline(elo, color=RUNG_COLOURS[k % len(RUNG_COLOURS)], linestyle="-.",
+                     linewidth=0.8,
                      label=f"{rung} (gauntlet)")
     axes.set_xlabel("timestep")
     axes.set_ylabel(f"Elo ({ANCHOR} = {ratings[ANCHOR].elo:.0f})")
     axes.set_title("Elo over training (Bradley-Terry, 95% intervals)")
     axes.grid(alpha=0.3)
-    axes.legend(loc="best")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path)
-    return path
+    # Outside the axes, right of them: inside, "best" still covered the curve or a rung line.
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
+    figure.subplots_adjust(left=0.08, right=0.76, top=0.91, bottom=0.13)
+    return figure
 
