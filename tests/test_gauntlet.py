@@ -393,3 +393,11 @@ def test_gauntlet_command_end_to_end(tmp_path: Path) -> None:
     assert [r["score"] for r in figures["rungs"][-2:]] == [0.0, 0.0] or not figures["skipped"]
     assert math.isfinite(figures["elo"]) and plot.stat().st_size > 1000
     assert json.loads(plot.with_suffix(".json").read_text()) == figures
+
+
+def test_a_rating_that_rounds_to_zero_never_prints_as_minus_zero() -> None:
+    from keisei_ray.arena.gauntlet import FixedRating, _elo_cell
+
+    near_zero = FixedRating("m", -0.3, 80.0, 10, 0.5)
+    assert _elo_cell(near_zero) == "+0 ± 80"
+    assert _elo_cell(FixedRating("m", -0.4, 0.0, 10, 0.0, bound="below")) == "< +0"

@@ -29,6 +29,7 @@ from actors.evaluation import Contestant, MatchResult
 from keisei_ray.arena.elo import ANCHOR, ELO_PER_NAT, PRIOR_DRAWS, Z95, Rating
 from keisei_ray.arena.evaluation import load_contestant, run_match, wilson_interval
 from keisei_ray.config import Config
+from keisei_ray.text import signed
 from shogi import Color, Outcome, Termination
 
 if TYPE_CHECKING:
@@ -320,9 +321,9 @@ def gauntlet_figure(results: GauntletResult | Sequence[GauntletResult]) -> Figur
                       label=f"{result.player}: score (95%)")
         rating = result.rating
         elo = rating.elo
-        label = (f"expected at Elo {elo:+.0f} ± {rating.ci95:.0f}" if rating.bound is None
+        label = (f"expected at Elo {signed(elo)} ± {rating.ci95:.0f}" if rating.bound is None
                  else f"all {'lost' if rating.bound == 'below' else 'won'}: Elo "
-                 f"{'<' if rating.bound == 'below' else '>'} {elo:+.0f}")
+                 f"{'<' if rating.bound == 'below' else '>'} {signed(elo)}")
         axes.plot(grid, [1 / (1 + 10 ** ((g - elo) / 400)) for g in grid],
                   color="grey" if len(results) == 1 else colour, linestyle="--", alpha=0.8,
                   label=label)
@@ -404,7 +405,7 @@ def gauntlet_table(result: GauntletResult) -> Table:
     for row in result.rows:
         r = row.result
         games = str(r.games) + (f" ({row.excluded} replayed)" if row.excluded else "")
-        table.add_row(row.rung, f"{row.rung_elo:+.0f}", games,
+        table.add_row(row.rung, f"{signed(row.rung_elo)}", games,
                       f"{r.wins}/{r.draws}/{r.losses}", f"{100 * r.score:.0f}%",
                       f"{100 * row.score_ci[0]:.0f}-{100 * row.score_ci[1]:.0f}%",
                       *_rung_elo(r.score, row.rung_elo, row.elo.elo, row.elo.ci95))
@@ -435,7 +436,7 @@ def comparison_table(results: Sequence[GauntletResult]) -> Table:
             res, (low, high) = entry.result, entry.score_ci
             cells += [f"{res.wins}/{res.draws}/{res.losses}",
                       f"{100 * res.score:.0f}% ({100 * low:.0f}-{100 * high:.0f})"]
-        table.add_row(rung, f"{order[rung]:+.0f}", *cells)
+        table.add_row(rung, f"{signed(order[rung])}", *cells)
     table.add_row("gauntlet Elo", "", *(cell for r in results
                                            for cell in (_elo_cell(r.rating), "")))
     return table
@@ -443,10 +444,10 @@ def comparison_table(results: Sequence[GauntletResult]) -> Table:
 
 def _elo_cell(rating: FixedRating) -> str:
     if rating.bound == "below":
-        return f"< {rating.elo:+.0f}"
+        return f"< {signed(rating.elo)}"
     if rating.bound == "above":
-        return f"> {rating.elo:+.0f}"
-    return f"{rating.elo:+.0f} ± {rating.ci95:.0f}"
+        return f"> {signed(rating.elo)}"
+    return f"{signed(rating.elo)} ± {rating.ci95:.0f}"
 
 
 def rating_line(result: GauntletResult) -> str:
@@ -457,16 +458,16 @@ def rating_line(result: GauntletResult) -> str:
     if result.skipped:
         tail += f"; skipped above the climb: {', '.join(result.skipped)}"
     if rating.bound == "below":
-        return f"{result.player}: gauntlet Elo below {rating.elo:+.0f} (every game lost), {tail}"
+        return f"{result.player}: gauntlet Elo below {signed(rating.elo)} (every game lost), {tail}"
     if rating.bound == "above":
-        return f"{result.player}: gauntlet Elo above {rating.elo:+.0f} (every game won), {tail}"
-    return f"{result.player}: gauntlet Elo {rating.elo:+.0f} ± {rating.ci95:.0f} (95%), {tail}"
+        return f"{result.player}: gauntlet Elo above {signed(rating.elo)} (every game won), {tail}"
+    return f"{result.player}: gauntlet Elo {signed(rating.elo)} ± {rating.ci95:.0f} (95%), {tail}"
 
 
 def _rung_elo(score: float, rung: float, elo: float, ci95: float) -> tuple[str, str]:
     """One rung's Elo cells: a score of 0% or 100% only says below / above the rung."""
     if score == 0.0:
-        return f"< {rung:+.0f}", "-"
+        return f"< {signed(rung)}", "-"
     if score == 1.0:
-        return f"> {rung:+.0f}", "-"
-    return f"{elo:+.0f}", f"{ci95:.0f}"
+        return f"> {signed(rung)}", "-"
+    return f"{signed(elo)}", f"{ci95:.0f}"
