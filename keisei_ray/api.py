@@ -213,7 +213,8 @@ def train_callbacks(cfg: Config, run_dir: Path, user: list[Callback], *,
     if progress:
         from keisei_ray.training.progress import ProgressView
 
-        callbacks.append(ProgressView(cfg.train.total_timesteps))
+        callbacks.append(ProgressView(cfg.train.total_timesteps,
+                                      max_minutes=cfg.train.max_minutes))
     if cfg.evaluation.enabled:
         # Before the checkpoint and metrics callbacks: evaluations that finish at the end of
         # training reach them before their own TrainEnd.

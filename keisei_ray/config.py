@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keisei_ray.text import did_you_mean
+
+TIME_BUDGET_ALONE_TIMESTEPS = 10**12
+"""`train.total_timesteps` when a config gives `train.max_minutes` but no timestep budget."""
 
 
 class ConfigError(ValueError):
@@ -144,7 +147,8 @@ class TrainConfig(Section):
     """The actor-learner loop: how much to train, with how many workers, where."""
 
     total_timesteps: int = Field(200_000, ge=1, description="stop after this many accepted "
-                                 "transitions (the driver's timestep counter)")
+                                 "transitions (the driver's timestep counter); when only "
+                                 "train.max_minutes is given, 10^12 (the time budget alone)")
     max_minutes: float | None = Field(
         None, gt=0.0, description="also stop after this many minutes of training (from the "
         "first collect; a resumed run counts afresh); the run ends as a completed one, with its "
@@ -203,6 +207,16 @@ class TrainConfig(Section):
                                  "'package.module:ClassName'")
     runs_dir: str = Field("runs", description="folder that holds one folder per run")
     run_name: str | None = Field(None, description="run folder name (None: timestamp + short id)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _time_budget_alone(cls, data: Any) -> Any:
+        # `train.max_minutes=30` alone means a 30-minute run: the default timestep budget is
+        # sized for a quick first run and must not end it after 200 k steps.
+        if (isinstance(data, dict) and data.get("max_minutes") is not None
+                and "total_timesteps" not in data):
+            return {**data, "total_timesteps": TIME_BUDGET_ALONE_TIMESTEPS}
+        return data
 
     @field_validator("num_workers", mode="before")
     @classmethod

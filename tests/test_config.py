@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from keisei_ray.config import Config, ConfigError
+from keisei_ray.config import TIME_BUDGET_ALONE_TIMESTEPS, Config, ConfigError
 from keisei_ray.config_loading import dump, load_config, parse_override
 
 
@@ -126,3 +126,22 @@ def test_removed_fields_still_load_with_a_warning(tmp_path: Path) -> None:
         assert load_config(None, ["env.seed=3"]) == load_config()
     with pytest.raises(ConfigError, match="env.sead: unknown field"):
         load_config(None, ["env.sead=3"])
+
+
+def test_a_time_budget_alone_is_not_cut_by_the_default_timestep_budget() -> None:
+    # `keisei-ray train --preset local train.max_minutes=30` is the README's proof: 30 minutes,
+    # not the 200 k default steps (about 2.5 minutes on 2 cores).
+    timed = load_config(overrides=["train.max_minutes=30"], preset="local")
+    assert timed.train.total_timesteps == TIME_BUDGET_ALONE_TIMESTEPS
+    both = load_config(overrides=["train.max_minutes=30", "train.total_timesteps=5000"])
+    assert both.train.total_timesteps == 5000
+    assert load_config(preset="local").train.total_timesteps == 200_000
+
+
+def test_the_progress_line_of_a_time_budget_shows_minutes() -> None:
+    from keisei_ray.training.progress import ProgressView
+
+    timed = ProgressView(TIME_BUDGET_ALONE_TIMESTEPS, max_minutes=30, interactive=False)
+    assert timed._timesteps_text(123_456) == "123,456 (of 30 min)"
+    counted = ProgressView(200_000, max_minutes=30, interactive=False)
+    assert counted._timesteps_text(123_456) == "123,456/200,000"

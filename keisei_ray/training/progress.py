@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from keisei_ray.config import TIME_BUDGET_ALONE_TIMESTEPS
 from keisei_ray.events import Callback, LearnerRestarted, TrainEnd, TrainStart, UpdateDone
 from keisei_ray.logs import console as default_console
 from keisei_ray.logs import is_interactive
@@ -32,9 +33,13 @@ class ProgressView(Callback):
     `log_interval_s` seconds.
     """
 
-    def __init__(self, total_timesteps: int, *, interactive: bool | None = None,
-                 log_interval_s: float = 10.0, console: Console | None = None) -> None:
+    def __init__(self, total_timesteps: int, *, max_minutes: float | None = None,
+                 interactive: bool | None = None, log_interval_s: float = 10.0,
+                 console: Console | None = None) -> None:
+        # A time budget alone (no timestep budget given) shows minutes, not "of 10^12 steps".
+        self.by_time = max_minutes is not None and total_timesteps >= TIME_BUDGET_ALONE_TIMESTEPS
         self.total = total_timesteps
+        self.max_minutes = max_minutes
         self.interactive = is_interactive() if interactive is None else interactive
         self.log_interval_s = log_interval_s
         self.console = console or default_console
@@ -70,13 +75,18 @@ class ProgressView(Callback):
                  event.timestep, event.version, self.summary_line())
 
     # ---------------------------------------------------------------- rendering
+    def _timesteps_text(self, timestep: int) -> str:
+        if self.by_time:
+            return f"{timestep:,} (of {self.max_minutes:g} min)"
+        return f"{timestep:,}/{self.total:,}"
+
     def summary_line(self) -> str:
         e = self._last
         if e is None:
             return "no update yet"
         shares = e.totals.shares()
         m = e.metrics
-        return (f"ts {e.timestep:,}/{self.total:,} | {e.steps_per_s:,.0f} steps/s | "
+        return (f"ts {self._timesteps_text(e.timestep)} | {e.steps_per_s:,.0f} steps/s | "
                 f"games {e.totals.games:,} (win {shares['win_share']:.0%} "
                 f"draw {shares['draw_share']:.0%} cap {shares['cap_draw_share']:.0%}, "
                 f"len {e.totals.mean_length:.0f}) | pl {m.get('policy_loss', 0.0):.3f} "
@@ -90,20 +100,29 @@ class ProgressView(Callback):
     def __rich__(self) -> Group:
         e = self._last
         done = e.timestep if e else self._start_timestep
-        bar = ProgressBar(total=max(self.total, 1), completed=min(done, self.total), width=60)
+        if self.by_time and self.max_minutes is not None:
+            minutes = e.wall_time / 60.0 if e else 0.0
+            bar = ProgressBar(total=self.max_minutes, completed=min(minutes, self.max_minutes),
+                              width=60)
+        else:
+            bar = ProgressBar(total=max(self.total, 1), completed=min(done, self.total),
+                              width=60)
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold cyan")
         table.add_column(justify="right")
         table.add_column(style="bold cyan")
         table.add_column(justify="right")
         if e is None:
-            table.add_row("timesteps", f"{done:,} / {self.total:,}", "status", "starting")
+            table.add_row("timesteps", self._timesteps_text(done), "status", "starting")
             return Group(bar, table)
         shares = e.totals.shares()
         m = e.metrics
-        remaining = (self.total - e.timestep) / e.steps_per_s if e.steps_per_s > 0 else 0.0
+        if self.by_time and self.max_minutes is not None:
+            remaining = max(60.0 * self.max_minutes - e.wall_time, 0.0)
+        else:
+            remaining = (self.total - e.timestep) / e.steps_per_s if e.steps_per_s > 0 else 0.0
         rows = [
-            ("timesteps", f"{e.timestep:,} / {self.total:,}", "steps/s", f"{e.steps_per_s:,.0f}"),
+            ("timesteps", self._timesteps_text(e.timestep), "steps/s", f"{e.steps_per_s:,.0f}"),
             ("elapsed", _fmt_duration(e.wall_time), "eta", _fmt_duration(remaining)),
             ("games", f"{e.totals.games:,}", "mean length", f"{e.totals.mean_length:.1f}"),
             ("decisive", f"{shares['win_share']:.1%}", "black wins",
