@@ -400,6 +400,13 @@ class Trainer:
             raise LearnerGone(f"the learner failed after its last update: {_first_line(exc)}",
                               in_hand=stopped_at) from exc
 
+    def _end_snapshot(self, final: RunSnapshot) -> Callable[[], RunSnapshot]:
+        """TrainEnd's snapshot: the end as `_final_state` took it, with the callbacks' states
+        as they are when a handler asks (the final evaluation, which finishes in an earlier
+        TrainEnd handler, is in them, as it was before the end was taken early)."""
+        snapshot = dataclasses.replace(final, callbacks=self._callback_states())
+        return lambda: snapshot
+
     def _loop(self, batches: list[Batch] | None) -> list[Batch]:
         """Collect, update, count, fire events, until a stop; return the cut it stopped at
         (the batches gathered and never trained on: not counted).
@@ -499,7 +506,7 @@ class Trainer:
     def _end(self, reason: str, final: RunSnapshot | None) -> None:
         """Fire TrainEnd (with the final snapshot when the loop stopped at a cut) and stop the
         actors."""
-        snapshot = None if final is None else functools.partial(_taken, final)
+        snapshot = None if final is None else functools.partial(self._end_snapshot, final)
         if self.profile.recording and final is not None:
             self.profile.finish()  # the run ended inside the window: what it recorded
         self.bus.emit(TrainEnd(self.state.timestep, self.state.version, reason,
@@ -715,11 +722,6 @@ class Trainer:
             worker_busy=waits.worker_busy, bottleneck=waits.hint(),
             learner_restarts=self.budget.total,
             snapshot=functools.partial(self.snapshot, _payloads(cut), _games(cut))))
-
-
-def _taken(snapshot: RunSnapshot) -> Callable[[], RunSnapshot]:
-    """A snapshot already fetched, in the shape of `Trainer.snapshot`'s answer."""
-    return lambda: snapshot
 
 
 def _first_line(exc: BaseException) -> str:
