@@ -665,4 +665,4 @@ def test_native_writes_to_stdout_never_reach_the_gui(model_file: Path) -> None:
     out = done.stdout.splitlines()
     assert [line for line in out if line.split()[0] not in USI_ANSWERS] == [], out
     assert len([line for line in out if line.startswith("bestmove ")]) == 2, out
-    assert done.stderr.count("Error! failedStep") == 2 and "a stray print" in done.stderr
+    assert "Error! failedStep" in done.stderr and "a stray print" in done.stderr
