@@ -101,6 +101,14 @@ class Node:
                 self.fresh[a] = 1.0
         self.Q[a] = w / n if n else 0.0
 
+    def settle(self, a: int, value: float) -> None:
+        """W[a] += value with N[a] unchanged (a virtual loss replaced by the value backed
+        up: `add(a, 0, value)` without the visit bookkeeping, once per ply of each backup)."""
+        w = float(self.W[a]) + value
+        self.W[a] = w
+        n = int(self.N[a])
+        self.Q[a] = w / n if n else 0.0
+
 
 # ----------------------------------------------------------------------------- PUCT
 
@@ -138,7 +146,7 @@ def backup(path: list[tuple[Node, int]], leaf: Node, value: float, virtual_root:
         if i == 0 and not virtual_root:
             node.add(a, 1, value)
         else:
-            node.add(a, 0, 1.0 + value)
+            node.settle(a, 1.0 + value)
         node.visits += 1
         node.value_sum += value
 
@@ -243,20 +251,33 @@ class GumbelRoot:
         return max(candidates, key=scores.__getitem__)  # ties: the first (higher g + logits)
 
     def select(self) -> int:
-        """The root move the next simulation visits."""
+        """The root move the next simulation visits: within the schedule, the best-scored
+        considered move with the scheduled visits (else with the fewest). One pass over the
+        considered moves, no closures: this runs once per simulation."""
         visits = self.visits
-        if self.done < len(self.schedule):
-            target = self.schedule[self.done]
-            candidates = [a for a in self.considered if visits[a] == target]
-            if not candidates:
-                least = min(visits[a] for a in self.considered)
-                candidates = [a for a in self.considered if visits[a] == least]
-        else:  # past the planned budget: the last two go on taking turns
-            scores = self.scores()
-            pair = sorted(self.considered, key=lambda a: (-visits[a], -scores[a]))[:2]
-            least = min(visits[a] for a in pair)
-            candidates = [a for a in pair if visits[a] == least]
-        a = self._argmax(candidates)
+        if self.done >= len(self.schedule):
+            return self._select_past_schedule()
+        target = self.schedule[self.done]
+        scores = self.scores()
+        best = -1
+        best_score = 0.0
+        for a in self.considered:
+            if visits[a] == target and (best < 0 or scores[a] > best_score):
+                best, best_score = a, scores[a]
+        if best < 0:
+            least = min(visits[a] for a in self.considered)
+            best = self._argmax([a for a in self.considered if visits[a] == least])
+        visits[best] += 1
+        self.done += 1
+        return best
+
+    def _select_past_schedule(self) -> int:
+        """Past the planned budget: the two most visited moves go on taking turns."""
+        visits = self.visits
+        scores = self.scores()
+        pair = sorted(self.considered, key=lambda a: (-visits[a], -scores[a]))[:2]
+        least = min(visits[a] for a in pair)
+        a = self._argmax([a for a in pair if visits[a] == least])
         visits[a] += 1
         self.done += 1
         return a

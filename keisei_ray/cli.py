@@ -556,7 +556,7 @@ def usi_cmd(
     0, plays the raw policy)."""
     import torch
 
-    from keisei_ray.arena.usi import serve
+    from keisei_ray.arena.usi import protocol_stdout, serve
 
     # stdout is the protocol; keep stderr quiet too (a GUI may never read it).
     root = logging.getLogger()
@@ -564,7 +564,9 @@ def usi_cmd(
     cfg = load_config(config, _player_overrides("usi", overrides), preset=preset)
     _at_least_one(threads=threads)
     torch.set_num_threads(threads)
-    serve(_contestant(model), config=cfg, stdin=sys.stdin.buffer, stdout=sys.stdout,
+    contestant = _contestant(model)
+    # From here stdout is the protocol's alone; anything else written to it goes to stderr.
+    serve(contestant, config=cfg, stdin=sys.stdin.buffer, stdout=protocol_stdout(),
           threads=threads)
 
 

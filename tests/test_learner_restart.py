@@ -28,6 +28,8 @@ from keisei_ray.store.checkpoint import list_checkpoints, read_checkpoint, verif
 from keisei_ray.store.saver import CheckpointCallback
 from keisei_ray.training.driver import Trainer, TrainResult
 from keisei_ray.training.metrics import METRICS_FILE, MetricsLog, read_metrics
+from keisei_ray.training.profiling import ProfileWindow
+from keisei_ray.training.tuning import LearnerTuner
 from learner.model import build_model, export_weights
 
 
@@ -199,3 +201,95 @@ def test_a_worker_loads_a_restarted_learner_s_weights_of_a_version_number_it_hol
     held = _weights_of(worker)
     assert all(np.array_equal(held[k], new[k]) for k in new)
     ray.kill(worker)
+
+
+# ----------------------------------------------------------------------------- other phases
+
+
+def _kill_learner() -> None:
+    ray.kill(ray.get_actor("keisei/learner"), no_restart=True)
+
+
+def _healed_once(tmp_path: Path, log: RestartLog, *extra: str) -> TrainResult:
+    """A run killed once by the test (see the callers), healed, completed; its counter adds
+    up and its newest checkpoint is the end, verified, with the run's final weights."""
+    config = restart_config(tmp_path, *extra)
+    run_dir = tmp_path / "healed"
+    run_dir.mkdir()
+    healed = Trainer(config, run_dir, callbacks=[CheckpointCallback(config), log]).run()
+    assert healed.reason == "completed" and healed.learner_restarts == 1, healed
+    assert healed.state.timestep >= config.train.total_timesteps
+    check_counter(log, healed.state.timestep)
+    check_restored_weights(log)
+    newest = max(list_checkpoints(run_dir), key=lambda p: verify_checkpoint(p).timestep)
+    assert verify_checkpoint(newest).timestep == healed.state.timestep
+    saved = read_checkpoint(newest).learner["model"]
+    assert healed.final_weights is not None
+    for name, value in healed.final_weights.items():
+        np.testing.assert_array_equal(value, saved[name].numpy(), err_msg=name)
+    return healed
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_learner_lost_while_autotuning_heals(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # The micro-batch autotune asks the learner after an update: lost there, it heals.
+    log = RestartLog()
+    real = LearnerTuner.after_update
+
+    def after_update(self: LearnerTuner, learner: Any) -> Any:
+        if log.saved and not log.killed_at:
+            log.killed_at.append(log._timestep)
+            _kill_learner()
+        return real(self, learner)
+
+    monkeypatch.setattr(LearnerTuner, "after_update", after_update)
+    _healed_once(tmp_path, log, "train.autotune=true", "train.autotune_interval_s=0.001")
+    assert log.killed_at and log.lost
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_learner_lost_as_profiling_starts_heals_and_is_profiled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = RestartLog()
+    real = ProfileWindow._start
+
+    def start(self: ProfileWindow, learner: Any, workers: list[tuple[int, Any]]) -> None:
+        if log.saved and not log.killed_at:
+            log.killed_at.append(log._timestep)
+            _kill_learner()
+        real(self, learner, workers)
+
+    monkeypatch.setattr(ProfileWindow, "_start", start)
+    # The window starts after the first checkpoint (update 7 of about 11), the learner is lost
+    # then, and the new learner is profiled once the window comes round again.
+    _healed_once(tmp_path, log, "profile.updates=2", "profile.skip_updates=7")
+    assert log.killed_at and log.lost
+    run_dir = tmp_path / "healed"
+    assert (run_dir / "profile" / "learner.pt.trace.json").is_file()
+
+
+class KillAtTheEnd(RestartLog):
+    """Kills the learner at the run's last update, once: before the driver took its end."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = total
+
+    def on_update_done(self, event: UpdateDone) -> None:
+        super().on_update_done(event)
+        if event.timestep >= self.total and not self.killed_at:
+            self.killed_at.append(event.timestep)
+            _kill_learner()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_learner_lost_after_its_last_update_heals_and_the_end_is_checkpointed(
+        tmp_path: Path) -> None:
+    log = KillAtTheEnd(560)
+    healed = _healed_once(tmp_path, log)
+    assert log.lost and log.restarts[0].lost_timestep == log.killed_at[0]
+    assert healed.state.timestep >= 560

@@ -633,3 +633,36 @@ def test_usi_command_takes_usi_and_search_overrides(model_file: Path) -> None:
     assert refused.returncode == 2
     assert "'search.simulations' does not apply here" in refused.stderr
     assert "usi.simulations" in refused.stderr
+
+
+# What cshogi's C++ mate search does in some positions ("Error! failedStep"): native code
+# writing to file descriptor 1 itself, past sys.stdout; and a stray Python print beside it.
+NOISY_ENGINE = """
+import ctypes, sys
+from shogi.search_board import SearchBoard
+libc = ctypes.CDLL(None)
+quiet = SearchBoard.may_mate
+def may_mate(self, plies):
+    libc.puts(b"Error! failedStep")
+    libc.fflush(None)
+    print("a stray print", flush=True)
+    return quiet(self, plies)
+SearchBoard.may_mate = may_mate
+from keisei_ray.cli import main
+main(sys.argv[1:])
+"""
+USI_ANSWERS = {"id", "option", "usiok", "readyok", "info", "bestmove"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_native_writes_to_stdout_never_reach_the_gui(model_file: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", NOISY_ENGINE, "usi", str(model_file)],
+        input="usi\nisready\nposition startpos\ngo nodes 16\nposition startpos moves 7g7f\n"
+        "go nodes 16\nquit\n", capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert [line for line in out if line.split()[0] not in USI_ANSWERS] == [], out
+    assert len([line for line in out if line.startswith("bestmove ")]) == 2, out
+    assert "Error! failedStep" in done.stderr and "a stray print" in done.stderr

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -563,6 +565,18 @@ def _parse_float(name: str, value: str) -> float:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def protocol_stdout() -> TextIO:
+    """The USI protocol's own channel: a private duplicate of the process's file descriptor 1,
+    after which descriptor 1 itself points at stderr. Native code writes to descriptor 1
+    directly, past Python's sys.stdout (cshogi's mate search prints "Error! failedStep" in some
+    positions), and so would a stray print: from here on all of that lands on stderr, and the
+    GUI reads protocol lines only. Call once, before anything is written."""
+    sys.stdout.flush()
+    private = os.dup(1)
+    os.dup2(2, 1)
+    return os.fdopen(private, "w", encoding="utf-8", errors="backslashreplace", newline="\n")
 
 
 def serve(contestant: Contestant, *, config: Config, stdin: BinaryIO, stdout: TextIO,

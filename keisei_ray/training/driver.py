@@ -314,7 +314,9 @@ class Trainer:
         def fetch() -> RunSnapshot:
             try:
                 learner_state = ray.get(learner_ref)
-            except (RayActorError, RayTaskError) as exc:
+            except RayActorError as exc:  # a loss the driver can heal (a TrainingError too)
+                raise LearnerGone(f"the learner failed: {exc.__class__.__name__}") from exc
+            except RayTaskError as exc:
                 raise TrainingError(f"the learner failed: {exc.__class__.__name__}") from exc
             workers: dict[int, dict[str, Any]] = {}
             for worker_id, ref in state_refs.items():
@@ -359,19 +361,19 @@ class Trainer:
         """Train until `total_timesteps` accepted transitions, or until `stop` is set."""
         reason = "completed"
         stopped_at: list[Batch] | None = None  # the cut the loop ended at
+        final: RunSnapshot | None = None  # the run's end, taken at that cut
         self._started = time.monotonic()
         try:
             batches = self._begin()
             while True:
                 try:
                     stopped_at = self._loop(batches)
+                    final = self._final_state(stopped_at)
                     break
                 except LearnerGone as lost:
                     batches = self._recover(lost)
             if self.stop.is_set() and self.state.timestep < self.config.train.total_timesteps:
                 reason = "interrupted"
-            assert self.published is not None
-            self.final_weights = ray.get(self.published.weights[0])
         except KeyboardInterrupt:
             reason = "interrupted"
             stopped_at = None  # a second Ctrl-C: wherever the loop was, no consistent cut
@@ -381,8 +383,29 @@ class Trainer:
             stopped_at = None
             raise
         finally:
-            self._end(reason, stopped_at)
+            self._end(reason, None if stopped_at is None else final)
         return self._result(reason)
+
+    def _final_state(self, stopped_at: list[Batch]) -> RunSnapshot:
+        """The end of the run, taken from the learner while a lost one can still be replaced:
+        its last weights and the final cut's snapshot (what the end checkpoint holds). A
+        learner lost here, after its last update, heals like any other loss: the driver goes
+        back to the last good checkpoint and trains to the end again; afterwards the learner is
+        no longer needed."""
+        assert self.published is not None
+        try:
+            self.final_weights = ray.get(self.published.weights[0])
+            return self.snapshot(_payloads(stopped_at), _games(stopped_at))()
+        except (RayActorError, OutOfMemoryError, NodeDiedError, ObjectLostError) as exc:
+            raise LearnerGone(f"the learner failed after its last update: {_first_line(exc)}",
+                              in_hand=stopped_at) from exc
+
+    def _end_snapshot(self, final: RunSnapshot) -> Callable[[], RunSnapshot]:
+        """TrainEnd's snapshot: the end as `_final_state` took it, with the callbacks' states
+        as they are when a handler asks (the final evaluation, which finishes in an earlier
+        TrainEnd handler, is in them, as it was before the end was taken early)."""
+        snapshot = dataclasses.replace(final, callbacks=self._callback_states())
+        return lambda: snapshot
 
     def _loop(self, batches: list[Batch] | None) -> list[Batch]:
         """Collect, update, count, fire events, until a stop; return the cut it stopped at
@@ -480,11 +503,11 @@ class Trainer:
             batch.version is not None and batch.version <= self._valid_upto.get(batch.lineage,
                                                                                -1))
 
-    def _end(self, reason: str, stopped_at: list[Batch] | None) -> None:
-        """Fire TrainEnd (with a snapshot when the loop stopped at a cut) and stop the actors."""
-        snapshot = (None if stopped_at is None else functools.partial(
-            self.snapshot, _payloads(stopped_at), _games(stopped_at)))
-        if self.profile.recording and stopped_at is not None:
+    def _end(self, reason: str, final: RunSnapshot | None) -> None:
+        """Fire TrainEnd (with the final snapshot when the loop stopped at a cut) and stop the
+        actors."""
+        snapshot = None if final is None else functools.partial(self._end_snapshot, final)
+        if self.profile.recording and final is not None:
             self.profile.finish()  # the run ended inside the window: what it recorded
         self.bus.emit(TrainEnd(self.state.timestep, self.state.version, reason,
                                snapshot=snapshot))
@@ -514,6 +537,8 @@ class Trainer:
         # Checkpoint writers finish now: the newest good checkpoint is read next.
         self.bus.emit(LearnerLost(self.state.timestep, self.state.version, error))
         ray.kill(self.learner, no_restart=True)  # should it linger (unreachable, not dead)
+        if self.profile.recording:  # the window ends with the learner: what survived of it
+            self.profile.finish()
         point = restore_point(self.run_dir)
         snapshot = point.snapshot or self._origin
         if snapshot is None:  # a resumed session whose checkpoints are all gone or bad
@@ -660,6 +685,15 @@ class Trainer:
         except GetTimeoutError as exc:
             raise TrainingError(f"the learner failed: {_first_line(exc)}") from exc
         st = self.state
+        # The profile window and the autotune call the idle learner: lost there, it is lost
+        # before this update counts (its batches are in hand for the restored learner).
+        try:
+            self.profile.after_update(st.updates + 1 - self._updates_start, self.learner,
+                                      [(s.worker_id, s.actor) for s in self.pool.ready_workers])
+            self.tuner.after_update(self.learner)
+        except (RayActorError, OutOfMemoryError, NodeDiedError) as exc:
+            raise LearnerGone(f"the learner failed: {_first_line(exc)}",
+                              in_hand=[*sent, *cut]) from exc
         st.timestep += result.accepted
         st.updates += 1
         st.version = result.published.version
@@ -668,9 +702,6 @@ class Trainer:
         self.learner_busy_s += result.busy_s
         st.games = st.games + _games(sent)
         self.published = result.published
-        self.profile.after_update(st.updates - self._updates_start, self.learner,
-                                  [(s.worker_id, s.actor) for s in self.pool.ready_workers])
-        self.tuner.after_update(self.learner)
         if self.league is not None:
             self.league.on_update(st.updates, st.version, result.published.weights)
         if self._lost_at is not None:

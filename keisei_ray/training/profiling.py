@@ -69,10 +69,15 @@ class ProfileWindow:
         cfg = self.config
         self._learner = learner
         self._worker = min(workers, key=lambda w: w[0]) if workers else None
-        refs = [learner.profile_start.remote(cfg.memory, cfg.with_stack)]
+        started = learner.profile_start.remote(cfg.memory, cfg.with_stack)
         if self._worker is not None:
-            refs.append(self._worker[1].profile_start.remote(cfg.memory, cfg.with_stack))
-        ray.get(refs)
+            try:
+                ray.get(self._worker[1].profile_start.remote(cfg.memory, cfg.with_stack))
+            except (RayActorError, RayTaskError) as exc:  # a worker comes and goes
+                log.warning("profile: worker-%d could not start its profile (%s): the "
+                            "learner's alone", self._worker[0], type(exc).__name__)
+                self._worker = None
+        ray.get(started)  # a lost learner: the driver's to handle (it restarts it)
         self._started_at = time.time()
         self.recording = True
         log.info("profiling %d update(s)%s", cfg.updates,
