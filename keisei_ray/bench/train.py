@@ -72,6 +72,44 @@ def bench_worker(size: str = "small", games: int = 64, steps: int = 32, seconds:
             "ratio": worker_rate / inference}
 
 
+def bench_teacher(simulations: list[int], size: str = "small", games: int = 32,
+                  steps: int = 16, collects: int = 2, warmup: int = 1,
+                  full_search_share: float = 1.0, cheap_simulations: int = 0,
+                  threads: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Self-play worker decisions/s and wire bytes per transition with search as a teacher
+    (`train.search.simulations`) at each budget of `simulations` (0: no search), one process.
+
+    Per budget a fresh worker (same seed, same games to start with) plays `warmup` collects,
+    then `collects` timed ones; the bytes are the encoded batches of the timed collects.
+    """
+    torch.set_num_threads(threads)
+    figures: dict[str, Any] = {"model": size, "games (batch)": games, "plies per collect": steps,
+                               "threads": threads, "full search share": full_search_share,
+                               "cheap simulations": cheap_simulations}
+    for n in simulations:
+        config = load_config(None, [f"model.size={size}", f"train.games_per_worker={games}",
+                                    f"train.rollout_steps={steps}", f"train.seed={seed}",
+                                    f"train.search.simulations={n}",
+                                    f"train.search.full_search_share={full_search_share}",
+                                    f"train.search.cheap_simulations="
+                                    f"{min(cheap_simulations, n) if n else 0}"])
+        worker = SelfPlayWorker(config, worker_id=0)
+        weights = export_weights(worker.model)
+        for _ in range(warmup):
+            worker.collect(weights, 0)
+        transitions = nbytes = 0
+        start = time.perf_counter()
+        for _ in range(collects):
+            summary, payload = worker.collect(None, 0)
+            transitions += summary.transitions
+            nbytes += len(payload)
+        seconds = time.perf_counter() - start
+        label = f"N={n}" if n else "no search"
+        figures[f"{label}: decisions per s"] = transitions / seconds
+        figures[f"{label}: bytes per transition"] = nbytes / transitions
+    return figures
+
+
 class _Holder:
     """A stand-in worker for the broadcast benchmark: a model that loads published weights."""
 
