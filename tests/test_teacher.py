@@ -378,3 +378,44 @@ def test_search_value_mix_moves_the_value_target(target_payload: bytes) -> None:
     buffer.add(batch, search_value_mix=0.25)
     expected = 0.75 * batch.returns + 0.25 * batch.search_value
     np.testing.assert_allclose(buffer.returns[:len(batch)].numpy(), expected, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- search, bench
+
+
+def test_search_many_takes_a_budget_per_position() -> None:
+    cfg = teacher_config()
+    model = SelfPlayWorker(cfg, 0).model
+    env = VecEnv(3, 40)
+    positions = [env.position(slot) for slot in range(3)]
+    from actors.search import TreeSearch
+
+    search = TreeSearch(model, cfg.search.model_copy(update={"simulations": 1,
+                                                              "reuse_tree": False}))
+    results = search.search_many(positions, simulations=[0, 3, 8])
+    assert [r.nodes for r in results] == [0, 3, 8]
+    assert [int(r.root_visits.sum()) for r in results] == [0, 3, 8]
+    for r in results:
+        assert r.root_policy.sum() == pytest.approx(1.0)
+        assert len(r.root_moves) == len(r.root_policy) == len(r.root_visits)
+    # Budget 0: the improved policy is the network's own policy, its value the network's.
+    np.testing.assert_allclose(results[0].root_policy,
+                               [results[0].improved_policy[m] for m in results[0].improved_policy])
+    with pytest.raises(ValueError, match="simulations has 2 entries for 3 positions"):
+        search.search_many(positions, simulations=[1, 2])
+
+
+def test_bench_teacher_reports_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tests.test_cli import run_cli
+
+    code, out, _ = run_cli(["bench", "teacher", "--simulations", "0,2", "--size", "tiny",
+                            "--games", "2", "--steps", "2", "--collects", "1", "--warmup", "0",
+                            "--json"], capsys)
+    assert code == 0, out
+    figures = json.loads(out)
+    assert figures["no search: decisions per s"] > 0 and figures["N=2: decisions per s"] > 0
+    assert figures["N=2: bytes per transition"] > figures["no search: bytes per transition"]
+    code, _, err = run_cli(["bench", "teacher", "--simulations", "4,x"], capsys)
+    assert code == 2 and "--simulations" in err

@@ -94,18 +94,20 @@ def bench_teacher(simulations: list[int], size: str = "small", games: int = 32,
                                     f"train.search.cheap_simulations="
                                     f"{min(cheap_simulations, n) if n else 0}"])
         worker = SelfPlayWorker(config, worker_id=0)
-        weights = export_weights(worker.model)
+        worker.load(export_weights(worker.model), 0)
         for _ in range(warmup):
-            worker.collect(weights, 0)
+            worker.collect(None, 0)
         transitions = nbytes = 0
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(collects):
             summary, payload = worker.collect(None, 0)
             transitions += summary.transitions
             nbytes += len(payload)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
         label = f"N={n}" if n else "no search"
         figures[f"{label}: decisions per s"] = transitions / seconds
+        # Per CPU second of this process: steadier than the wall clock on a shared machine.
+        figures[f"{label}: decisions per CPU s"] = transitions / max(cpu_seconds, 1e-9)
         figures[f"{label}: bytes per transition"] = nbytes / transitions
     return figures
 
