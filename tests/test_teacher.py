@@ -83,7 +83,7 @@ def test_improved_policy_of_a_hand_built_tree() -> None:
 
 
 def test_sparse_target_lays_the_policy_over_the_legal_actions() -> None:
-    node, log_prior, visits, sums = hand_built_node()
+    _node, log_prior, visits, sums = hand_built_node()
     policy = reference_improved_policy(log_prior, 0.15, visits, sums)
     legal = np.array([3, 10, 11, 40, 41, 42, 90, 95], dtype=np.int16)  # one more than searched
     actions = np.array([95, 10, 42, 3, 41, 11, 40])  # the root's order, not sorted
@@ -419,3 +419,17 @@ def test_bench_teacher_reports_its_figures(capsys: pytest.CaptureFixture[str]) -
     assert figures["N=2: bytes per transition"] > figures["no search: bytes per transition"]
     code, _, err = run_cli(["bench", "teacher", "--simulations", "4,x"], capsys)
     assert code == 2 and "--simulations" in err
+
+
+def test_a_learner_update_on_search_targets_moves_the_policy_toward_them(
+        target_payload: bytes) -> None:
+    from learner.learner import Learner
+
+    cfg = teacher_config("ppo.minibatch_size=9", "ppo.epochs=4", "ppo.search_coef=5",
+                         "ppo.learning_rate=0.01", "ppo.entropy_coef=0")
+    learner = Learner(cfg, capacity=64, device="cpu", seed=0)
+    before = learner.update([target_payload])
+    assert before["distill_loss"] > 0 and learner.version == 1
+    after = learner.update([replace(decode(target_payload), policy_version=1)])
+    # Four epochs at a strong distillation weight: the cross-entropy to the targets falls.
+    assert after["distill_loss"] < before["distill_loss"]
