@@ -36,6 +36,7 @@ from actors.tree import (
     Node,
     add_virtual_loss,
     backup,
+    completed_q,
     improved_policy,
     puct_select,
     revert_virtual_loss,
@@ -66,6 +67,14 @@ class SearchResult:
     mate: bool = False  # played by the mate search, before any simulation
     evaluations: int = 0  # positions the network evaluated (the root included)
     seconds: float = 0.0
+    # The same improved policy as arrays (search as a teacher, actors/teacher.py): the root's
+    # cshogi moves, their probabilities and visits (kept subtrees' included), and the policy's
+    # value sum_a policy(a) * completed Q(a) for the side to move (the network's value before
+    # any simulation; 1 for a mate played: then the one move, visited once).
+    root_moves: list[int] = field(default_factory=list)
+    root_policy: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    root_visits: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    policy_value: float = 0.0
 
 
 @dataclass(slots=True)
@@ -221,17 +230,18 @@ class _Tree:
         if self.mate is not None:
             usi = self.mate.usi()
             return SearchResult(usi, 1.0, {}, {usi: 1.0}, [usi], 0, 1, 1, True, 0,
-                                time.perf_counter() - started)
+                                time.perf_counter() - started, [self.mate.cshogi_move],
+                                np.ones(1), np.ones(1, dtype=np.int64), 1.0)
         root = self.root
         s = self.settings
         a = self.best(rng)  # (grows the root's statistics)
         names = SearchBoard.usi(root.moves)
         if s.gumbel:
             policy = improved_policy(root, s.gumbel_c_visit, s.gumbel_c_scale)
-        elif root.total > 0:
-            policy = root.N / root.total
+            policy_value = float(policy @ completed_q(root))
         else:
-            policy = root.prior
+            policy = root.N / root.total if root.total > 0 else root.prior
+            policy_value = float(policy @ root.q()) if root.total > 0 else root.value()
         value = float(root.W[a] / root.N[a]) if root.N[a] > 0 else root.value()
         pv = [names[a]]
         node = root.children[a]
@@ -242,7 +252,8 @@ class _Tree:
         return SearchResult(
             names[a], value, {names[i]: int(n) for i, n in enumerate(root.N) if n > 0},
             {names[i]: float(p) for i, p in enumerate(policy)}, pv, self.sims, len(pv),
-            max(self.seldepth, len(pv)), False, evaluations, time.perf_counter() - started)
+            max(self.seldepth, len(pv)), False, evaluations, time.perf_counter() - started,
+            list(root.moves), policy, root.N.copy(), policy_value)
 
 
 class TreeSearch:
@@ -300,24 +311,34 @@ class TreeSearch:
                                 stop=stop, on_info=on_info, info_interval_s=info_interval_s,
                                 sample=[sample])[0]
 
-    def search_many(self, positions: Sequence[Position], *, simulations: int | None = None,
+    def search_many(self, positions: Sequence[Position], *,
+                    simulations: int | Sequence[int] | None = None,
                     deadline: float | None = None, stop: threading.Event | None = None,
                     on_info: Callable[[SearchResult], None] | None = None,
                     info_interval_s: float = 0.5, sample: Sequence[bool] | None = None
                     ) -> list[SearchResult]:
-        """Search every position at once: one forward per step for all trees."""
+        """Search every position at once: one forward per step for all trees. `simulations`
+        may give each position its own budget (self-play's playout-cap randomization)."""
         with _collector_paused(), torch.inference_mode():
             return self._search_many(positions, simulations, deadline, stop, on_info,
                                      info_interval_s, sample)
 
-    def _search_many(self, positions: Sequence[Position], simulations: int | None,
+    def _search_many(self, positions: Sequence[Position],
+                     simulations: int | Sequence[int] | None,
                      deadline: float | None, stop: threading.Event | None,
                      on_info: Callable[[SearchResult], None] | None, info_interval_s: float,
                      sample: Sequence[bool] | None) -> list[SearchResult]:
         started = time.perf_counter()
         s = self.settings
-        budget = s.simulations if simulations is None else int(simulations)
-        if budget < 0:
+        if simulations is None or isinstance(simulations, int):
+            budgets = [s.simulations if simulations is None else int(simulations)] * len(
+                positions)
+        else:
+            budgets = [int(b) for b in simulations]
+            if len(budgets) != len(positions):
+                raise ValueError(f"simulations has {len(budgets)} entries for "
+                                 f"{len(positions)} positions")
+        if any(b < 0 for b in budgets):
             raise ValueError(f"simulations must be >= 0, got {simulations!r}")
         if s.time_per_move_s > 0:
             limit = time.monotonic() + s.time_per_move_s
@@ -326,8 +347,8 @@ class TreeSearch:
         if len(sample) != len(positions):
             raise ValueError(f"sample has {len(sample)} entries for {len(positions)} positions")
         self._call += 1
-        trees = [self._tree(p, budget, sampled) for p, sampled in zip(positions, sample,
-                                                                       strict=True)]
+        trees = [self._tree(p, budget, sampled) for p, budget, sampled in zip(
+            positions, budgets, sample, strict=True)]
         evaluations = 0
         next_info = time.monotonic() + info_interval_s
         # The roots first (new trees), then steps until every tree is done or time is up.

@@ -43,6 +43,7 @@ from actors.league_games import (
     slot_counts,
 )
 from actors.metrics import WorkerMetrics
+from actors.teacher import SearchTeacher, TeacherStep
 from keisei_ray.codec import ExperienceBatch, encode, summarize_games
 from keisei_ray.config import Config, RewardConfig
 from learner.features import encode_planes, legal_mask, to_tensors
@@ -136,6 +137,9 @@ class SelfPlayWorker:
         self.model = build_model(config.model).eval()
         self.generator = torch.Generator().manual_seed(torch_seed)
         self.version = -1
+        # Search as a teacher (train.search.simulations > 0): it plays the self-play moves.
+        self.teacher = (SearchTeacher(config, self.model, self.env, torch_seed)
+                        if train.search.simulations and self.num_self else None)
         self._obs = self._observe()
 
     def _observe(self) -> Observation | None:
@@ -221,6 +225,10 @@ class SelfPlayWorker:
         next_sign[:, self.num_self:] = 1.0
         states: list[CompactState] = []
         csr: list[tuple[np.ndarray, np.ndarray]] = []
+        # The teacher's per-row fields (actors/teacher.py); no target and the network's value
+        # wherever it does not play.
+        search_values = np.zeros((rows, e), np.float32)
+        teach_steps: list[TeacherStep] = []
         final_rows: list[tuple[int, int, CompactState]] = []
         finished: list[FinishedGame] = []
         duel_results: list[float] = []  # the learner's result in each game vs the opponent
@@ -244,6 +252,14 @@ class SelfPlayWorker:
         for r in range(rows):
             obs = self.obs
             a, lp, v = self._policy(obs)
+            search_values[r] = v
+            # ---- search as a teacher (issue 24): it chooses the self-play moves ----------
+            if self.teacher is not None:
+                teach = self.teacher.choose(obs)
+                a[:ns], lp[:ns] = teach.actions, teach.log_probs
+                search_values[r, :ns] = teach.values
+                teach_steps.append(teach)
+            # ------------------------------------------------------------------------------
             states.append(obs.state)
             csr.append((obs.legal_offsets, obs.legal_actions))
             actions[r], log_probs[r], values[r] = a, lp, v
@@ -259,6 +275,8 @@ class SelfPlayWorker:
                     for member, g in zip(games.members, games.finished, strict=True))
             with record_function("env_step"):
                 step = self.env.step(a[:ns])
+            if self.teacher is not None:
+                self.teacher.advance(a[:ns], {game.slot for game in step.finished})
             rewards[r, :ns] = step.rewards
             terminated[r, :ns] = step.terminated | step.truncated  # the cap: a terminal draw
             for game in step.finished:
@@ -296,6 +314,10 @@ class SelfPlayWorker:
         flat = r_idx * e + s_idx
         batch_offsets, batch_legal = csr_take(offsets, legal, flat)
         results, lengths, reasons = summarize_games(finished)
+        targets = {}
+        if self.teacher is not None:
+            self.teacher.end_collect()
+            targets = _teacher_fields(teach_steps, r_idx, s_idx)
         batch = ExperienceBatch(
             state=all_state.take(flat),
             action=actions[r_idx, s_idx],
@@ -310,6 +332,8 @@ class SelfPlayWorker:
             game_results=results,
             game_lengths=lengths,
             game_reasons=reasons,
+            search_value=search_values[r_idx, s_idx],
+            **targets,
         )
         with record_function("encode"):
             payload = encode(batch)
@@ -375,6 +399,7 @@ class SelfPlayWorker:
             "duels": None if self.duels is None else self.duels.get_state(),
             "league": None if self.league is None else self.league.get_state(),
             "generator": self.generator.get_state().numpy(),
+            "teacher": None if self.teacher is None else self.teacher.get_state(),
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
@@ -399,6 +424,13 @@ class SelfPlayWorker:
         if "carry" in state:
             log.info("worker-%d: the saved state holds rows held back by an older version; "
                      "they are not shipped", self.worker_id)
+        if self.teacher is not None:
+            if state.get("teacher") is None:
+                log.info("worker-%d: the saved state has no search teacher (train.search was "
+                         "off): its search starts from its seed", self.worker_id)
+                self.teacher.sync(self.env)
+            else:
+                self.teacher.set_state(state["teacher"], self.env)
         self.obs = self._observe()
         self.generator = generator
 
@@ -437,6 +469,26 @@ def material_weight(reward: RewardConfig, progress: float) -> float:
     if share is None:
         return reward.material
     return reward.material * max(0.0, 1.0 - max(progress, 0.0) / share)
+
+
+def _teacher_fields(steps: list[TeacherStep], r_idx: np.ndarray,
+                    s_idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The batch's target fields (keisei_ray/codec.py) from the teacher's steps, in the
+    batch's row order (ply r_idx, slot s_idx); slots the teacher does not play have none."""
+    ns = len(steps[0].actions)
+    counts = np.zeros(len(r_idx), np.uint16)
+    rest = np.zeros(len(r_idx), np.float16)
+    index: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
+    for j, (r, s) in enumerate(zip(r_idx.tolist(), s_idx.tolist(), strict=True)):
+        if s < ns and steps[r].has_target[s]:
+            counts[j] = len(steps[r].index[s])
+            rest[j] = steps[r].rest[s]
+            index.append(steps[r].index[s])
+            probs.append(steps[r].probs[s])
+    return {"target_counts": counts, "target_rest": rest,
+            "target_index": np.concatenate([np.zeros(0, np.uint16), *index]).astype(np.uint16),
+            "target_probs": np.concatenate([np.zeros(0), *probs]).astype(np.float16)}
 
 
 def _concat_csr(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

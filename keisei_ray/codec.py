@@ -28,7 +28,11 @@ import numpy as np
 from shogi import HAND_MAX, NUM_ACTIONS, Color, CompactState, FinishedGame, Termination
 from shogi.compact import STATE_FIELDS, STATE_LAYOUT
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the search teacher's fields (target_counts, target_index, target_probs, target_rest,
+search_value; issue 24)."""
+TARGET_SUM_TOLERANCE = 1e-2
+"""How far a row's shipped improved policy (float16 entries) may sum from 1."""
 MAX_ENCODED_BYTES = 256 << 20
 """Largest input `decode` accepts by default (and largest decompressed payload)."""
 TERMINATIONS: tuple[Termination, ...] = tuple(Termination)
@@ -50,6 +54,16 @@ class ExperienceBatch:
     Per transition: the compact state before the move, the action taken, the behaviour
     log-prob and value, the GAE advantage and return. Legal actions are CSR: row i's are
     legal_actions[legal_offsets[i]:legal_offsets[i + 1]], sorted ascending.
+
+    Search as a teacher (actors/teacher.py): a row with a target carries the search's improved
+    policy pi' sparsely. pi' is the network's prior times one constant on every move the search
+    did not visit (their completed Q is the same mixed value), so a row ships the probabilities
+    of its visited moves, `target_counts[i]` of them: `target_index` (positions in the row's
+    legal actions, ascending) and `target_probs`, concatenated in row order (T entries), and
+    `target_rest[i]`, the mass of the unvisited moves, which the learner spreads over them in
+    proportion to its own policy. `target_counts` is 0 on a row without a target.
+    `search_value` is the search's value for the side to move (the network's value on rows
+    not searched). Left empty, they are filled in: no target, the search value = `value`.
     """
 
     state: CompactState
@@ -68,6 +82,36 @@ class ExperienceBatch:
         default_factory=lambda: np.zeros(0, dtype=np.int32))
     game_reasons: np.ndarray = field(  # uint8 [G]: index into TERMINATIONS
         default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    target_counts: np.ndarray = field(  # uint16 [N]: visited moves shipped (0: no target)
+        default_factory=lambda: np.zeros(0, dtype=np.uint16))
+    target_index: np.ndarray = field(  # uint16 [T]: their positions in the row's legal actions
+        default_factory=lambda: np.zeros(0, dtype=np.uint16))
+    target_probs: np.ndarray = field(  # float16 [T]: their probabilities
+        default_factory=lambda: np.zeros(0, dtype=np.float16))
+    target_rest: np.ndarray = field(  # float16 [N]: the unvisited moves' mass
+        default_factory=lambda: np.zeros(0, dtype=np.float16))
+    search_value: np.ndarray = field(  # float32 [N]
+        default_factory=lambda: np.zeros(0, dtype=np.float32))
+
+    def __post_init__(self) -> None:
+        n = len(self.action)
+        # Left empty (a batch without the teacher): no target, the search value = the value.
+        if n and len(self.target_counts) == 0:
+            self.target_counts = np.zeros(n, dtype=np.uint16)
+        if n and len(self.target_rest) == 0:
+            self.target_rest = np.zeros(n, dtype=np.float16)
+        if n and len(self.search_value) == 0:
+            self.search_value = np.array(self.value, dtype=np.float32)
+
+    @property
+    def has_target(self) -> np.ndarray:
+        """bool [N]: the rows that carry a target."""
+        return np.asarray(self.target_counts) > 0
+
+    def target_rows(self) -> np.ndarray:
+        """intp [T]: the row of each shipped target entry."""
+        counts = np.asarray(self.target_counts, dtype=np.int64)
+        return np.repeat(np.arange(len(counts)), counts)
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -75,27 +119,32 @@ class ExperienceBatch:
 
 # The schema: name -> (dtype, shape given (n, m, g)). The compact state's arrays come first, as
 # shogi.compact.STATE_LAYOUT declares them (the order is part of the wire bytes).
-_Shape = Callable[[int, int, int], tuple[int, ...]]
+_Shape = Callable[[int, int, int, int], tuple[int, ...]]
 
 
 def _per_row(shape: tuple[int, ...]) -> _Shape:
-    return lambda n, m, g: (n, *shape)
+    return lambda n, m, g, t: (n, *shape)
 
 
 _SCHEMA: dict[str, tuple[np.dtype, _Shape]] = {
     **{f.name: (f.dtype, _per_row(f.shape)) for f in STATE_LAYOUT},
-    "action": (np.dtype(np.int16), lambda n, m, g: (n,)),
-    "log_prob": (np.dtype(np.float32), lambda n, m, g: (n,)),
-    "value": (np.dtype(np.float32), lambda n, m, g: (n,)),
-    "advantage": (np.dtype(np.float32), lambda n, m, g: (n,)),
-    "returns": (np.dtype(np.float32), lambda n, m, g: (n,)),
-    "legal_offsets": (np.dtype(np.int32), lambda n, m, g: (n + 1,)),
-    "legal_actions": (np.dtype(np.int16), lambda n, m, g: (m,)),
-    "game_results": (np.dtype(np.int8), lambda n, m, g: (g,)),
-    "game_lengths": (np.dtype(np.int32), lambda n, m, g: (g,)),
-    "game_reasons": (np.dtype(np.uint8), lambda n, m, g: (g,)),
+    "action": (np.dtype(np.int16), lambda n, m, g, t: (n,)),
+    "log_prob": (np.dtype(np.float32), lambda n, m, g, t: (n,)),
+    "value": (np.dtype(np.float32), lambda n, m, g, t: (n,)),
+    "advantage": (np.dtype(np.float32), lambda n, m, g, t: (n,)),
+    "returns": (np.dtype(np.float32), lambda n, m, g, t: (n,)),
+    "legal_offsets": (np.dtype(np.int32), lambda n, m, g, t: (n + 1,)),
+    "legal_actions": (np.dtype(np.int16), lambda n, m, g, t: (m,)),
+    "game_results": (np.dtype(np.int8), lambda n, m, g, t: (g,)),
+    "game_lengths": (np.dtype(np.int32), lambda n, m, g, t: (g,)),
+    "game_reasons": (np.dtype(np.uint8), lambda n, m, g, t: (g,)),
+    "target_counts": (np.dtype(np.uint16), lambda n, m, g, t: (n,)),
+    "target_index": (np.dtype(np.uint16), lambda n, m, g, t: (t,)),
+    "target_probs": (np.dtype(np.float16), lambda n, m, g, t: (t,)),
+    "target_rest": (np.dtype(np.float16), lambda n, m, g, t: (n,)),
+    "search_value": (np.dtype(np.float32), lambda n, m, g, t: (n,)),
 }
-_HEADER_KEYS = ("policy_version", "worker_id", "n", "m", "g")
+_HEADER_KEYS = ("policy_version", "worker_id", "n", "m", "g", "t")
 
 
 def _arrays(batch: ExperienceBatch) -> dict[str, np.ndarray]:
@@ -154,7 +203,7 @@ def encode(batch: ExperienceBatch) -> bytes:
     arrays = {name: np.ascontiguousarray(a) for name, a in _arrays(batch).items()}
     header = {"policy_version": int(batch.policy_version), "worker_id": int(batch.worker_id),
               "n": len(arrays["action"]), "m": len(arrays["legal_actions"]),
-              "g": len(arrays["game_results"])}
+              "g": len(arrays["game_results"]), "t": len(arrays["target_probs"])}
     _validate(header, arrays)
     arrays["legal_actions"] = _delta_rows(arrays["legal_actions"], arrays["legal_offsets"])
     packed = {name: [a.dtype.str, list(a.shape), _shuffle(a)] for name, a in arrays.items()}
@@ -180,7 +229,9 @@ def decode(data: bytes | bytearray | memoryview,
     version, crc, raw_size = _HEADER.unpack_from(view)
     if version != FORMAT_VERSION:
         raise CodecError(f"unsupported format version {version} (this build reads "
-                         f"{FORMAT_VERSION})")
+                         f"{FORMAT_VERSION}): a batch from "
+                         f"{'an older' if version < FORMAT_VERSION else 'another'} keisei-ray "
+                         "build")
     if zlib.crc32(view[5:]) != crc:
         raise CodecError("checksum mismatch: the batch is truncated or corrupted")
     if raw_size > max_bytes:
@@ -215,7 +266,7 @@ def _from_message(message: Any) -> ExperienceBatch:
     if not isinstance(packed, dict) or set(packed) != set(_SCHEMA):
         keys = sorted(packed) if isinstance(packed, dict) else type(packed).__name__
         raise CodecError(f"unexpected array set: {keys}")
-    sizes = (header["n"], header["m"], header["g"])
+    sizes = (header["n"], header["m"], header["g"], header["t"])
     arrays = {name: _unpack_array(name, packed[name], sizes) for name in _SCHEMA}
     arrays["legal_actions"] = _undelta_rows(arrays["legal_actions"],
                                             _checked_offsets(arrays["legal_offsets"],
@@ -226,7 +277,7 @@ def _from_message(message: Any) -> ExperienceBatch:
                            worker_id=header["worker_id"], **arrays)
 
 
-def _unpack_array(name: str, item: Any, sizes: tuple[int, int, int]) -> np.ndarray:
+def _unpack_array(name: str, item: Any, sizes: tuple[int, int, int, int]) -> np.ndarray:
     dtype, shape_of = _SCHEMA[name]
     shape = shape_of(*sizes)
     if not (isinstance(item, list) and len(item) == 3 and isinstance(item[2], bytes)):
@@ -252,14 +303,14 @@ def _checked_offsets(offsets: np.ndarray, m: int) -> np.ndarray:
 
 def _validate(header: dict[str, int], arrays: dict[str, np.ndarray]) -> None:
     """Shapes, dtypes, value ranges and CSR consistency; CodecError naming the first problem."""
-    n, m, g = header["n"], header["m"], header["g"]
+    n, m, g, t = header["n"], header["m"], header["g"], header["t"]
     for key in ("policy_version", "worker_id"):
         if not 0 <= header[key] < 2**63:
             raise CodecError(f"{key} must be a non-negative int64, got {header[key]!r}")
     for name, (dtype, shape_of) in _SCHEMA.items():
         array = arrays[name]
-        if array.dtype != dtype or array.shape != shape_of(n, m, g):
-            raise CodecError(f"{name}: expected {dtype} {list(shape_of(n, m, g))}, got "
+        if array.dtype != dtype or array.shape != shape_of(n, m, g, t):
+            raise CodecError(f"{name}: expected {dtype} {list(shape_of(n, m, g, t))}, got "
                              f"{array.dtype} {list(array.shape)}")
     offsets, legal = arrays["legal_offsets"], arrays["legal_actions"]
     _checked_offsets(offsets, m)
@@ -279,9 +330,49 @@ def _validate(header: dict[str, int], arrays: dict[str, np.ndarray]) -> None:
         bad = int(np.flatnonzero(~taken)[0])
         raise CodecError(f"action {int(arrays['action'][bad])} of transition {bad} is not "
                          "among its legal actions")
+    _validate_targets(arrays, t)
     _check_range("game_results", arrays["game_results"], -1, 1)
     _check_range("game_lengths", arrays["game_lengths"], 0, np.iinfo(np.int32).max)
     _check_range("game_reasons", arrays["game_reasons"], 0, len(TERMINATIONS) - 1)
+
+
+def _validate_targets(arrays: dict[str, np.ndarray], t: int) -> None:
+    """The teacher's fields: T = the sum of the counts, at most a row's legal actions, indices
+    ascending within their row's legal actions, probabilities in 0..1 that sum with the rest
+    to 1 on a target row, no rest without a target, finite search values."""
+    counts = arrays["target_counts"].astype(np.int64)
+    legal = np.diff(arrays["legal_offsets"]).astype(np.int64)
+    if int(counts.sum()) != t:
+        raise CodecError(f"target_counts sum to {int(counts.sum())}, target_index holds {t}")
+    over = np.flatnonzero(counts > legal)
+    if len(over):
+        raise CodecError(f"target_counts: transition {int(over[0])} ships {int(counts[over[0]])}"
+                         f" moves of its {int(legal[over[0]])} legal actions")
+    rows = np.repeat(np.arange(len(counts)), counts)
+    index = arrays["target_index"].astype(np.int64)
+    if t and np.any(index >= legal[rows]):
+        bad = int(np.flatnonzero(index >= legal[rows])[0])
+        raise CodecError(f"target_index: {int(index[bad])} of transition {int(rows[bad])} is "
+                         f"outside its {int(legal[rows[bad]])} legal actions")
+    if t > 1 and np.any((np.diff(index) <= 0) & (rows[1:] == rows[:-1])):
+        raise CodecError("target_index: not strictly ascending within a transition")
+    probs = arrays["target_probs"].astype(np.float64)
+    rest = arrays["target_rest"].astype(np.float64)
+    for name, values in (("target_probs", probs), ("target_rest", rest)):
+        if not np.all(np.isfinite(values)):
+            raise CodecError(f"{name}: holds NaN or infinity")
+        if values.size and (values.min() < 0.0 or values.max() > 1.0):
+            raise CodecError(f"{name}: a probability outside 0..1")
+    if np.any(rest[counts == 0] != 0.0):
+        raise CodecError("target_rest: nonzero on a transition without a target")
+    sums = np.bincount(rows, weights=probs, minlength=len(counts))
+    bad_sum = np.flatnonzero((counts > 0) & (np.abs(sums + rest - 1.0) > TARGET_SUM_TOLERANCE))
+    if len(bad_sum):
+        row = int(bad_sum[0])
+        raise CodecError(f"the target of transition {row} sums to {sums[row] + rest[row]:.4g}, "
+                         "not 1")
+    if not np.all(np.isfinite(arrays["search_value"])):
+        raise CodecError("search_value: holds NaN or infinity")
 
 
 def _check_range(name: str, array: np.ndarray, low: int, high: int) -> None:

@@ -123,6 +123,13 @@ class PPOConfig(Section):
     amp: Literal["off", "bf16", "fp16"] = Field(
         "off", description="mixed precision of the learner's forward pass (fp16 adds a scaler)")
     compile: bool = Field(False, description="torch.compile the learner's model (CUDA only)")
+    search_coef: float = Field(1.0, ge=0.0, le=1e3, description="weight of the distillation "
+                               "term (cross-entropy from the search's improved policy to the "
+                               "network's) on the rows that carry a target "
+                               "(train.search.simulations > 0)")
+    search_value_mix: float = Field(0.0, ge=0.0, le=1.0, description="on rows with a search "
+                                    "target, the value target is (1 - this) * return + this * "
+                                    "the search's root value")
     max_policy_lag: int = Field(
         1, ge=0, le=1000, description="drop batches whose policy version is more than this "
         "many updates old (0: strictly synchronous)")
@@ -141,6 +148,32 @@ class RewardConfig(Section):
         "to 0 over this share of training (progress: the larger of timesteps / "
         "train.total_timesteps and minutes / train.max_minutes), so the objective at the end "
         "is the game result alone; None: constant")
+
+
+class TrainSearchConfig(Section):
+    """Search as a teacher in self-play (issue 24, docs/learning.md): workers choose their
+    self-play moves with the Gumbel tree search (the other settings of `search.*`: c_puct,
+    fpu, c_visit/c_scale, leaves per forward, mate search), sample the move played from the
+    search's improved policy and ship that policy as a distillation target (`ppo.search_coef`).
+    Playout-cap randomization (KataGo): a share of the moves gets the full search and a target,
+    the rest a cheap search without one."""
+
+    simulations: int = Field(0, ge=0, le=100_000, description="simulations of a full search "
+                             "per self-play move; 0: no search, the raw policy (the default)")
+    gumbel_moves: int = Field(16, ge=1, le=1000, description="moves a full search considers at "
+                              "the root (m of the Gumbel root)")
+    full_search_share: float = Field(1.0, gt=0.0, le=1.0, description="share of the moves "
+                                     "that get the full search and a distillation target "
+                                     "(playout-cap randomization); the rest a cheap search")
+    cheap_simulations: int = Field(0, ge=0, le=100_000, description="simulations of a cheap "
+                                   "search (no target); 0: the raw policy")
+
+    @model_validator(mode="after")
+    def _cheap_below_full(self) -> TrainSearchConfig:
+        if self.simulations and self.cheap_simulations > self.simulations:
+            raise ValueError(f"cheap_simulations ({self.cheap_simulations}) must not exceed "
+                             f"simulations ({self.simulations})")
+        return self
 
 
 class TrainConfig(Section):
@@ -207,6 +240,7 @@ class TrainConfig(Section):
                                  "'package.module:ClassName'")
     runs_dir: str = Field("runs", description="folder that holds one folder per run")
     run_name: str | None = Field(None, description="run folder name (None: timestamp + short id)")
+    search: TrainSearchConfig = Field(default_factory=TrainSearchConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -38,6 +38,14 @@ class Minibatch:
     # PPO); equal to the behaviour ones when the update is not decoupled.
     prox_log_probs: torch.Tensor  # float32 [B]
     prox_values: torch.Tensor  # float32 [B]
+    # Search as a teacher (keisei_ray/codec.py's layout): per legal action, the improved
+    # policy of a visited move, -1 for an unvisited one (it shares `target_rest` in
+    # proportion to the network's policy), 0 on the rows without a target; None when the
+    # buffer holds no target. `distill_scale` = rows / target rows of the buffer, so that the
+    # distillation term averages over the target rows.
+    targets: torch.Tensor | None = None  # float32 [M]
+    target_rest: torch.Tensor | None = None  # float32 [B]
+    distill_scale: float = 0.0
 
 
 class ExperienceBuffer:
@@ -62,6 +70,11 @@ class ExperienceBuffer:
         self.prox_values = alloc(capacity, dtype=torch.float32)
         self.legal_offsets = alloc(capacity + 1, dtype=torch.int64)
         self.legal_actions = alloc(capacity * INITIAL_LEGAL_PER_ROW, dtype=torch.int16)
+        # The teacher's improved policy per legal action (actors/teacher.py), allocated with
+        # the first batch that carries one.
+        self.target_probs: torch.Tensor | None = None
+        self.target_rest = alloc(capacity, dtype=torch.float32)
+        self.num_targets = 0
         self.size = 0
         self.num_legal = 0
 
@@ -71,9 +84,12 @@ class ExperienceBuffer:
     def clear(self) -> None:
         self.size = 0
         self.num_legal = 0
+        self.num_targets = 0
 
-    def add(self, batch: ExperienceBatch) -> None:
-        """Append a decoded batch (copied to the device)."""
+    def add(self, batch: ExperienceBatch, search_value_mix: float = 0.0) -> None:
+        """Append a decoded batch (copied to the device). On the rows with a search target the
+        value target becomes (1 - search_value_mix) * return + search_value_mix * the search's
+        value (`ppo.search_value_mix`)."""
         n, m = len(batch), len(batch.legal_actions)
         if self.size + n > self.capacity:
             raise ValueError(f"batches hold more than the buffer's capacity of {self.capacity} "
@@ -87,7 +103,23 @@ class ExperienceBuffer:
         _copy_into(self.log_probs[rows], batch.log_prob)
         _copy_into(self.values[rows], batch.value)
         _copy_into(self.advantages[rows], batch.advantage)
-        _copy_into(self.returns[rows], batch.returns)
+        has_target = np.asarray(batch.has_target) > 0
+        returns = batch.returns
+        if search_value_mix > 0 and has_target.any():
+            mixed = (1.0 - search_value_mix) * returns + search_value_mix * batch.search_value
+            returns = np.where(has_target, mixed, returns).astype(np.float32)
+        _copy_into(self.returns[rows], returns)
+        _copy_into(self.target_rest[rows], batch.target_rest.astype(np.float32))
+        if has_target.any() and self.target_probs is None:
+            self.target_probs = torch.zeros(len(self.legal_actions), dtype=torch.float16,
+                                            device=self.device)
+        if self.target_probs is not None:
+            per_legal = np.zeros(m, dtype=np.float16)
+            per_legal[np.repeat(has_target, np.diff(batch.legal_offsets))] = -1.0  # unvisited
+            visited = batch.legal_offsets[batch.target_rows()] + batch.target_index
+            per_legal[visited] = batch.target_probs
+            _copy_into(self.target_probs[self.num_legal:self.num_legal + m], per_legal)
+        self.num_targets += int(has_target.sum())
         offsets = torch.from_numpy(batch.legal_offsets[1:].astype(np.int64)) + self.num_legal
         self.legal_offsets[self.size + 1:self.size + n + 1].copy_(offsets)
         _copy_into(self.legal_actions[self.num_legal:self.num_legal + m], batch.legal_actions)
@@ -103,6 +135,10 @@ class ExperienceBuffer:
         grown = torch.zeros(size, dtype=torch.int16, device=self.device)
         grown[:self.num_legal] = self.legal_actions[:self.num_legal]
         self.legal_actions = grown
+        if self.target_probs is not None:
+            targets = torch.zeros(size, dtype=torch.float16, device=self.device)
+            targets[:self.num_legal] = self.target_probs[:self.num_legal]
+            self.target_probs = targets
 
     def normalize_advantages(self) -> None:
         """Advantages to zero mean and unit standard deviation over the buffer."""
@@ -115,6 +151,11 @@ class ExperienceBuffer:
         """Planes, legal actions and training targets of `rows` (a long tensor on the device)."""
         offsets, actions = gather_csr(self.legal_offsets[:self.size + 1],
                                       self.legal_actions[:self.num_legal], rows)
+        targets = rest = None
+        if self.num_targets and self.target_probs is not None:
+            targets = gather_csr(self.legal_offsets[:self.size + 1],
+                                 self.target_probs[:self.num_legal], rows)[1].float()
+            rest = self.target_rest[rows]
         return Minibatch(
             # channels_last: the layout the learner's model uses (about 25% faster convolution
             # backward on CPU, and what tensor cores want on CUDA).
@@ -129,6 +170,9 @@ class ExperienceBuffer:
             returns=self.returns[rows],
             prox_log_probs=self.prox_log_probs[rows],
             prox_values=self.prox_values[rows],
+            targets=targets,
+            target_rest=rest,
+            distill_scale=self.size / self.num_targets if self.num_targets else 0.0,
         )
 
     def behaviour_as_proximal(self) -> None:

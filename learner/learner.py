@@ -123,7 +123,7 @@ class Learner:
                           batch.worker_id, batch.policy_version, self.version)
                 dropped += 1
                 continue
-            self.buffer.add(batch)
+            self.buffer.add(batch, self.ppo.search_value_mix)
             max_lag = max(max_lag, lag)
         self.dropped_batches += dropped
         accepted = len(self.buffer)

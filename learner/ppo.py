@@ -51,6 +51,27 @@ def lr_at(progress: float, ppo: PPOConfig) -> float:
     return weight * ppo.learning_rate + (1.0 - weight) * ppo.final_learning_rate
 
 
+def distillation_loss(log_probs: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
+                      rest: torch.Tensor) -> torch.Tensor:
+    """Search as a teacher (issue 24): the cross-entropy -sum_a target(a) log pi_theta(a) of
+    each row over its legal actions, averaged over the rows (`rest` has one entry per row).
+
+    `log_probs`, `rows` and `targets` [M] are aligned entry by entry (the rows' legal actions,
+    CSR order). `targets` holds the search's improved policy of each visited move, -1 on an
+    unvisited one, 0 on a row without a target (which adds 0). The improved policy is the
+    prior times one constant on the unvisited moves, so their target is the row's `rest`
+    shared in proportion to the network's own policy (a constant: no gradient flows through
+    it); with the network that played the row this is exactly the search's improved policy.
+    The gradient in a target row's legal logits is pi_theta - target, as any cross-entropy's.
+    """
+    unvisited = targets < 0
+    weights = torch.where(unvisited, log_probs.detach().exp(), 0.0)
+    mass = torch.zeros_like(rest).index_add(0, rows, weights)
+    share = rest / mass.clamp(min=torch.finfo(mass.dtype).tiny)
+    target = torch.where(unvisited, weights * share[rows], targets)
+    return -(target * log_probs).sum() / max(rest.shape[0], 1)
+
+
 def ppo_loss(
     logits: torch.Tensor, values: torch.Tensor, batch: Minibatch, ppo: PPOConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -83,6 +104,13 @@ def ppo_loss(
 
     entropy = policy.entropy().mean()
     loss = policy_loss + ppo.value_coef * value_loss - ppo.entropy_coef * entropy
+    # Search as a teacher: distil the search's improved policy on the rows that carry it
+    # (scaled to a mean over those rows: distill_scale = rows / target rows of the buffer).
+    distill = None
+    if batch.targets is not None and batch.target_rest is not None:
+        distill = batch.distill_scale * distillation_loss(
+            policy.log_probs, policy.rows, batch.targets, batch.target_rest)
+        loss = loss + ppo.search_coef * distill
 
     with torch.no_grad():
         stats = {
@@ -95,6 +123,8 @@ def ppo_loss(
             "behaviour_kl": ((behaviour_ratio - 1.0) - behaviour_log_ratio).mean(),
             "behaviour_clipped": (behaviour_ratio > ppo.behaviour_ratio_clip).float().mean(),
         }
+        if distill is not None:
+            stats["distill_loss"] = distill.detach()
     return loss, stats
 
 

@@ -146,6 +146,34 @@ def bench_worker_cmd(size: str = "small", games: int = 64, steps: int = 32,
                                                    policy_head=policy_head), as_json)
 
 
+@bench_app.command("teacher")
+def bench_teacher_cmd(
+    simulations: Annotated[str, typer.Option(
+        help="Comma-separated train.search.simulations to compare (0: no search).")] = "0,4,8,16",
+    size: str = "small", games: int = 32, steps: int = 16,
+    collects: Annotated[int, typer.Option(help="Timed collects per budget.")] = 2,
+    warmup: Annotated[int, typer.Option(help="Collects before timing (into the game).")] = 1,
+    full_search_share: float = 1.0, cheap_simulations: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Self-play worker decisions/s and bytes per transition with search as a teacher."""
+    from keisei_ray.bench.train import bench_teacher
+
+    try:
+        budgets = [int(x) for x in simulations.split(",")]
+    except ValueError:
+        raise ConfigError(f"--simulations: expected comma-separated integers, got "
+                          f"{simulations!r}") from None
+    if collects < 1 or warmup < 0:
+        raise ConfigError(f"--collects must be >= 1 and --warmup >= 0, got {collects} and "
+                          f"{warmup}")
+    _print_figures("Search as a teacher: self-play worker",
+                   bench_teacher(budgets, size=size, games=games, steps=steps,
+                                 collects=collects, warmup=warmup,
+                                 full_search_share=full_search_share,
+                                 cheap_simulations=cheap_simulations), as_json)
+
+
 @bench_app.command("search")
 def bench_search_cmd(
     sizes: Annotated[str, typer.Option(help="Comma-separated model sizes.")] = "tiny,small",

@@ -76,7 +76,7 @@ def _tamper_message(message: dict[str, Any], rng: random.Random) -> None:
     arrays = message["arrays"]
     name = rng.choice(sorted(arrays))
     if choice == 0:
-        message[rng.choice(["n", "m", "g", "policy_version", "worker_id"])] = rng.choice(
+        message[rng.choice(["n", "m", "g", "t", "policy_version", "worker_id"])] = rng.choice(
             [-1, 2**63, 2**64 - 1, 2**40, 0, 1, "3", 1.5, None])
     elif choice == 1:
         arrays[name][0] = rng.choice(["<i8", "|O", "<f2", "|u1", ">i2", "<U4", 7])
@@ -92,7 +92,7 @@ def _tamper_message(message: dict[str, Any], rng: random.Random) -> None:
         arrays[name][2] = bytes(data)
     elif choice == 5:
         huge = 2**40
-        message.update(n=huge, m=huge, g=huge)
+        message.update(n=huge, m=huge, g=huge, t=huge)
         for key, (dtype, shape) in {"board": ("|i1", [huge, 81])}.items():
             arrays[key][:2] = [dtype, shape]
     else:

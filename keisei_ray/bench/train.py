@@ -72,6 +72,46 @@ def bench_worker(size: str = "small", games: int = 64, steps: int = 32, seconds:
             "ratio": worker_rate / inference}
 
 
+def bench_teacher(simulations: list[int], size: str = "small", games: int = 32,
+                  steps: int = 16, collects: int = 2, warmup: int = 1,
+                  full_search_share: float = 1.0, cheap_simulations: int = 0,
+                  threads: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Self-play worker decisions/s and wire bytes per transition with search as a teacher
+    (`train.search.simulations`) at each budget of `simulations` (0: no search), one process.
+
+    Per budget a fresh worker (same seed, same games to start with) plays `warmup` collects,
+    then `collects` timed ones; the bytes are the encoded batches of the timed collects.
+    """
+    torch.set_num_threads(threads)
+    figures: dict[str, Any] = {"model": size, "games (batch)": games, "plies per collect": steps,
+                               "threads": threads, "full search share": full_search_share,
+                               "cheap simulations": cheap_simulations}
+    for n in simulations:
+        config = load_config(None, [f"model.size={size}", f"train.games_per_worker={games}",
+                                    f"train.rollout_steps={steps}", f"train.seed={seed}",
+                                    f"train.search.simulations={n}",
+                                    f"train.search.full_search_share={full_search_share}",
+                                    f"train.search.cheap_simulations="
+                                    f"{min(cheap_simulations, n) if n else 0}"])
+        worker = SelfPlayWorker(config, worker_id=0)
+        worker.load(export_weights(worker.model), 0)
+        for _ in range(warmup):
+            worker.collect(None, 0)
+        transitions = nbytes = 0
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(collects):
+            summary, payload = worker.collect(None, 0)
+            transitions += summary.transitions
+            nbytes += len(payload)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+        label = f"N={n}" if n else "no search"
+        figures[f"{label}: decisions per s"] = transitions / seconds
+        # Per CPU second of this process: steadier than the wall clock on a shared machine.
+        figures[f"{label}: decisions per CPU s"] = transitions / max(cpu_seconds, 1e-9)
+        figures[f"{label}: bytes per transition"] = nbytes / transitions
+    return figures
+
+
 class _Holder:
     """A stand-in worker for the broadcast benchmark: a model that loads published weights."""
 
