@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import math
 import queue
@@ -357,9 +358,16 @@ def draw_seed(generator: torch.Generator) -> int:
 # ----------------------------------------------------------------------------- the Ray actor
 
 
-def _fetch_boxed(box: Sequence[Any]) -> Mapping[str, np.ndarray]:
+def fetch_weights(box: Sequence[Any]) -> Mapping[str, np.ndarray]:
+    """The weights of a boxed ObjectRef (as the driver hands them to a collect)."""
     weights: Mapping[str, np.ndarray] = ray.get(box[0])
     return weights
+
+
+def _resolved_or_fetch(weights: Any) -> Mapping[str, np.ndarray]:
+    # The actor resolves a new version's weights in its event loop (an await, not a blocking
+    # ray.get); a version evicted meanwhile is fetched by the batcher's thread.
+    return weights if isinstance(weights, Mapping) else fetch_weights(weights)
 
 
 class InferenceActorImpl:
@@ -369,7 +377,7 @@ class InferenceActorImpl:
     def __init__(self, config: Config, device: str) -> None:
         inference = config.inference
         torch.set_num_threads(max(1, math.ceil(inference.num_cpus)))
-        self.server = PolicyServer(config, device, _fetch_boxed)
+        self.server = PolicyServer(config, device, _resolved_or_fetch)
         self.batcher = Batcher(self.server.evaluate, inference.max_batch,
                                inference.max_wait_ms / 1000.0)
         log.info("inference actor on %s (max batch %d positions, wait %.1f ms)", device,
@@ -379,6 +387,9 @@ class InferenceActorImpl:
         return str(ray.get_runtime_context().get_node_id())
 
     async def evaluate(self, request: InferenceRequest) -> InferenceReply:
+        if (request.lineage, request.version) not in self.server.models:
+            weights = await request.weights[0]
+            request = dataclasses.replace(request, weights=weights)
         return await asyncio.wrap_future(self.batcher.submit(request))
 
     async def stats(self) -> InferenceStats:

@@ -35,7 +35,7 @@ import ray
 import torch
 from torch.profiler import record_function
 
-from actors.inference import RemotePolicy, draw_seed
+from actors.inference import RemotePolicy, draw_seed, fetch_weights
 from actors.league_games import (
     LeagueAssignment,
     LeagueEnv,
@@ -566,7 +566,7 @@ class SelfPlayActorImpl:
                 self.worker.remote = RemotePolicy(server, self.worker.worker_id, version,
                                                   lineage, weights_box,
                                                   self.worker.config.inference.timeout_s)
-                weights = functools.partial(ray.get, weights_box[0])
+                weights = functools.partial(fetch_weights, weights_box)
             else:
                 self.worker.remote = None
                 with record_function("load_weights"):
