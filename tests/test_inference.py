@@ -245,3 +245,38 @@ def test_worker_plays_through_a_server_and_on_its_own_copy_once_it_is_lost(
     log_probs, values = _local(models[1], request, batch.action.astype(np.int64))
     np.testing.assert_allclose(batch.log_prob, log_probs, atol=1e-5)
     np.testing.assert_allclose(batch.value, values, atol=1e-5)
+
+
+def test_config_keeps_the_learner_a_share_of_its_gpu() -> None:
+    from keisei_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match="inference.num_gpus must be below 1"):
+        _config("inference.num_gpus=1")
+    assert _config("inference.num_gpus=1", "inference.placement=own").inference.num_gpus == 1.0
+    assert _config().inference.enabled is False  # off by default
+
+
+def test_actor_options_ask_ray_for_the_gpu_share_beside_the_learner(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from keisei_ray.training import inference as service
+
+    config = _config("inference.enabled=true", "inference.num_gpus=0.3",
+                     "inference.num_cpus=2")
+    options = service.actor_options(config, "cuda", "node-a", "keisei/inference-0")
+    assert options["num_gpus"] == 0.3 and options["num_cpus"] == 2.0
+    strategy = options["scheduling_strategy"]
+    assert isinstance(strategy, NodeAffinitySchedulingStrategy)
+    assert strategy.node_id == "node-a" and strategy.soft
+    assert service.actor_options(config, "cpu", "node-a", "x")["num_gpus"] == 0
+    own = _config("inference.enabled=true", "inference.placement=own")
+    assert "scheduling_strategy" not in service.actor_options(own, "cuda", "node-a", "x")
+    # The learner asks for the rest of its GPU only when the actor shares it on cuda.
+    monkeypatch.setattr(service, "inference_device", lambda config: "cuda")
+    assert service.learner_gpus(config, "cuda") == pytest.approx(0.7)
+    assert service.learner_gpus(own, "cuda") == 1.0
+    assert service.learner_gpus(_config(), "cuda") == 1.0  # inference off
+    assert service.learner_gpus(config, "cpu") == 0.0
+    monkeypatch.setattr(service, "inference_device", lambda config: "cpu")
+    assert service.learner_gpus(config, "cuda") == 1.0

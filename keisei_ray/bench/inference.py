@@ -12,6 +12,7 @@ actor's (its process). Nothing here asserts a speed.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from keisei_ray.config import Config
 from keisei_ray.config_loading import load_config
 from keisei_ray.training.ray_cluster import connect_ray
 from learner.model import build_model, export_weights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ def bench_inference(sizes: Sequence[str] = ("small", "large"),
                     for mode in ("local", "actor"):
                         rows.append(_measure(config, size, n, mode, weights, box, server,
                                              seconds))
+                        log.info("%s", rows[-1])  # long runs: each figure as it comes
             finally:
                 ray.kill(server)
     finally:
