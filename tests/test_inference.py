@@ -264,14 +264,15 @@ def test_actor_options_ask_ray_for_the_gpu_share_beside_the_learner(
 
     config = _config("inference.enabled=true", "inference.num_gpus=0.3",
                      "inference.num_cpus=2")
-    options = service.actor_options(config, "cuda", "node-a", "keisei/inference-0")
+    node = "ab" * 28  # a node id: 28 bytes in hex
+    options = service.actor_options(config, "cuda", node, "keisei/inference-0")
     assert options["num_gpus"] == 0.3 and options["num_cpus"] == 2.0
     strategy = options["scheduling_strategy"]
     assert isinstance(strategy, NodeAffinitySchedulingStrategy)
-    assert strategy.node_id == "node-a" and strategy.soft
-    assert service.actor_options(config, "cpu", "node-a", "x")["num_gpus"] == 0
+    assert strategy.node_id == node and strategy.soft
+    assert service.actor_options(config, "cpu", node, "x")["num_gpus"] == 0
     own = _config("inference.enabled=true", "inference.placement=own")
-    assert "scheduling_strategy" not in service.actor_options(own, "cuda", "node-a", "x")
+    assert "scheduling_strategy" not in service.actor_options(own, "cuda", node, "x")
     # The learner asks for the rest of its GPU only when the actor shares it on cuda.
     monkeypatch.setattr(service, "inference_device", lambda config: "cuda")
     assert service.learner_gpus(config, "cuda") == pytest.approx(0.7)
