@@ -19,13 +19,14 @@ replies, shaping, GAE, state for checkpoints) belong together.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ import ray
 import torch
 from torch.profiler import record_function
 
+from actors.inference import RemotePolicy, draw_seed, fetch_weights
 from actors.league_games import (
     LeagueAssignment,
     LeagueEnv,
@@ -87,6 +89,15 @@ class BatchSummary:
     # League games (league.*): finished ones per member, and the members still being played.
     league_results: tuple[LeagueResult, ...] = ()
     league_in_use: tuple[int, ...] = ()
+    # Batched inference (inference.*): requests the inference actor answered, and whether the
+    # worker gave up on it in this collect (it played the rest with its own copy).
+    inference_served: int = 0
+    inference_lost: bool = False
+
+
+# A collect's weights: the arrays, or (with the inference actor) a call that fetches them only
+# when the worker needs its own copy.
+Weights = Mapping[str, np.ndarray] | Callable[[], Mapping[str, np.ndarray]]
 
 
 def worker_seeds(seed: int, worker_id: int, incarnation: int = 0) -> tuple[int, int]:
@@ -136,7 +147,12 @@ class SelfPlayWorker:
         torch.manual_seed(torch_seed)
         self.model = build_model(config.model).eval()
         self.generator = torch.Generator().manual_seed(torch_seed)
-        self.version = -1
+        self.version = -1  # the policy version of the current (or last) collect
+        self.model_version = -1  # the version the worker's own copy holds
+        # Batched inference: the actor this collect asks (None: the worker's own forward),
+        # and the fetch of the collect's weights should the worker need its own copy.
+        self.remote: RemotePolicy | None = None
+        self._fetch: Callable[[], Mapping[str, np.ndarray]] | None = None
         # Search as a teacher (train.search.simulations > 0): it plays the self-play moves.
         self.teacher = (SearchTeacher(config, self.model, self.env, torch_seed)
                         if train.search.simulations and self.num_self else None)
@@ -172,6 +188,12 @@ class SelfPlayWorker:
 
     # ---------------------------------------------------------------- inference
     def _policy(self, obs: Observation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.remote is not None:
+            with record_function("remote_inference"):
+                reply = self.remote.evaluate(obs, draw_seed(self.generator))
+            if reply is not None:
+                return reply.actions, reply.log_probs, reply.values
+        self._own_copy()
         with record_function("features"):
             planes = encode_planes(to_tensors(obs.state), self.max_moves,
                                    self.config.model.attack_planes)
@@ -182,6 +204,12 @@ class SelfPlayWorker:
 
     @torch.inference_mode()
     def _values(self, state: CompactState) -> np.ndarray:
+        if self.remote is not None:
+            no_moves = Observation(state, np.zeros(len(state) + 1, np.int32), np.zeros(0, np.int16))
+            reply = self.remote.evaluate(no_moves, 0, values_only=True)
+            if reply is not None:
+                return reply.values
+        self._own_copy()
         _, values = self.model(encode_planes(to_tensors(state), self.max_moves,
                                              self.config.model.attack_planes))
         return values.float().numpy()
@@ -189,27 +217,45 @@ class SelfPlayWorker:
     def load(self, weights: Mapping[str, np.ndarray], version: int) -> None:
         load_weights(self.model, weights)
         self.model.eval()
-        self.version = version
+        self.version = self.model_version = version
+
+    def _own_copy(self) -> None:
+        """Load the collect's version into the worker's own copy if it holds another (with
+        the inference actor the weights are fetched only now: it was lost)."""
+        if self.model_version == self.version:
+            return
+        if self._fetch is None:
+            raise RuntimeError(f"worker-{self.worker_id} has no weights for version "
+                               f"{self.version}")
+        self.load(self._fetch(), self.version)
 
     # ---------------------------------------------------------------- one rollout
     # Long by choice: the hot loop of the worker, one function so the per-ply data flow (observe,
     # act, step self-play / opponent / league games, fold rewards, shape, GAE, encode) reads in
     # one place over preallocated arrays.
-    def collect(self, weights: Mapping[str, np.ndarray] | None, version: int,
+    def collect(self, weights: Weights | None, version: int,
                 league: LeagueAssignment | None = None, *,
                 progress: float = 0.0) -> tuple[BatchSummary, bytes]:
         """Play `rollout_steps` plies of every game with policy `version`; encode the batch.
 
-        `weights` may be None when the worker already holds `version`. `league`: the opponents
+        `weights` may be None when the worker already holds `version`, or a call that fetches
+        them (with the inference actor: only should the worker need its own copy, once the
+        actor is gone). `league`: the opponents
         of the league games that start in this collect (needed when the worker plays any).
         `progress`: how far training is, in [0, 1] (it anneals the material shaping).
         """
         start = time.perf_counter()
-        if version != self.version:
+        if callable(weights):
+            self._fetch, self.version = weights, version
+        elif version != self.model_version:
             if weights is None:
-                raise ValueError(f"worker-{self.worker_id} holds version {self.version} and "
-                                 f"was given no weights for version {version}")
+                raise ValueError(f"worker-{self.worker_id} holds version {self.model_version} "
+                                 f"and was given no weights for version {version}")
             self.load(weights, version)
+        else:
+            self.version = version
+        if self.teacher is not None:
+            self._own_copy()  # the teacher searches with the own copy of this version
         reply = self._begin_league(league)
         e, rows = self.num_games, self.steps
         values = np.zeros((rows, e), np.float32)
@@ -344,7 +390,9 @@ class SelfPlayWorker:
             opponent_wins=sum(x > 0 for x in duel_results),
             opponent_draws=sum(x == 0 for x in duel_results),
             league_results=_league_results(league_results),
-            league_in_use=tuple(self.league.in_use()) if self.league else ()), payload
+            league_in_use=tuple(self.league.in_use()) if self.league else (),
+            inference_served=self.remote.served if self.remote else 0,
+            inference_lost=bool(self.remote and self.remote.lost_reason)), payload
 
     # ---------------------------------------------------------------- league games
     def _begin_league(self, league: LeagueAssignment | None) -> ReplyFn:
@@ -559,17 +607,30 @@ class SelfPlayActorImpl:
 
     def collect(self, weights_box: list[Any], version: int,
                 league: LeagueAssignment | None = None, progress: float = 0.0,
-                lineage: int = 0) -> tuple[BatchSummary, bytes]:
+                lineage: int = 0, server: Any = None) -> tuple[BatchSummary, bytes]:
         # The weights ref travels boxed in a list so Ray does not fetch it unless needed.
+        # `server`: the inference actor's handle (inference.enabled), or None.
         if lineage != self.lineage:
             # A restarted learner's versions: the same numbers, other weights. Load them.
-            self.worker.version = -1
+            self.worker.version = self.worker.model_version = -1
             self.lineage = lineage
         with record_function("collect"):
-            with record_function("load_weights"):
-                weights = ray.get(weights_box[0]) if version != self.worker.version else None
-            summary, payload = self.worker.collect(weights, version, league,
-                                                      progress=progress)
+            weights: Weights | None
+            if server is not None:
+                self.worker.remote = RemotePolicy(server, self.worker.worker_id, version,
+                                                  lineage, weights_box,
+                                                  self.worker.config.inference.timeout_s)
+                weights = functools.partial(fetch_weights, weights_box)
+            else:
+                self.worker.remote = None
+                with record_function("load_weights"):
+                    weights = (ray.get(weights_box[0])
+                               if version != self.worker.model_version else None)
+            try:
+                summary, payload = self.worker.collect(weights, version, league,
+                                                       progress=progress)
+            finally:
+                self.worker.remote = None
         self.metrics.record(summary.collect_s, summary.transitions, summary.games)
         return summary, payload
 

@@ -471,6 +471,46 @@ class SearchConfig(Section):
         return value
 
 
+class InferenceConfig(Section):
+    """Batched inference for the self-play workers (docs/cluster.md "Batched inference"): one
+    inference actor evaluates the positions of many workers in large batches, on a GPU when
+    there is one (SEED RL's central inference). Off by default: on CPU it is not expected to
+    win; a worker whose server is gone plays on with its own CPU copy of the policy."""
+
+    enabled: bool = Field(False, description="the workers send their positions to the "
+                          "inference actor instead of running their own forward")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="the inference actor's device; auto: cuda when the cluster has a "
+        "GPU (as train.device)")
+    placement: Literal["learner", "own"] = Field(
+        "learner", description="on cuda: learner: on the learner's node, sharing its GPU (the "
+        "learner then asks Ray for 1 - num_gpus of it); own: a GPU share of its own, anywhere")
+    num_gpus: float = Field(0.25, gt=0.0, le=1.0, description="the GPU share the inference "
+                            "actor asks Ray for on cuda (with placement=learner, below 1)")
+    num_cpus: float = Field(1.0, ge=0.0, le=64.0, description="CPUs reserved for the "
+                            "inference actor (also its torch threads, rounded up, at least 1)")
+    max_batch: int = Field(4096, ge=1, le=1_000_000, description="most positions in one "
+                           "forward (requests are never split: one larger than this runs alone)")
+    max_wait_ms: float = Field(2.0, ge=0.0, le=10_000.0, description="how long the first "
+                               "waiting request may wait for others to join its batch")
+    versions_kept: int = Field(2, ge=1, le=64, description="policy versions the actor keeps "
+                               "loaded (a round and its stragglers); an older one is loaded "
+                               "again from the request's weights")
+    timeout_s: float = Field(60.0, gt=0.0, description="a worker waits at most this long for "
+                             "a reply, then plays the rest of its collect with its own copy")
+    max_restarts: int = Field(-1, ge=-1, description="Ray restarts of the inference actor "
+                              "(-1: unlimited; it holds no state but the weights); one killed "
+                              "for good is replaced by the driver between rounds")
+
+    @model_validator(mode="after")
+    def _learner_keeps_a_share(self) -> InferenceConfig:
+        if self.placement == "learner" and self.num_gpus >= 1.0:
+            raise ValueError("inference.num_gpus must be below 1 with inference.placement="
+                             "learner (the learner keeps the rest of its GPU); use "
+                             "placement=own for a whole GPU")
+        return self
+
+
 class Config(Section):
     """The root of the configuration. Later sections hang here."""
 
@@ -487,3 +527,4 @@ class Config(Section):
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
     league: LeagueConfig = Field(default_factory=LeagueConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)

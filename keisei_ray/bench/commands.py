@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -211,6 +212,55 @@ def bench_broadcast_cmd(workers: int = 8, half: bool = False, as_json: JsonOpt =
     from keisei_ray.bench.train import bench_broadcast
 
     _print_figures("Weight broadcast", bench_broadcast(workers=workers, half=half), as_json)
+
+
+def _int_list(option: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        fail(f"{option}: expected comma-separated whole numbers, got {text!r}", EXIT_USAGE)
+    if not values or min(values) < 1:
+        fail(f"{option}: every count must be at least 1, got {text!r}", EXIT_USAGE)
+    return values
+
+
+@bench_app.command("inference")
+def bench_inference_cmd(
+    sizes: Annotated[str, typer.Option(help="Comma-separated model sizes.")] = "small,large",
+    workers: Annotated[str, typer.Option(help="Comma-separated counts of simulated workers "
+                                         "(threads of this process).")] = "1,4,16",
+    games: Annotated[int, typer.Option(min=1, help="Games per worker.")] = 16,
+    steps: Annotated[int, typer.Option(min=1, help="Plies per collect.")] = 4,
+    seconds: Annotated[float, typer.Option(min=0.0, help="Seconds per measurement (each "
+                                           "worker also does at least 2 collects).")] = 3.0,
+    max_wait_ms: Annotated[float, typer.Option(min=0.0, help="inference.max_wait_ms.")] = 2.0,
+    actor_threads: Annotated[int, typer.Option(min=1, help="The actor's torch threads.")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Self-play decisions/s per worker core: each worker's own forward vs the inference actor
+    (CPU, one machine)."""
+    from keisei_ray.bench.inference import bench_inference
+
+    names = tuple(s.strip() for s in sizes.split(","))
+    unknown = [n for n in names if n not in ("tiny", "small", "large")]
+    if unknown:
+        fail(f"--sizes: unknown model size(s) {unknown} (tiny, small, large)", EXIT_USAGE)
+    rows = bench_inference(names, _int_list("--workers", workers), games=games, steps=steps,
+                           seconds=seconds, max_wait_ms=max_wait_ms, actor_threads=actor_threads)
+    if as_json:
+        sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in rows], indent=2) + "\n")
+        return
+    table = Table(title=f"Batched inference on CPU ({games} games per worker)",
+                  show_header=True, header_style="bold")
+    for column in ("model", "workers", "inference", "decisions/s", "per worker core-s",
+                   "actor CPU ms / 1k", "positions / forward"):
+        table.add_column(column, justify="left" if column in ("model", "inference") else "right")
+    for r in rows:
+        table.add_row(r.size, str(r.workers), r.mode, f"{r.decisions_per_s:,.0f}",
+                      f"{r.per_worker_core:,.0f}",
+                      f"{r.actor_cpu_ms:,.0f}" if r.mode == "actor" else "-",
+                      f"{r.mean_batch:,.1f}")
+    out.print(table)
 
 
 @bench_app.command("train")

@@ -63,6 +63,7 @@ from keisei_ray.events import (
     UpdateDone,
 )
 from keisei_ray.store.checkpoint import RunSnapshot
+from keisei_ray.training.inference import InferenceService, learner_gpus
 from keisei_ray.training.league import League, record_round
 from keisei_ray.training.learner_actor import LearnerActor, Published, UpdateResult
 from keisei_ray.training.profiling import ProfileWindow
@@ -168,6 +169,7 @@ class Trainer:
         self.stop = stop or threading.Event()
         self.learner: Any = None
         self.pool: WorkerPool | None = None
+        self.inference: InferenceService | None = None  # inference.enabled
         self.learner_busy_s = 0.0
         self.published: Published | None = None
         self.final_weights: dict[str, Any] | None = None  # fetched before the learner goes
@@ -208,7 +210,7 @@ class Trainer:
         custom = {name: 1.0} if resources.get(name, 0) > 0 else None
         self._learner_options = {
             "name": "keisei/learner", "num_cpus": train.learner_cpus,
-            "num_gpus": 1 if device == "cuda" else 0, "resources": custom,
+            "num_gpus": learner_gpus(self.config, device), "resources": custom,
             "max_restarts": 0,  # the driver restarts it from a checkpoint (restarts.py)
         }
         loaded, publishing = self._new_learner(self._learner_state)
@@ -220,6 +222,10 @@ class Trainer:
         log.info("learner on %s; policy version %d, %.1f MB of weights", device,
                  published.version, published.nbytes / 1e6)
         self.pool = WorkerPool(self.config)
+        if self.config.inference.enabled:
+            self.inference = InferenceService(self.config, self.learner)
+            self.inference.start()
+            self.pool.server = self.inference.handle
         self.pool.spawn(workers)
         self.pool.wait_until_ready()
         if self.resume is not None:
@@ -353,6 +359,8 @@ class Trainer:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+        if self.inference is not None:
+            self.inference.shutdown()
         if self.learner is not None:
             ray.kill(self.learner, no_restart=True)
 
@@ -486,6 +494,9 @@ class Trainer:
         the current one never made are dropped)."""
         assert self.pool is not None
         collected = self.pool.gather(self.config.train.round_timeout_s, self._on_batch)
+        if self.inference is not None:  # a worker lost it: replaced if it is gone for good
+            self.inference.after_round(c.summary for c in collected)
+            self.pool.server = self.inference.handle
         record_round(self.league, (c.summary for c in collected), self.pool.slots)
         batches = [Batch(c.payload, game_stats(c.summary), c.summary.version, c.lineage,
                          self.state.updates) for c in collected]
@@ -758,6 +769,8 @@ def _auto_workers(config: Config) -> int:
     room = worker_room(config, resources_per_node(available=False), resource)
     if resource is None:
         room -= math.ceil(config.train.learner_cpus / config.train.worker_cpus - 1e-9)
+        if config.inference.enabled:  # the inference actor's CPUs too
+            room -= math.ceil(config.inference.num_cpus / config.train.worker_cpus - 1e-9)
     return max(1, room)
 
 

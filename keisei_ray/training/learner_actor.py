@@ -61,6 +61,10 @@ class LearnerActor:
         self._heap_trimmed_at = time.monotonic()
         log.info("learner ready on %s (capacity %d transitions)", self.learner.device, capacity)
 
+    def node_id(self) -> str:
+        """The node it runs on (the inference actor may be placed beside it)."""
+        return str(ray.get_runtime_context().get_node_id())
+
     def publish(self) -> Published:
         with torch.profiler.record_function("broadcast"):
             version, weights = self.learner.weights(half=self.config.train.half_weights)

@@ -86,6 +86,7 @@ class WorkerPool:
         self.lineage = 0  # of the current learner (restarts.py)
         self.weights_lost = False  # the last gather found the current learner's weights gone
         self.resource = worker_resource(config)
+        self.server: Any = None  # the inference actor's handle (inference.enabled), or None
         requested = config.cluster.request_workers
         if requested > 0:
             self.request_room()
@@ -261,7 +262,7 @@ class WorkerPool:
             if slot.pending is None:
                 refs = slot.actor.collect.options(num_returns=2).remote(
                     published.weights, published.version, assignment(league, self.config),
-                    progress, published.lineage)
+                    progress, published.lineage, self.server)
                 slot.pending = (refs[0], refs[1])
                 slot.lineage = published.lineage
                 slot.launched_at = time.monotonic()
