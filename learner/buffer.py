@@ -38,6 +38,8 @@ class Minibatch:
     # PPO); equal to the behaviour ones when the update is not decoupled.
     prox_log_probs: torch.Tensor  # float32 [B]
     prox_values: torch.Tensor  # float32 [B]
+    # With legal actions padded to a fixed width: which entries are real (None: all are).
+    legal_valid: torch.Tensor | None = None
 
 
 class ExperienceBuffer:

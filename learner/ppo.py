@@ -37,7 +37,28 @@ from torch.profiler import record_function
 
 from keisei_ray.config import PPOConfig
 from learner.buffer import ExperienceBuffer, Minibatch
-from learner.model import LegalPolicy
+from learner.model import LegalPolicy, csr_rows
+
+# The learner's forward: planes -> (policy output, values), and how to read the legal logits
+# [M] of entries (rows, cols) from that policy output. The default pairs the model's `heads`
+# with its `legal_logits` (no dense [N, 13527] tensor); `dense_gather` with the
+# model itself is the dense reference path.
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+GatherLogits = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def dense_gather(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """The GatherLogits of a forward that returns dense logits [N, 13527]."""
+    return logits[rows, cols]
+
+
+def batch_policy(policy_out: torch.Tensor, batch: Minibatch, gather: GatherLogits
+                 ) -> LegalPolicy:
+    """The legal policy of a minibatch's rows from the forward's policy output."""
+    cols = batch.legal_actions.long()
+    rows = csr_rows(batch.legal_offsets, cols.shape[0])
+    return LegalPolicy.from_legal_logits(gather(policy_out, rows, cols), rows, cols,
+                                         batch.actions.shape[0], batch.legal_valid)
 
 
 def lr_at(progress: float, ppo: PPOConfig) -> float:
@@ -52,15 +73,18 @@ def lr_at(progress: float, ppo: PPOConfig) -> float:
 
 
 def ppo_loss(
-    logits: torch.Tensor, values: torch.Tensor, batch: Minibatch, ppo: PPOConfig
+    policy_out: torch.Tensor, values: torch.Tensor, batch: Minibatch, ppo: PPOConfig,
+    gather: GatherLogits = dense_gather,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The PPO objective of one minibatch and its statistics (detached tensors).
 
     The ratio is taken from the proximal policy (`batch.prox_log_probs`) and each row's
     clipped surrogate is weighted by min(pi_prox / pi_behaviour, behaviour_ratio_clip); when
     the proximal policy is the behaviour one (classic PPO) that weight is exactly 1.
+    `gather` reads the legal logits from `policy_out` (by default dense logits [B, 13527]).
+    No step reads a device value on the host.
     """
-    policy = LegalPolicy.from_csr(logits, batch.legal_offsets, batch.legal_actions)
+    policy = batch_policy(policy_out, batch, gather)
     log_ratio = policy.log_prob(batch.actions) - batch.prox_log_probs
     ratio = log_ratio.exp()
     behaviour_log_ratio = batch.prox_log_probs - batch.log_probs
@@ -113,7 +137,7 @@ def _batch_norm_statistics_kept(model: nn.Module) -> Iterator[None]:
 
 
 def proximal_pass(
-    forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    forward: Forward,
     model: nn.Module,
     buffer: ExperienceBuffer,
     order: torch.Tensor,
@@ -122,6 +146,7 @@ def proximal_pass(
     max_moves: int,
     attack_planes: bool,
     autocast: Callable[[], AbstractContextManager[object]],
+    gather: GatherLogits = dense_gather,
 ) -> None:
     """The proximal log-probs and values of every row into the buffer: one no-grad forward in
     training mode over `order` (the first epoch's), chunked exactly as the first epoch is."""
@@ -131,8 +156,8 @@ def proximal_pass(
             for chunk in order[start:start + ppo.minibatch_size].split(micro):
                 batch = buffer.minibatch(chunk, max_moves, attack_planes)
                 with autocast():
-                    logits, values = forward(batch.planes)
-                policy = LegalPolicy.from_csr(logits, batch.legal_offsets, batch.legal_actions)
+                    policy_out, values = forward(batch.planes)
+                policy = batch_policy(policy_out, batch, gather)
                 buffer.prox_log_probs[chunk] = policy.log_prob(batch.actions)
                 buffer.prox_values[chunk] = values.float()
 
@@ -141,7 +166,7 @@ def proximal_pass(
 # minibatches, micro-batches, loss terms, clipping, statistics), so the algorithm reads in one
 # screen.
 def ppo_update(
-    forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    forward: Forward,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -153,10 +178,12 @@ def ppo_update(
     lr_for_step: Callable[[int, int], float],
     generator: torch.Generator,
     autocast: Callable[[], AbstractContextManager[object]],
+    gather: GatherLogits = dense_gather,
 ) -> dict[str, float]:
     """Epochs x minibatches of PPO over the buffer; returns the mean statistics.
 
-    `forward` is the model or its compiled form; `lr_for_step(step, planned_steps)` gives
+    `forward` is the model (or its `heads`, with `gather` its `legal_logits`) or its compiled
+    form; `lr_for_step(step, planned_steps)` gives
     each optimizer step's learning rate; `autocast()` opens the mixed-precision context.
     """
     n = len(buffer)
@@ -170,7 +197,7 @@ def ppo_update(
     if ppo.decoupled:
         with record_function("proximal"):
             proximal_pass(forward, model, buffer, first_order, ppo, max_moves=max_moves,
-                          attack_planes=attack_planes, autocast=autocast)
+                          attack_planes=attack_planes, autocast=autocast, gather=gather)
             if buffer.device.type == "cuda":
                 torch.cuda.synchronize(buffer.device)
     else:
@@ -197,8 +224,8 @@ def ppo_update(
                     batch = buffer.minibatch(chunk, max_moves, attack_planes)
                 with record_function("forward"):
                     with autocast():
-                        logits, values = forward(batch.planes)
-                    loss, stats = ppo_loss(logits, values, batch, ppo)
+                        policy_out, values = forward(batch.planes)
+                    loss, stats = ppo_loss(policy_out, values, batch, ppo, gather)
                 with record_function("backward"):
                     scaler.scale(loss * weight if weight != 1.0 else loss).backward()
                 for key, value in stats.items():

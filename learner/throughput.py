@@ -39,8 +39,8 @@ def micro_batch_trial(learner: Learner, size: int, *, repeats: int = 3,
             batch = buffer.minibatch(rows, learner.config.env.max_moves,
                                      learner.config.model.attack_planes)
             with learner._autocast():
-                logits, values = learner.forward(batch.planes)
-            loss, _ = ppo_loss(logits, values, batch, learner.ppo)
+                policy_out, values = learner.forward(batch.planes)
+            loss, _ = ppo_loss(policy_out, values, batch, learner.ppo, learner.gather)
             loss.backward()
             if cuda:
                 torch.cuda.synchronize(learner.device)
