@@ -119,7 +119,15 @@ class PPOConfig(Section):
     adam_eps: float = Field(1e-5, gt=0.0, le=1.0, description="Adam epsilon")
     amp: Literal["off", "bf16", "fp16"] = Field(
         "off", description="mixed precision of the learner's forward pass (fp16 adds a scaler)")
-    compile: bool = Field(False, description="torch.compile the learner's model (CUDA only)")
+    compile: bool = Field(False, description="torch.compile the learner's forward")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default", description="torch.compile mode of ppo.compile (reduce-overhead: CUDA "
+        "graphs, with ppo.fixed_shapes)")
+    fixed_shapes: bool = Field(
+        False, description="every forward has the same shape (for CUDA graphs): each epoch "
+        "trains its full minibatches only (the ragged tail's rows are in other epochs' random "
+        "orders; an update with fewer rows than a minibatch trains them as one), and legal "
+        "actions are padded to a fixed width per row (the update's widest row rounded up to 64)")
     max_policy_lag: int = Field(
         1, ge=0, le=1000, description="drop batches whose policy version is more than this "
         "many updates old (0: strictly synchronous)")

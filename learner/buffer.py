@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from keisei_ray.codec import ExperienceBatch
-from learner.features import StateTensors, encode_planes, from_numpy, gather_csr
+from learner.features import StateTensors, encode_planes, from_numpy
 from shogi.compact import STATE_FIELDS
 
 log = logging.getLogger(__name__)
 
 INITIAL_LEGAL_PER_ROW = 128  # legal actions reserved per transition; grows (doubling) if short
+LEGAL_WIDTH_STEP = 64  # a padded minibatch's legal width: the widest row rounded up to this
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class ExperienceBuffer:
         self.prox_values = alloc(capacity, dtype=torch.float32)
         self.legal_offsets = alloc(capacity + 1, dtype=torch.int64)
         self.legal_actions = alloc(capacity * INITIAL_LEGAL_PER_ROW, dtype=torch.int16)
+        # The offsets again on the host: a minibatch's legal-action layout is computed there,
+        # so that no step reads a device value (no synchronisation on CUDA).
+        self.host_offsets = np.zeros(capacity + 1, dtype=np.int64)
+        self.pinned = device.type == "cuda"  # uploads staged in pinned host memory
         self.size = 0
         self.num_legal = 0
 
@@ -84,17 +89,33 @@ class ExperienceBuffer:
             self._grow_legal(self.num_legal + m)
         rows = slice(self.size, self.size + n)
         for name in STATE_FIELDS:
-            _copy_into(getattr(self.state, name)[rows], getattr(batch.state, name))
-        _copy_into(self.actions[rows], batch.action)
-        _copy_into(self.log_probs[rows], batch.log_prob)
-        _copy_into(self.values[rows], batch.value)
-        _copy_into(self.advantages[rows], batch.advantage)
-        _copy_into(self.returns[rows], batch.returns)
-        offsets = torch.from_numpy(batch.legal_offsets[1:].astype(np.int64)) + self.num_legal
-        self.legal_offsets[self.size + 1:self.size + n + 1].copy_(offsets)
-        _copy_into(self.legal_actions[self.num_legal:self.num_legal + m], batch.legal_actions)
+            self._upload(getattr(self.state, name)[rows], getattr(batch.state, name))
+        self._upload(self.actions[rows], batch.action)
+        self._upload(self.log_probs[rows], batch.log_prob)
+        self._upload(self.values[rows], batch.value)
+        self._upload(self.advantages[rows], batch.advantage)
+        self._upload(self.returns[rows], batch.returns)
+        offsets = batch.legal_offsets[1:].astype(np.int64) + self.num_legal
+        self.host_offsets[self.size + 1:self.size + n + 1] = offsets
+        self._upload(self.legal_offsets[self.size + 1:self.size + n + 1], offsets)
+        self._upload(self.legal_actions[self.num_legal:self.num_legal + m], batch.legal_actions)
         self.size += n
         self.num_legal += m
+
+    def _upload(self, target: torch.Tensor, array: np.ndarray) -> None:
+        """Copy a host array into the device tensor `target`: on CUDA through pinned memory
+        without waiting (torch's pinned allocator keeps the block until the copy is done)."""
+        source = from_numpy(array)
+        if self.pinned:
+            target.copy_(source.pin_memory(), non_blocking=True)
+        else:
+            target.copy_(source)
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        source = torch.from_numpy(array)
+        if self.pinned:
+            return source.pin_memory().to(self.device, non_blocking=True)
+        return source.to(self.device)
 
     def _grow_legal(self, needed: int) -> None:
         size = len(self.legal_actions)
@@ -112,32 +133,60 @@ class ExperienceBuffer:
         std = adv.std() if self.size > 1 else torch.ones((), device=self.device)
         adv.sub_(adv.mean()).div_(std + 1e-8)
 
-    def minibatch(self, rows: torch.Tensor, max_moves: int,
-                  attack_planes: bool = False) -> Minibatch:
-        """Planes, legal actions and training targets of `rows` (a long tensor on the device)."""
-        offsets, actions = gather_csr(self.legal_offsets[:self.size + 1],
-                                      self.legal_actions[:self.num_legal], rows)
+    def legal_width(self) -> int:
+        """The fixed legal width of padded minibatches: the buffer's widest row rounded up to
+        LEGAL_WIDTH_STEP (few distinct shapes across updates)."""
+        widest = int(np.diff(self.host_offsets[:self.size + 1]).max(initial=1))
+        return -(-max(widest, 1) // LEGAL_WIDTH_STEP) * LEGAL_WIDTH_STEP
+
+    def minibatch(self, rows: torch.Tensor, max_moves: int, attack_planes: bool = False,
+                  legal_width: int | None = None) -> Minibatch:
+        """Planes, legal actions and training targets of `rows` (a long tensor on the CPU).
+
+        The legal actions' layout is computed on the host from `host_offsets` and uploaded
+        with the rows (pinned on CUDA): nothing is read back from the device. With
+        `legal_width` each row's legal actions are padded to that many entries (their
+        `legal_valid` says which are real), a shape that does not depend on the rows drawn.
+        """
+        host_rows = rows.numpy()
+        starts = self.host_offsets[host_rows]
+        counts = self.host_offsets[host_rows + 1] - starts
+        b = len(host_rows)
+        if legal_width is None:
+            offsets = np.zeros(b + 1, dtype=np.int64)
+            np.cumsum(counts, out=offsets[1:])
+            # Position j of the output row r reads legal_actions[starts[r] + j].
+            positions = (np.repeat(starts - offsets[:-1], counts)
+                         + np.arange(offsets[-1], dtype=np.int64))
+            valid = None
+        else:
+            if b and counts.max() > legal_width:
+                raise ValueError(f"a row has {counts.max()} legal actions, more than the "
+                                 f"legal width {legal_width}")
+            offsets = np.arange(b + 1, dtype=np.int64) * legal_width
+            slot = np.arange(legal_width, dtype=np.int64)
+            valid_np = slot[None, :] < counts[:, None]
+            positions = np.where(valid_np, starts[:, None] + slot[None, :], 0).reshape(-1)
+            valid = self._to_device(valid_np.reshape(-1))
+        device_rows = self._to_device(host_rows)
         return Minibatch(
             # channels_last: the layout the learner's model uses (about 25% faster convolution
             # backward on CPU, and what tensor cores want on CUDA).
-            planes=encode_planes(self.state.index(rows), max_moves, attack_planes).contiguous(
-                memory_format=torch.channels_last),
-            legal_offsets=offsets,
-            legal_actions=actions,
-            actions=self.actions[rows].long(),
-            log_probs=self.log_probs[rows],
-            values=self.values[rows],
-            advantages=self.advantages[rows],
-            returns=self.returns[rows],
-            prox_log_probs=self.prox_log_probs[rows],
-            prox_values=self.prox_values[rows],
+            planes=encode_planes(self.state.index(device_rows), max_moves,
+                                 attack_planes).contiguous(memory_format=torch.channels_last),
+            legal_offsets=self._to_device(offsets),
+            legal_actions=self.legal_actions[self._to_device(positions)],
+            actions=self.actions[device_rows].long(),
+            log_probs=self.log_probs[device_rows],
+            values=self.values[device_rows],
+            advantages=self.advantages[device_rows],
+            returns=self.returns[device_rows],
+            prox_log_probs=self.prox_log_probs[device_rows],
+            prox_values=self.prox_values[device_rows],
+            legal_valid=valid,
         )
 
     def behaviour_as_proximal(self) -> None:
         """Classic PPO: the proximal policy and value are the behaviour ones."""
         self.prox_log_probs[:self.size] = self.log_probs[:self.size]
         self.prox_values[:self.size] = self.values[:self.size]
-
-
-def _copy_into(target: torch.Tensor, array: np.ndarray) -> None:
-    target.copy_(from_numpy(array))

@@ -49,7 +49,8 @@ class Learner:
     `seed` (default: config.train.seed) seeds the model init and the minibatch order.
     `dense_policy` runs the old reference path (dense [N, 13527] logits, then the legal ones
     gathered from them) instead of reading the legal logits from the policy head: for
-    benchmarks and tests only, it computes the same numbers more slowly.
+    benchmarks and tests only, it computes the same numbers more slowly. `fused_adam` is
+    torch's `fused` flag of the optimizer (None: torch's default, the foreach kernels).
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class Learner:
         total_timesteps: int | None = None,
         seed: int | None = None,
         dense_policy: bool = False,
+        fused_adam: bool | None = None,
     ) -> None:
         self.config = config
         self.ppo = config.ppo
@@ -80,15 +82,12 @@ class Learner:
         self.forward: Forward = self.model if dense_policy else self.model.heads
         self.gather: GatherLogits = dense_gather if dense_policy else self.model.legal_logits
         if self.ppo.compile:
-            if self.device.type == "cuda":
-                # Only the forward is compiled: self.model keeps state_dict keys clean.
-                self.forward = torch.compile(self.forward)
-            else:
-                log.warning("ppo.compile is only used on CUDA; the learner runs on %s",
-                            self.device)
+            # Only the forward is compiled: self.model keeps state_dict keys clean.
+            self.forward = torch.compile(self.forward, mode=self.ppo.compile_mode)
         optimizer = torch.optim.AdamW if self.ppo.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer(self.model.parameters(), lr=self.ppo.learning_rate,
-                                   eps=self.ppo.adam_eps, weight_decay=self.ppo.weight_decay)
+                                   eps=self.ppo.adam_eps, weight_decay=self.ppo.weight_decay,
+                                   fused=fused_adam)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.ppo.amp == "fp16")
         self.buffer = ExperienceBuffer(capacity, self.device)
 

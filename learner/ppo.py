@@ -149,17 +149,47 @@ def proximal_pass(
     gather: GatherLogits = dense_gather,
 ) -> None:
     """The proximal log-probs and values of every row into the buffer: one no-grad forward in
-    training mode over `order` (the first epoch's), chunked exactly as the first epoch is."""
-    micro = ppo.micro_batch_size or ppo.minibatch_size
+    training mode over `order` (the first epoch's), chunked exactly as the first epoch is.
+    With `ppo.fixed_shapes` the ragged tail (the rows the first epoch leaves out) goes through
+    in chunks padded to the micro-batch size by repeating rows, whose extra outputs are not
+    kept (rows do not interact under GroupNorm; under BatchNorm the repeats move the batch
+    statistics slightly)."""
+    size = minibatch_rows(len(order), ppo)
+    micro = ppo.micro_batch_size or size
+    width = buffer.legal_width() if ppo.fixed_shapes else None
     with torch.no_grad(), _batch_norm_statistics_kept(model):
-        for start in range(0, len(order), ppo.minibatch_size):
-            for chunk in order[start:start + ppo.minibatch_size].split(micro):
-                batch = buffer.minibatch(chunk, max_moves, attack_planes)
-                with autocast():
-                    policy_out, values = forward(batch.planes)
-                policy = batch_policy(policy_out, batch, gather)
-                buffer.prox_log_probs[chunk] = policy.log_prob(batch.actions)
-                buffer.prox_values[chunk] = values.float()
+        for chunk, real in _chunks(order, size, micro, pad=ppo.fixed_shapes):
+            batch = buffer.minibatch(chunk, max_moves, attack_planes, width)
+            with autocast():
+                policy_out, values = forward(batch.planes)
+            policy = batch_policy(policy_out, batch, gather)
+            rows = chunk[:real].to(buffer.device)  # a padded chunk's repeats are not kept
+            buffer.prox_log_probs[rows] = policy.log_prob(batch.actions)[:real]
+            buffer.prox_values[rows] = values.float()[:real]
+
+
+def minibatch_rows(n: int, ppo: PPOConfig) -> int:
+    """Rows per minibatch of an update of `n` transitions: ppo.minibatch_size, or all `n`
+    when fewer (one minibatch)."""
+    return min(ppo.minibatch_size, n) if ppo.fixed_shapes else ppo.minibatch_size
+
+
+def _chunks(order: torch.Tensor, size: int, micro: int, *, pad: bool
+            ) -> Iterator[tuple[torch.Tensor, int]]:
+    """(chunk, real rows in it) of `order` cut into minibatches of `size` rows, each split into
+    micro-batches; with `pad`, the rows after the last full minibatch come last in chunks of
+    exactly `micro` rows (the last one filled up by repeating rows of `order`)."""
+    full = len(order) // size * size if pad else len(order)
+    for start in range(0, full, size):
+        for chunk in order[start:start + size].split(micro):
+            yield chunk, len(chunk)
+    if pad and full < len(order):
+        for start in range(full, len(order), micro):
+            chunk = order[start:start + micro]
+            real = len(chunk)
+            if real < micro:  # wrap around: repeats keep the shape fixed
+                chunk = torch.cat([chunk, order[:micro - real]])
+            yield chunk, real
 
 
 # Long by choice: the PPO update top to bottom, CleanRL-style (proximal pass, epochs,
@@ -189,10 +219,15 @@ def ppo_update(
     n = len(buffer)
     if ppo.normalize_advantages:
         buffer.normalize_advantages()
-    steps_per_epoch = math.ceil(n / ppo.minibatch_size)
+    size = minibatch_rows(n, ppo)
+    # Fixed shapes: each epoch trains its full minibatches only (the ragged tail's rows are
+    # in other epochs' random orders); else the last minibatch is smaller.
+    steps_per_epoch = n // size if ppo.fixed_shapes else math.ceil(n / size)
     planned = ppo.epochs * steps_per_epoch
     model.train()
-    first_order = torch.randperm(n, generator=generator).to(buffer.device)
+    # Row orders stay on the host: the buffer computes each minibatch's layout there.
+    first_order = torch.randperm(n, generator=generator)
+    width = buffer.legal_width() if ppo.fixed_shapes else None
     started = time.perf_counter()
     if ppo.decoupled:
         with record_function("proximal"):
@@ -208,12 +243,11 @@ def ppo_update(
     evaluated = steps = epochs_run = samples = 0
     lr = optimizer.param_groups[0]["lr"]
     stopped_early = False
-    micro = ppo.micro_batch_size or ppo.minibatch_size
+    micro = ppo.micro_batch_size or size
     for epoch in range(ppo.epochs):
-        order = (first_order if epoch == 0
-                 else torch.randperm(n, generator=generator).to(buffer.device))
-        for start in range(0, n, ppo.minibatch_size):
-            rows = order[start:start + ppo.minibatch_size]
+        order = first_order if epoch == 0 else torch.randperm(n, generator=generator)
+        for start in range(0, steps_per_epoch * size, size):
+            rows = order[start:start + size]
             # Larger than a micro-batch: its chunks' gradients are accumulated, each weighted
             # by its share of the rows, so loss and step are the whole minibatch's.
             optimizer.zero_grad(set_to_none=True)
@@ -221,7 +255,7 @@ def ppo_update(
             for chunk in rows.split(micro):
                 weight = len(chunk) / len(rows)
                 with record_function("features"):
-                    batch = buffer.minibatch(chunk, max_moves, attack_planes)
+                    batch = buffer.minibatch(chunk, max_moves, attack_planes, width)
                 with record_function("forward"):
                     with autocast():
                         policy_out, values = forward(batch.planes)

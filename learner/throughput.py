@@ -34,7 +34,7 @@ def micro_batch_trial(learner: Learner, size: int, *, repeats: int = 3,
     seconds = 0.0
     try:
         for i in range(repeats + 1):
-            rows = torch.randint(0, n, (size,), generator=generator).to(buffer.device)
+            rows = torch.randint(0, n, (size,), generator=generator)  # on the host
             start = time.perf_counter()
             batch = buffer.minibatch(rows, learner.config.env.max_moves,
                                      learner.config.model.attack_planes)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from keisei_ray.config import Config, ModelConfig, PPOConfig
 from keisei_ray.bench.learner import collect_experience
+from keisei_ray.config import Config, ModelConfig, PPOConfig
 from learner import Learner
 from learner.buffer import Minibatch
 from learner.features import encode_planes, legal_mask, to_tensors
