@@ -155,7 +155,7 @@ def proximal_pass(
     kept (rows do not interact under GroupNorm; under BatchNorm the repeats move the batch
     statistics slightly)."""
     size = minibatch_rows(len(order), ppo)
-    micro = ppo.micro_batch_size or size
+    micro = min(ppo.micro_batch_size or size, size)
     width = buffer.legal_width() if ppo.fixed_shapes else None
     with torch.no_grad(), _batch_norm_statistics_kept(model):
         for chunk, real in _chunks(order, size, micro, pad=ppo.fixed_shapes):
@@ -243,7 +243,7 @@ def ppo_update(
     evaluated = steps = epochs_run = samples = 0
     lr = optimizer.param_groups[0]["lr"]
     stopped_early = False
-    micro = ppo.micro_batch_size or size
+    micro = min(ppo.micro_batch_size or size, size)
     for epoch in range(ppo.epochs):
         order = first_order if epoch == 0 else torch.randperm(n, generator=generator)
         for start in range(0, steps_per_epoch * size, size):
