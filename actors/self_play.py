@@ -50,7 +50,7 @@ from keisei_ray.codec import ExperienceBatch, encode, summarize_games
 from keisei_ray.config import Config, RewardConfig
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
-from learner.model import act, build_model, choose_actions, load_weights
+from learner.model import act_csr, build_model, choose_actions, load_weights
 from learner.profiling import ProfileOutput, ProfileSession
 from shogi import (
     Color,
@@ -197,9 +197,10 @@ class SelfPlayWorker:
         with record_function("features"):
             planes = encode_planes(to_tensors(obs.state), self.max_moves,
                                    self.config.model.attack_planes)
-            mask = legal_mask(obs.legal_offsets, obs.legal_actions, len(obs.state))
         with record_function("forward"):
-            actions, log_probs, values = act(self.model, planes, mask, generator=self.generator)
+            # Sampled from the CSR legal actions: no dense [N, 13527] mask or logits.
+            actions, log_probs, values = act_csr(self.model, planes, obs.legal_offsets,
+                                                 obs.legal_actions, generator=self.generator)
         return actions.numpy(), log_probs.numpy(), values.numpy()
 
     @torch.inference_mode()

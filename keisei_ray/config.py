@@ -122,7 +122,16 @@ class PPOConfig(Section):
     adam_eps: float = Field(1e-5, gt=0.0, le=1.0, description="Adam epsilon")
     amp: Literal["off", "bf16", "fp16"] = Field(
         "off", description="mixed precision of the learner's forward pass (fp16 adds a scaler)")
-    compile: bool = Field(False, description="torch.compile the learner's model (CUDA only)")
+    compile: bool = Field(False, description="torch.compile the learner's forward (CUDA only)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default", description="torch.compile mode of ppo.compile (reduce-overhead: CUDA "
+        "graphs, with ppo.fixed_shapes)")
+    fixed_shapes: bool = Field(
+        False, description="every forward has the same shape (for CUDA graphs): each epoch "
+        "trains its full minibatches only (the ragged tail's rows are in other epochs' random "
+        "orders; an update with fewer rows than a minibatch trains them as one), and legal "
+        "actions are padded to a fixed width per row (the update's widest row rounded up to "
+        "64); not with train.search")
     search_coef: float = Field(1.0, ge=0.0, le=1e3, description="weight of the distillation "
                                "term (cross-entropy from the search's improved policy to the "
                                "network's) on the rows that carry a target "
@@ -528,3 +537,11 @@ class Config(Section):
     league: LeagueConfig = Field(default_factory=LeagueConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+
+    @model_validator(mode="after")
+    def _fixed_shapes_without_targets(self) -> Config:
+        # Padded legal actions and the teacher's per-legal-action targets do not mix (yet).
+        if self.ppo.fixed_shapes and self.train.search.simulations > 0:
+            raise ValueError("ppo.fixed_shapes: not with train.search.simulations > 0 (the "
+                             "search targets are not padded)")
+        return self

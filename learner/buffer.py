@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from keisei_ray.codec import ExperienceBatch
-from learner.features import StateTensors, encode_planes, from_numpy, gather_csr
+from learner.features import StateTensors, encode_planes, from_numpy
 from shogi.compact import STATE_FIELDS
 
 log = logging.getLogger(__name__)
 
 INITIAL_LEGAL_PER_ROW = 128  # legal actions reserved per transition; grows (doubling) if short
+LEGAL_WIDTH_STEP = 64  # a padded minibatch's legal width: the widest row rounded up to this
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Minibatch:
     # PPO); equal to the behaviour ones when the update is not decoupled.
     prox_log_probs: torch.Tensor  # float32 [B]
     prox_values: torch.Tensor  # float32 [B]
+    # With legal actions padded to a fixed width: which entries are real (None: all are).
+    legal_valid: torch.Tensor | None = None
     # Search as a teacher (keisei_ray/codec.py's layout): per legal action, the improved
     # policy of a visited move, -1 for an unvisited one (it shares `target_rest` in
     # proportion to the network's policy), 0 on the rows without a target; None when the
@@ -70,6 +73,10 @@ class ExperienceBuffer:
         self.prox_values = alloc(capacity, dtype=torch.float32)
         self.legal_offsets = alloc(capacity + 1, dtype=torch.int64)
         self.legal_actions = alloc(capacity * INITIAL_LEGAL_PER_ROW, dtype=torch.int16)
+        # The offsets again on the host: a minibatch's legal-action layout is computed there,
+        # so that no step reads a device value (no synchronisation on CUDA).
+        self.host_offsets = np.zeros(capacity + 1, dtype=np.int64)
+        self.pinned = device.type == "cuda"  # uploads staged in pinned host memory
         # The teacher's improved policy per legal action (actors/teacher.py), allocated with
         # the first batch that carries one.
         self.target_probs: torch.Tensor | None = None
@@ -98,18 +105,18 @@ class ExperienceBuffer:
             self._grow_legal(self.num_legal + m)
         rows = slice(self.size, self.size + n)
         for name in STATE_FIELDS:
-            _copy_into(getattr(self.state, name)[rows], getattr(batch.state, name))
-        _copy_into(self.actions[rows], batch.action)
-        _copy_into(self.log_probs[rows], batch.log_prob)
-        _copy_into(self.values[rows], batch.value)
-        _copy_into(self.advantages[rows], batch.advantage)
+            self._upload(getattr(self.state, name)[rows], getattr(batch.state, name))
+        self._upload(self.actions[rows], batch.action)
+        self._upload(self.log_probs[rows], batch.log_prob)
+        self._upload(self.values[rows], batch.value)
+        self._upload(self.advantages[rows], batch.advantage)
         has_target = np.asarray(batch.has_target) > 0
         returns = batch.returns
         if search_value_mix > 0 and has_target.any():
             mixed = (1.0 - search_value_mix) * returns + search_value_mix * batch.search_value
             returns = np.where(has_target, mixed, returns).astype(np.float32)
-        _copy_into(self.returns[rows], returns)
-        _copy_into(self.target_rest[rows], batch.target_rest.astype(np.float32))
+        self._upload(self.returns[rows], returns)
+        self._upload(self.target_rest[rows], batch.target_rest.astype(np.float32))
         if has_target.any() and self.target_probs is None:
             self.target_probs = torch.zeros(len(self.legal_actions), dtype=torch.float16,
                                             device=self.device)
@@ -118,13 +125,29 @@ class ExperienceBuffer:
             per_legal[np.repeat(has_target, np.diff(batch.legal_offsets))] = -1.0  # unvisited
             visited = batch.legal_offsets[batch.target_rows()] + batch.target_index
             per_legal[visited] = batch.target_probs
-            _copy_into(self.target_probs[self.num_legal:self.num_legal + m], per_legal)
+            self._upload(self.target_probs[self.num_legal:self.num_legal + m], per_legal)
         self.num_targets += int(has_target.sum())
-        offsets = torch.from_numpy(batch.legal_offsets[1:].astype(np.int64)) + self.num_legal
-        self.legal_offsets[self.size + 1:self.size + n + 1].copy_(offsets)
-        _copy_into(self.legal_actions[self.num_legal:self.num_legal + m], batch.legal_actions)
+        offsets = batch.legal_offsets[1:].astype(np.int64) + self.num_legal
+        self.host_offsets[self.size + 1:self.size + n + 1] = offsets
+        self._upload(self.legal_offsets[self.size + 1:self.size + n + 1], offsets)
+        self._upload(self.legal_actions[self.num_legal:self.num_legal + m], batch.legal_actions)
         self.size += n
         self.num_legal += m
+
+    def _upload(self, target: torch.Tensor, array: np.ndarray) -> None:
+        """Copy a host array into the device tensor `target`: on CUDA through pinned memory
+        without waiting (torch's pinned allocator keeps the block until the copy is done)."""
+        source = from_numpy(array)
+        if self.pinned:
+            target.copy_(source.pin_memory(), non_blocking=True)
+        else:
+            target.copy_(source)
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        source = torch.from_numpy(array)
+        if self.pinned:
+            return source.pin_memory().to(self.device, non_blocking=True)
+        return source.to(self.device)
 
     def _grow_legal(self, needed: int) -> None:
         size = len(self.legal_actions)
@@ -146,30 +169,65 @@ class ExperienceBuffer:
         std = adv.std() if self.size > 1 else torch.ones((), device=self.device)
         adv.sub_(adv.mean()).div_(std + 1e-8)
 
-    def minibatch(self, rows: torch.Tensor, max_moves: int,
-                  attack_planes: bool = False) -> Minibatch:
-        """Planes, legal actions and training targets of `rows` (a long tensor on the device)."""
-        offsets, actions = gather_csr(self.legal_offsets[:self.size + 1],
-                                      self.legal_actions[:self.num_legal], rows)
+    def legal_width(self) -> int:
+        """The fixed legal width of padded minibatches: the buffer's widest row rounded up to
+        LEGAL_WIDTH_STEP (few distinct shapes across updates)."""
+        widest = int(np.diff(self.host_offsets[:self.size + 1]).max(initial=1))
+        return -(-max(widest, 1) // LEGAL_WIDTH_STEP) * LEGAL_WIDTH_STEP
+
+    def minibatch(self, rows: torch.Tensor, max_moves: int, attack_planes: bool = False,
+                  legal_width: int | None = None) -> Minibatch:
+        """Planes, legal actions and training targets of `rows` (a long tensor on the CPU).
+
+        The legal actions' layout is computed on the host from `host_offsets` and uploaded
+        with the rows (pinned on CUDA): nothing is read back from the device. With
+        `legal_width` each row's legal actions are padded to that many entries (their
+        `legal_valid` says which are real), a shape that does not depend on the rows drawn.
+        """
+        host_rows = rows.numpy()
+        starts = self.host_offsets[host_rows]
+        counts = self.host_offsets[host_rows + 1] - starts
+        b = len(host_rows)
+        if legal_width is None:
+            offsets = np.zeros(b + 1, dtype=np.int64)
+            np.cumsum(counts, out=offsets[1:])
+            # Position j of the output row r reads legal_actions[starts[r] + j].
+            positions = (np.repeat(starts - offsets[:-1], counts)
+                         + np.arange(offsets[-1], dtype=np.int64))
+            valid = None
+        else:
+            if b and counts.max() > legal_width:
+                raise ValueError(f"a row has {counts.max()} legal actions, more than the "
+                                 f"legal width {legal_width}")
+            offsets = np.arange(b + 1, dtype=np.int64) * legal_width
+            slot = np.arange(legal_width, dtype=np.int64)
+            valid_np = slot[None, :] < counts[:, None]
+            positions = np.where(valid_np, starts[:, None] + slot[None, :], 0).reshape(-1)
+            valid = self._to_device(valid_np.reshape(-1))
+        device_rows = self._to_device(host_rows)
+        device_positions = self._to_device(positions)
         targets = rest = None
         if self.num_targets and self.target_probs is not None:
-            targets = gather_csr(self.legal_offsets[:self.size + 1],
-                                 self.target_probs[:self.num_legal], rows)[1].float()
-            rest = self.target_rest[rows]
+            if valid is not None:  # refused by the config check too (keisei_ray/config.py)
+                raise ValueError("search targets (train.search) with padded legal actions "
+                                 "(ppo.fixed_shapes) are not supported")
+            targets = self.target_probs[device_positions].float()
+            rest = self.target_rest[device_rows]
         return Minibatch(
             # channels_last: the layout the learner's model uses (about 25% faster convolution
             # backward on CPU, and what tensor cores want on CUDA).
-            planes=encode_planes(self.state.index(rows), max_moves, attack_planes).contiguous(
-                memory_format=torch.channels_last),
-            legal_offsets=offsets,
-            legal_actions=actions,
-            actions=self.actions[rows].long(),
-            log_probs=self.log_probs[rows],
-            values=self.values[rows],
-            advantages=self.advantages[rows],
-            returns=self.returns[rows],
-            prox_log_probs=self.prox_log_probs[rows],
-            prox_values=self.prox_values[rows],
+            planes=encode_planes(self.state.index(device_rows), max_moves,
+                                 attack_planes).contiguous(memory_format=torch.channels_last),
+            legal_offsets=self._to_device(offsets),
+            legal_actions=self.legal_actions[device_positions],
+            actions=self.actions[device_rows].long(),
+            log_probs=self.log_probs[device_rows],
+            values=self.values[device_rows],
+            advantages=self.advantages[device_rows],
+            returns=self.returns[device_rows],
+            prox_log_probs=self.prox_log_probs[device_rows],
+            prox_values=self.prox_values[device_rows],
+            legal_valid=valid,
             targets=targets,
             target_rest=rest,
             distill_scale=self.size / self.num_targets if self.num_targets else 0.0,
@@ -179,7 +237,3 @@ class ExperienceBuffer:
         """Classic PPO: the proximal policy and value are the behaviour ones."""
         self.prox_log_probs[:self.size] = self.log_probs[:self.size]
         self.prox_values[:self.size] = self.values[:self.size]
-
-
-def _copy_into(target: torch.Tensor, array: np.ndarray) -> None:
-    target.copy_(from_numpy(array))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -22,7 +22,7 @@ from keisei_ray.codec import ExperienceBatch, decode
 from keisei_ray.config import Config
 from learner.buffer import ExperienceBuffer
 from learner.model import PolicyValueNet, build_model, export_weights
-from learner.ppo import lr_at, ppo_update
+from learner.ppo import Forward, GatherLogits, dense_gather, lr_at, ppo_update
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ class Learner:
 
     `total_timesteps` (default: config.train.total_timesteps) is where the LR schedule ends;
     `seed` (default: config.train.seed) seeds the model init and the minibatch order.
+    `dense_policy` runs the old reference path (dense [N, 13527] logits, then the legal ones
+    gathered from them) instead of reading the legal logits from the policy head: for
+    benchmarks and tests only, it computes the same numbers more slowly. `fused_adam` is
+    torch's `fused` flag of the optimizer (None: torch's default, the foreach kernels).
     """
 
     def __init__(
@@ -57,6 +61,8 @@ class Learner:
         *,
         total_timesteps: int | None = None,
         seed: int | None = None,
+        dense_policy: bool = False,
+        fused_adam: bool | None = None,
     ) -> None:
         self.config = config
         self.ppo = config.ppo
@@ -73,17 +79,19 @@ class Learner:
                 self.device, memory_format=torch.channels_last)
         self.generator = torch.Generator().manual_seed(seed)  # minibatch order, on the CPU
 
-        self.forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = self.model
+        self.forward: Forward = self.model if dense_policy else self.model.heads
+        self.gather: GatherLogits = dense_gather if dense_policy else self.model.legal_logits
         if self.ppo.compile:
             if self.device.type == "cuda":
                 # Only the forward is compiled: self.model keeps state_dict keys clean.
-                self.forward = torch.compile(self.model)
-            else:
+                self.forward = torch.compile(self.forward, mode=self.ppo.compile_mode)
+            else:  # not measured to pay on a CPU learner (issue 23): left out there
                 log.warning("ppo.compile is only used on CUDA; the learner runs on %s",
                             self.device)
         optimizer = torch.optim.AdamW if self.ppo.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer(self.model.parameters(), lr=self.ppo.learning_rate,
-                                   eps=self.ppo.adam_eps, weight_decay=self.ppo.weight_decay)
+                                   eps=self.ppo.adam_eps, weight_decay=self.ppo.weight_decay,
+                                   fused=fused_adam)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.ppo.amp == "fp16")
         self.buffer = ExperienceBuffer(capacity, self.device)
 
@@ -146,7 +154,7 @@ class Learner:
                              self.ppo, max_moves=self.config.env.max_moves,
                              attack_planes=self.config.model.attack_planes,
                              lr_for_step=lr_for_step, generator=self.generator,
-                             autocast=self._autocast)
+                             autocast=self._autocast, gather=self.gather)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start

@@ -184,23 +184,49 @@ class PolicyValueNet(nn.Module):
             nn.Tanh(),
         )
 
-    def forward(self, planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(policy logits [N, 13527] in fp32, value [N]) of planes [N, 46 or 50, 9, 9]."""
+    def heads(self, planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the policy head's output [N, C, 9, 9] in fp32, value [N]) of planes [N, 46 or 50,
+        9, 9]: what `legal_logits` reads the legal moves' logits from, with no dense
+        [N, 13527] tensor in the forward or the backward."""
         x = self.tower(self.stem(planes))
-        n = x.shape[0]
         # The policy head runs in fp32 even under autocast: in bf16 (8 bits of mantissa) logits
         # of a few units are off by ~0.02, and so are the learner's log-probs from the fp32 ones
         # the workers sampled with (ratios off by 2% at zero lag).
         with torch.autocast(x.device.type, enabled=False):
             out = self.policy_head(x.float())
-        # One gather puts every action's logit in place, reading the head's output in the
-        # order it lies in memory (a channels_last model's is square-major: no copy).
+        return out, self.value_head(x).squeeze(1)
+
+    def _flat(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The head's output read in the order it lies in memory (a channels_last model's is
+        # square-major): a view, never a copy; and the action index of that order.
+        n = out.shape[0]
         if out.is_contiguous():
-            flat, index = out.reshape(n, -1), self.index_nchw
-        else:
-            flat, index = out.permute(0, 2, 3, 1).reshape(n, -1), self.index_nhwc
-        logits = F.pad(flat, (0, 1)).index_select(1, index)
-        return logits, self.value_head(x).squeeze(1)
+            return out.reshape(n, -1), self.index_nchw
+        return out.permute(0, 2, 3, 1).reshape(n, -1), self.index_nhwc
+
+    def dense_logits(self, out: torch.Tensor) -> torch.Tensor:
+        """All 13527 actions' logits [N, 13527] of a `heads` output (0 where no piece can
+        move)."""
+        flat, index = self._flat(out)
+        return F.pad(flat, (0, 1)).index_select(1, index)
+
+    def legal_logits(self, out: torch.Tensor, rows: torch.Tensor,
+                     cols: torch.Tensor) -> torch.Tensor:
+        """The logits [M] of actions cols[j] of rows rows[j], read straight from a `heads`
+        output: equal to dense_logits(out)[rows, cols], without the dense tensor (its
+        gradient reaches only the M entries read)."""
+        flat, index = self._flat(out)
+        where = index[cols]
+        width = flat.shape[1]
+        # A (from, to) pair no piece can move between has the constant 0 (never legal).
+        possible = where < width
+        taken = flat.reshape(-1)[rows * width + where.clamp(max=width - 1)]
+        return torch.where(possible, taken, 0.0)
+
+    def forward(self, planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(policy logits [N, 13527] in fp32, value [N]) of planes [N, 46 or 50, 9, 9]."""
+        out, value = self.heads(planes)
+        return self.dense_logits(out), value
 
 
 def build_model(config: ModelConfig) -> PolicyValueNet:
@@ -211,6 +237,15 @@ def build_model(config: ModelConfig) -> PolicyValueNet:
 # ----------------------------------------------------------------------------- masked policy
 
 
+def csr_rows(offsets: torch.Tensor, num_entries: int) -> torch.Tensor:
+    """The row [M] of each entry of a CSR list: row i owns entries offsets[i]:offsets[i + 1].
+    `num_entries` (M, offsets[-1]) comes from the caller so that no device value is read."""
+    n = offsets.shape[0] - 1
+    counts = offsets[1:] - offsets[:-1]
+    return torch.repeat_interleave(torch.arange(n, device=offsets.device), counts,
+                                   output_size=num_entries)
+
+
 @dataclass(frozen=True)
 class LegalPolicy:
     """The policy of N rows restricted to their legal actions, held sparsely.
@@ -218,55 +253,83 @@ class LegalPolicy:
     Only the M legal entries (rows[j], cols[j]) are touched, which is far cheaper than dense
     ops over all 13527 actions of every row, and illegal actions get no gradient by
     construction. Everything stays finite: a row without a legal action has log-prob 0,
-    entropy 0, passes no gradient, and samples action -1. Nothing is edited in place.
+    entropy 0, passes no gradient, and samples action -1. Nothing is edited in place. No step
+    reads a device value on the host (no synchronisation on CUDA). Entries with `valid` False
+    (padding of a fixed-width layout) take no part.
     """
 
-    logits: torch.Tensor  # float32 [N, 13527]
     rows: torch.Tensor  # long [M]
     cols: torch.Tensor  # long [M]
-    log_probs: torch.Tensor  # float32 [M]: log-prob of each legal entry
+    log_probs: torch.Tensor  # float32 [M]: log-prob of each legal entry (0 for padding)
     log_norm: torch.Tensor  # float32 [N]: log-sum-exp of each row's legal logits (0 if none)
     has_legal: torch.Tensor  # bool [N]
+    valid: torch.Tensor | None = None  # bool [M], None: every entry is a legal action
+
+    @classmethod
+    def from_legal_logits(cls, z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                          n: int, valid: torch.Tensor | None = None) -> LegalPolicy:
+        """From the logits z [M] of the legal entries (rows[j], cols[j]) of N rows."""
+        z = z.float()
+        device = z.device
+        if valid is None:
+            has_legal = torch.zeros(n, dtype=torch.bool, device=device).index_fill(0, rows, True)
+            live = z
+        else:
+            has_legal = torch.zeros(n, device=device).index_add(0, rows, valid.float()) > 0
+            live = torch.where(valid, z, -math.inf)
+        with torch.no_grad():  # any per-row shift works; the max keeps exp() in range
+            top = torch.full((n,), -math.inf, device=device)
+            top = torch.where(has_legal, top.scatter_reduce(0, rows, live.detach(), "amax"), 0.0)
+        shifted = z - top[rows]
+        if valid is not None:  # padding: 0 (finite, so no NaN reaches a gradient), then out
+            shifted = torch.where(valid, shifted, 0.0)
+        terms = shifted.exp()
+        if valid is not None:
+            terms = torch.where(valid, terms, 0.0)
+        sums = torch.zeros(n, device=device).index_add(0, rows, terms)
+        log_norm = top + torch.where(has_legal, sums, 1.0).log()
+        log_probs = z - log_norm[rows]
+        if valid is not None:
+            log_probs = torch.where(valid, log_probs, 0.0)
+        return cls(rows, cols, log_probs, log_norm, has_legal, valid)
 
     @classmethod
     def from_entries(cls, logits: torch.Tensor, rows: torch.Tensor,
                      cols: torch.Tensor) -> LegalPolicy:
-        logits = logits.float()
-        n = logits.shape[0]
-        z = logits[rows, cols]
-        has_legal = torch.zeros(n, dtype=torch.bool, device=logits.device)
-        has_legal = has_legal.index_fill(0, rows, True)
-        with torch.no_grad():  # any per-row shift works; the max keeps exp() in range
-            top = torch.full((n,), -math.inf, device=logits.device)
-            top = torch.where(has_legal, top.scatter_reduce(0, rows, z, "amax"), 0.0)
-        sums = torch.zeros(n, device=logits.device).index_add(0, rows, (z - top[rows]).exp())
-        log_norm = top + torch.where(has_legal, sums, 1.0).log()
-        return cls(logits, rows, cols, z - log_norm[rows], log_norm, has_legal)
+        """From dense logits [N, 13527] and the legal entries (rows[j], cols[j])."""
+        return cls.from_legal_logits(logits[rows, cols], rows, cols, logits.shape[0])
 
     @classmethod
     def from_mask(cls, logits: torch.Tensor, mask: torch.Tensor) -> LegalPolicy:
-        """From a bool mask [N, 13527]."""
+        """From dense logits and a bool mask [N, 13527]."""
         rows, cols = mask.nonzero(as_tuple=True)
         return cls.from_entries(logits, rows, cols)
 
     @classmethod
     def from_csr(cls, logits: torch.Tensor, offsets: torch.Tensor,
                  actions: torch.Tensor) -> LegalPolicy:
-        """From CSR legal actions: row i's are actions[offsets[i]:offsets[i + 1]]."""
-        n = logits.shape[0]
-        counts = offsets[1:] - offsets[:-1]
-        rows = torch.repeat_interleave(torch.arange(n, device=logits.device), counts,
-                                       output_size=actions.shape[0])
+        """From dense logits and CSR legal actions: row i's are actions[offsets[i]:offsets[i +
+        1]]."""
+        rows = csr_rows(offsets.to(logits.device), actions.shape[0])
         return cls.from_entries(logits, rows, actions.long())
 
+    def _entry_mask(self, actions: torch.Tensor) -> torch.Tensor:
+        hit = self.cols == actions[self.rows]
+        return hit if self.valid is None else hit & self.valid
+
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
-        """Log-prob [N] of one (legal) action per row; 0 for a row without legal actions."""
-        taken = self.logits.gather(1, actions.clamp(min=0).unsqueeze(1)).squeeze(1)
-        return torch.where(self.has_legal, taken - self.log_norm, 0.0)
+        """Log-prob [N] of one legal action per row (the row's entry of that action); 0 for a
+        row without legal actions (and for an action that is not among the row's)."""
+        hit = self._entry_mask(actions)
+        # Adding zeros keeps the one hit entry's value exact (a legal list has no duplicates).
+        return torch.zeros_like(self.log_norm).index_add(
+            0, self.rows, torch.where(hit, self.log_probs, 0.0))
 
     def entropy(self) -> torch.Tensor:
         """Entropy [N] in nats (>= 0) of each row's legal distribution; 0 for none."""
         terms = self.log_probs.exp() * self.log_probs
+        if self.valid is not None:
+            terms = torch.where(self.valid, terms, 0.0)
         return -torch.zeros_like(self.log_norm).index_add(0, self.rows, terms)
 
     def choose(self, *, greedy: bool = False,
@@ -280,11 +343,16 @@ class LegalPolicy:
         if not greedy:
             noise = torch.empty_like(scores).exponential_(generator=generator)
             scores = scores - noise.log()  # + Gumbel(0, 1)
+        if self.valid is not None:
+            scores = torch.where(self.valid, scores, -math.inf)
         best = torch.full((n,), -math.inf, device=scores.device)
         best = best.scatter_reduce(0, self.rows, scores, "amax")
         hit = scores == best[self.rows]
+        if self.valid is not None:
+            hit &= self.valid
         lowest = torch.full((n,), NUM_ACTIONS, dtype=torch.long, device=scores.device)
-        lowest = lowest.scatter_reduce(0, self.rows[hit], self.cols[hit], "amin")
+        lowest = lowest.scatter_reduce(0, self.rows, torch.where(hit, self.cols, NUM_ACTIONS),
+                                       "amin")
         return torch.where(self.has_legal, lowest, -1)
 
 
@@ -303,12 +371,31 @@ def choose_actions(
     takes the most likely legal action and reports its log-prob at temperature 1. A row with
     no legal action gets action -1 and log-prob 0.
     """
-    if not temperature > 0.0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    _check_temperature(temperature)
     scaled = logits if greedy or temperature == 1.0 else logits.float() / temperature
-    policy = LegalPolicy.from_mask(scaled, mask)
+    return _policy_choice(LegalPolicy.from_mask(scaled, mask), greedy=greedy,
+                          generator=generator)
+
+
+def _policy_choice(policy: LegalPolicy, *, greedy: bool,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     actions = policy.choose(greedy=greedy, generator=generator)
     return actions, policy.log_prob(actions)
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+
+
+def _eval_heads(model: PolicyValueNet, planes: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    was_training = model.training
+    model.eval()
+    try:
+        return model.heads(planes)
+    finally:
+        model.train(was_training)
 
 
 @torch.inference_mode()
@@ -329,7 +416,8 @@ def act(
     training forwards each minibatch's own. Decoupled PPO centres its clip on the learner's
     own training-mode numbers, so that difference lands in the clipped behaviour ratio.
     Actions and log-probs as in `choose_actions`: the sampled log-prob is the true behaviour
-    probability of the worker's policy.
+    probability of the worker's policy. `act_csr` does the same from CSR legal actions
+    without any dense [N, 13527] tensor.
     """
     was_training = model.training
     model.eval()
@@ -339,6 +427,32 @@ def act(
         model.train(was_training)
     actions, log_probs = choose_actions(logits, mask, greedy=greedy, temperature=temperature,
                                         generator=generator)
+    return actions, log_probs, values.float()
+
+
+@torch.inference_mode()
+def act_csr(
+    model: PolicyValueNet,
+    planes: torch.Tensor,
+    offsets: np.ndarray | torch.Tensor,
+    legal: np.ndarray | torch.Tensor,
+    *,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`act` on CSR legal actions (row i's are legal[offsets[i]:offsets[i + 1]]): the legal
+    moves' logits are read straight from the policy head's output, the same numbers as
+    `act` on the equivalent mask."""
+    _check_temperature(temperature)
+    out, values = _eval_heads(model, planes)
+    cols = torch.as_tensor(legal, device=out.device).long()
+    rows = csr_rows(torch.as_tensor(offsets, device=out.device).long(), cols.shape[0])
+    z = model.legal_logits(out, rows, cols)
+    if not (greedy or temperature == 1.0):
+        z = z / temperature
+    policy = LegalPolicy.from_legal_logits(z, rows, cols, planes.shape[0])
+    actions, log_probs = _policy_choice(policy, greedy=greedy, generator=generator)
     return actions, log_probs, values.float()
 
 

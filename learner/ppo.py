@@ -37,7 +37,28 @@ from torch.profiler import record_function
 
 from keisei_ray.config import PPOConfig
 from learner.buffer import ExperienceBuffer, Minibatch
-from learner.model import LegalPolicy
+from learner.model import LegalPolicy, csr_rows
+
+# The learner's forward: planes -> (policy output, values), and how to read the legal logits
+# [M] of entries (rows, cols) from that policy output. The default pairs the model's `heads`
+# with its `legal_logits` (no dense [N, 13527] tensor); `dense_gather` with the
+# model itself is the dense reference path.
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+GatherLogits = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def dense_gather(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """The GatherLogits of a forward that returns dense logits [N, 13527]."""
+    return logits[rows, cols]
+
+
+def batch_policy(policy_out: torch.Tensor, batch: Minibatch, gather: GatherLogits
+                 ) -> LegalPolicy:
+    """The legal policy of a minibatch's rows from the forward's policy output."""
+    cols = batch.legal_actions.long()
+    rows = csr_rows(batch.legal_offsets, cols.shape[0])
+    return LegalPolicy.from_legal_logits(gather(policy_out, rows, cols), rows, cols,
+                                         batch.actions.shape[0], batch.legal_valid)
 
 
 def lr_at(progress: float, ppo: PPOConfig) -> float:
@@ -73,15 +94,18 @@ def distillation_loss(log_probs: torch.Tensor, rows: torch.Tensor, targets: torc
 
 
 def ppo_loss(
-    logits: torch.Tensor, values: torch.Tensor, batch: Minibatch, ppo: PPOConfig
+    policy_out: torch.Tensor, values: torch.Tensor, batch: Minibatch, ppo: PPOConfig,
+    gather: GatherLogits = dense_gather,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The PPO objective of one minibatch and its statistics (detached tensors).
 
     The ratio is taken from the proximal policy (`batch.prox_log_probs`) and each row's
     clipped surrogate is weighted by min(pi_prox / pi_behaviour, behaviour_ratio_clip); when
     the proximal policy is the behaviour one (classic PPO) that weight is exactly 1.
+    `gather` reads the legal logits from `policy_out` (by default dense logits [B, 13527]).
+    No step reads a device value on the host.
     """
-    policy = LegalPolicy.from_csr(logits, batch.legal_offsets, batch.legal_actions)
+    policy = batch_policy(policy_out, batch, gather)
     log_ratio = policy.log_prob(batch.actions) - batch.prox_log_probs
     ratio = log_ratio.exp()
     behaviour_log_ratio = batch.prox_log_probs - batch.log_probs
@@ -143,7 +167,7 @@ def _batch_norm_statistics_kept(model: nn.Module) -> Iterator[None]:
 
 
 def proximal_pass(
-    forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    forward: Forward,
     model: nn.Module,
     buffer: ExperienceBuffer,
     order: torch.Tensor,
@@ -152,26 +176,57 @@ def proximal_pass(
     max_moves: int,
     attack_planes: bool,
     autocast: Callable[[], AbstractContextManager[object]],
+    gather: GatherLogits = dense_gather,
 ) -> None:
     """The proximal log-probs and values of every row into the buffer: one no-grad forward in
-    training mode over `order` (the first epoch's), chunked exactly as the first epoch is."""
-    micro = ppo.micro_batch_size or ppo.minibatch_size
+    training mode over `order` (the first epoch's), chunked exactly as the first epoch is.
+    With `ppo.fixed_shapes` the ragged tail (the rows the first epoch leaves out) goes through
+    in chunks padded to the micro-batch size by repeating rows, whose extra outputs are not
+    kept (rows do not interact under GroupNorm; under BatchNorm the repeats move the batch
+    statistics slightly)."""
+    size = minibatch_rows(len(order), ppo)
+    micro = min(ppo.micro_batch_size or size, size)
+    width = buffer.legal_width() if ppo.fixed_shapes else None
     with torch.no_grad(), _batch_norm_statistics_kept(model):
-        for start in range(0, len(order), ppo.minibatch_size):
-            for chunk in order[start:start + ppo.minibatch_size].split(micro):
-                batch = buffer.minibatch(chunk, max_moves, attack_planes)
-                with autocast():
-                    logits, values = forward(batch.planes)
-                policy = LegalPolicy.from_csr(logits, batch.legal_offsets, batch.legal_actions)
-                buffer.prox_log_probs[chunk] = policy.log_prob(batch.actions)
-                buffer.prox_values[chunk] = values.float()
+        for chunk, real in _chunks(order, size, micro, pad=ppo.fixed_shapes):
+            batch = buffer.minibatch(chunk, max_moves, attack_planes, width)
+            with autocast():
+                policy_out, values = forward(batch.planes)
+            policy = batch_policy(policy_out, batch, gather)
+            rows = chunk[:real].to(buffer.device)  # a padded chunk's repeats are not kept
+            buffer.prox_log_probs[rows] = policy.log_prob(batch.actions)[:real]
+            buffer.prox_values[rows] = values.float()[:real]
+
+
+def minibatch_rows(n: int, ppo: PPOConfig) -> int:
+    """Rows per minibatch of an update of `n` transitions: ppo.minibatch_size, or all `n`
+    when fewer (one minibatch)."""
+    return min(ppo.minibatch_size, n) if ppo.fixed_shapes else ppo.minibatch_size
+
+
+def _chunks(order: torch.Tensor, size: int, micro: int, *, pad: bool
+            ) -> Iterator[tuple[torch.Tensor, int]]:
+    """(chunk, real rows in it) of `order` cut into minibatches of `size` rows, each split into
+    micro-batches; with `pad`, the rows after the last full minibatch come last in chunks of
+    exactly `micro` rows (the last one filled up by repeating rows of `order`)."""
+    full = len(order) // size * size if pad else len(order)
+    for start in range(0, full, size):
+        for chunk in order[start:start + size].split(micro):
+            yield chunk, len(chunk)
+    if pad and full < len(order):
+        for start in range(full, len(order), micro):
+            chunk = order[start:start + micro]
+            real = len(chunk)
+            if real < micro:  # wrap around: repeats keep the shape fixed
+                chunk = torch.cat([chunk, order[:micro - real]])
+            yield chunk, real
 
 
 # Long by choice: the PPO update top to bottom, CleanRL-style (proximal pass, epochs,
 # minibatches, micro-batches, loss terms, clipping, statistics), so the algorithm reads in one
 # screen.
 def ppo_update(
-    forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    forward: Forward,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -183,24 +238,31 @@ def ppo_update(
     lr_for_step: Callable[[int, int], float],
     generator: torch.Generator,
     autocast: Callable[[], AbstractContextManager[object]],
+    gather: GatherLogits = dense_gather,
 ) -> dict[str, float]:
     """Epochs x minibatches of PPO over the buffer; returns the mean statistics.
 
-    `forward` is the model or its compiled form; `lr_for_step(step, planned_steps)` gives
+    `forward` is the model (or its `heads`, with `gather` its `legal_logits`) or its compiled
+    form; `lr_for_step(step, planned_steps)` gives
     each optimizer step's learning rate; `autocast()` opens the mixed-precision context.
     """
     n = len(buffer)
     if ppo.normalize_advantages:
         buffer.normalize_advantages()
-    steps_per_epoch = math.ceil(n / ppo.minibatch_size)
+    size = minibatch_rows(n, ppo)
+    # Fixed shapes: each epoch trains its full minibatches only (the ragged tail's rows are
+    # in other epochs' random orders); else the last minibatch is smaller.
+    steps_per_epoch = n // size if ppo.fixed_shapes else math.ceil(n / size)
     planned = ppo.epochs * steps_per_epoch
     model.train()
-    first_order = torch.randperm(n, generator=generator).to(buffer.device)
+    # Row orders stay on the host: the buffer computes each minibatch's layout there.
+    first_order = torch.randperm(n, generator=generator)
+    width = buffer.legal_width() if ppo.fixed_shapes else None
     started = time.perf_counter()
     if ppo.decoupled:
         with record_function("proximal"):
             proximal_pass(forward, model, buffer, first_order, ppo, max_moves=max_moves,
-                          attack_planes=attack_planes, autocast=autocast)
+                          attack_planes=attack_planes, autocast=autocast, gather=gather)
             if buffer.device.type == "cuda":
                 torch.cuda.synchronize(buffer.device)
     else:
@@ -211,12 +273,11 @@ def ppo_update(
     evaluated = steps = epochs_run = samples = 0
     lr = optimizer.param_groups[0]["lr"]
     stopped_early = False
-    micro = ppo.micro_batch_size or ppo.minibatch_size
+    micro = min(ppo.micro_batch_size or size, size)
     for epoch in range(ppo.epochs):
-        order = (first_order if epoch == 0
-                 else torch.randperm(n, generator=generator).to(buffer.device))
-        for start in range(0, n, ppo.minibatch_size):
-            rows = order[start:start + ppo.minibatch_size]
+        order = first_order if epoch == 0 else torch.randperm(n, generator=generator)
+        for start in range(0, steps_per_epoch * size, size):
+            rows = order[start:start + size]
             # Larger than a micro-batch: its chunks' gradients are accumulated, each weighted
             # by its share of the rows, so loss and step are the whole minibatch's.
             optimizer.zero_grad(set_to_none=True)
@@ -224,11 +285,11 @@ def ppo_update(
             for chunk in rows.split(micro):
                 weight = len(chunk) / len(rows)
                 with record_function("features"):
-                    batch = buffer.minibatch(chunk, max_moves, attack_planes)
+                    batch = buffer.minibatch(chunk, max_moves, attack_planes, width)
                 with record_function("forward"):
                     with autocast():
-                        logits, values = forward(batch.planes)
-                    loss, stats = ppo_loss(logits, values, batch, ppo)
+                        policy_out, values = forward(batch.planes)
+                    loss, stats = ppo_loss(policy_out, values, batch, ppo, gather)
                 with record_function("backward"):
                     scaler.scale(loss * weight if weight != 1.0 else loss).backward()
                 for key, value in stats.items():

@@ -34,13 +34,13 @@ def micro_batch_trial(learner: Learner, size: int, *, repeats: int = 3,
     seconds = 0.0
     try:
         for i in range(repeats + 1):
-            rows = torch.randint(0, n, (size,), generator=generator).to(buffer.device)
+            rows = torch.randint(0, n, (size,), generator=generator)  # on the host
             start = time.perf_counter()
             batch = buffer.minibatch(rows, learner.config.env.max_moves,
                                      learner.config.model.attack_planes)
             with learner._autocast():
-                logits, values = learner.forward(batch.planes)
-            loss, _ = ppo_loss(logits, values, batch, learner.ppo)
+                policy_out, values = learner.forward(batch.planes)
+            loss, _ = ppo_loss(policy_out, values, batch, learner.ppo, learner.gather)
             loss.backward()
             if cuda:
                 torch.cuda.synchronize(learner.device)

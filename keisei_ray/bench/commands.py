@@ -89,12 +89,28 @@ def bench_ppo_cmd(
         help="Time updates with ppo.decoupled on and off, alternated (the proximal pass's "
         "cost), instead.")] = False,
     epochs: Annotated[int, typer.Option(help="PPO epochs per update.")] = 1,
-    rounds: Annotated[int, typer.Option(help="Alternations (--compare-decoupled).")] = 5,
+    rounds: Annotated[int, typer.Option(help="Alternations (--compare-decoupled, "
+                                        "--compare).")] = 5,
+    compare: Annotated[str | None, typer.Option(
+        help="Comma-separated learner variants timed alternately on the same data instead, "
+        "the first the baseline: legal (the default learner), dense (the old dense "
+        "[N, 13527] logits path), ...")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """PPO update throughput (samples/s) per model size."""
-    from keisei_ray.bench.learner import bench_decoupled, bench_ppo
+    from keisei_ray.bench.learner import PPO_ARMS, bench_decoupled, bench_ppo, bench_ppo_compare
 
+    if compare is not None:
+        arms = tuple(compare.split(","))
+        unknown = [arm for arm in arms if arm not in PPO_ARMS]
+        if unknown:
+            fail(f"--compare: unknown variant(s) {unknown} (expected some of "
+                 f"{sorted(PPO_ARMS)})", EXIT_USAGE)
+        _print_figures("PPO learner variants (alternated)",
+                       bench_ppo_compare(arms, tuple(sizes.split(",")), transitions=transitions,
+                                         device=device, epochs=epochs, minibatch_size=minibatch,
+                                         rounds=rounds), as_json)
+        return
     if compare_decoupled:
         _print_figures("Decoupled PPO: the proximal pass's cost",
                        bench_decoupled(tuple(sizes.split(",")), transitions=transitions,
@@ -268,15 +284,29 @@ def bench_train_cmd(
     preset: str = "local",
     workers: Annotated[str, typer.Option(help="Comma-separated worker counts.")] = "1,2",
     timesteps: int = 20_000,
+    learner_threads: Annotated[str | None, typer.Option(
+        help="Comma-separated train.learner_threads values, alternated run by run (e.g. "
+        "1,2).")] = None,
+    seconds: Annotated[float | None, typer.Option(
+        help="Each run trains this long (train.max_minutes) instead of --timesteps.")] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Runs per arm (medians reported).")] = 1,
+    num_cpus: Annotated[int | None, typer.Option(
+        help="Start Ray with this many CPUs (simulate a larger machine).")] = None,
     overrides: OverridesArg = None,
     as_json: JsonOpt = False,
 ) -> None:
     """End-to-end training steps/s with N workers; learner and worker idle shares."""
     from keisei_ray.bench.train import bench_training
 
-    counts = tuple(int(w) for w in workers.split(","))
-    _print_figures("End-to-end training", bench_training(preset, counts, timesteps,
-                                                         tuple(overrides or [])), as_json)
+    try:
+        counts = tuple(int(w) for w in workers.split(","))
+        threads = tuple(int(t) for t in learner_threads.split(",")) if learner_threads else ()
+    except ValueError as exc:
+        fail(f"--workers and --learner-threads take comma-separated integers ({exc})",
+             EXIT_USAGE)
+    _print_figures("End-to-end training", bench_training(
+        preset, counts, timesteps, tuple(overrides or []), learner_threads=threads,
+        seconds=seconds, rounds=rounds, num_cpus=num_cpus), as_json)
 
 
 @bench_app.command("eval")

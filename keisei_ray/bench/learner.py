@@ -215,6 +215,67 @@ def bench_ppo(
     return figures
 
 
+# Arms of `bench_ppo_compare`: (config overrides, Learner keyword arguments) of each. "legal"
+# is the default learner; each other arm changes one thing against it.
+PPO_ARMS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "legal": ({}, {}),
+    "dense": ({}, {"dense_policy": True}),  # the old path: dense [N, 13527] logits
+    "fused-adam": ({}, {"fused_adam": True}),
+    "compile": ({"ppo": {"compile": True}}, {}),  # CUDA only (--device cuda)
+    "cuda-graphs": ({"ppo": {"compile": True, "compile_mode": "reduce-overhead",
+                             "fixed_shapes": True}}, {}),  # CUDA only
+    "fixed-shapes": ({"ppo": {"fixed_shapes": True}}, {}),
+}
+
+
+def bench_ppo_compare(
+    arms: Sequence[str] = ("legal", "dense"),
+    sizes: Sequence[str] = ("tiny", "small", "large"),
+    *,
+    transitions: int = 2048,
+    device: str = "cpu",
+    epochs: int = 1,
+    minibatch_size: int = 256,
+    rounds: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """PPO update samples/s of learner variants (`PPO_ARMS`) on the same data, alternated
+    update by update (round-robin over the arms, `rounds` times) so that a shared machine's
+    load falls on every arm alike: the median of each and its ratio to the first arm. The
+    first update of each (warm-up, compile) is not timed."""
+    unknown = [arm for arm in arms if arm not in PPO_ARMS]
+    if unknown:
+        raise ValueError(f"unknown bench arm(s) {unknown} (expected some of "
+                         f"{sorted(PPO_ARMS)})")
+    games = 64
+    batch = collect_experience(games, max(1, transitions // games), seed=seed)
+    figures: dict[str, Any] = {"device": device, "transitions": len(batch), "epochs": epochs,
+                               "minibatch": minibatch_size, "rounds": rounds,
+                               "threads": torch.get_num_threads()}
+    for size in sizes:
+        learners = {}
+        for arm in arms:
+            overrides, kwargs = PPO_ARMS[arm]
+            config = Config.model_validate({
+                "model": {"size": size, **overrides.get("model", {})},
+                "ppo": {"epochs": epochs, "minibatch_size": minibatch_size,
+                        "max_policy_lag": 1_000, **overrides.get("ppo", {})}})
+            learners[arm] = Learner(config, capacity=len(batch), device=device,
+                                    total_timesteps=10**9, seed=seed, **kwargs)
+            learners[arm].update([batch])
+        rates: dict[str, list[float]] = {arm: [] for arm in arms}
+        for _ in range(rounds):
+            for arm, learner in learners.items():
+                rates[arm].append(learner.update([batch])["samples_per_s"])
+        first = float(np.median(rates[arms[0]]))
+        for arm in arms:
+            median = float(np.median(rates[arm]))
+            figures[f"{size} {arm} samples per s"] = median
+            if arm != arms[0]:
+                figures[f"{size} {arm} / {arms[0]}"] = median / first
+    return figures
+
+
 def bench_decoupled(
     sizes: Sequence[str] = ("small",),
     *,

@@ -158,24 +158,51 @@ def bench_broadcast(sizes: tuple[str, ...] = ("small", "large"), workers: int = 
 
 
 def bench_training(preset: str = "local", workers: tuple[int, ...] = (1, 2),
-                   timesteps: int = 20_000, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """End-to-end steps/s of a preset with N workers, and the learner's and workers' idle share."""
+                   timesteps: int = 20_000, overrides: tuple[str, ...] = (), *,
+                   learner_threads: tuple[int, ...] = (), seconds: float | None = None,
+                   rounds: int = 1, num_cpus: int | None = None) -> dict[str, Any]:
+    """End-to-end steps/s of a preset with N workers, and the learner's and workers' idle share.
+
+    With `learner_threads` each worker count is run once per thread count and round, the
+    thread counts alternated (round-robin, so that a shared machine's load falls on each
+    alike); the figures are medians over the rounds. `seconds` ends each run by time
+    (train.max_minutes) instead of by timesteps. `num_cpus` starts Ray with that many CPUs
+    (a larger machine simulated: the CPUs are not really there).
+    """
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, num_cpus=num_cpus)
     figures: dict[str, Any] = {"preset": preset, "cpus": ray.cluster_resources().get("CPU")}
+    arms: tuple[int | None, ...] = learner_threads or (None,)
     try:
         for n in workers:
-            config: Config = load_config(None, [
-                f"train.num_workers={n}", f"train.total_timesteps={timesteps}",
-                # N workers share the machine with the learner: do not reserve its CPU.
-                "train.learner_cpus=0", *overrides], preset=preset)
-            with tempfile.TemporaryDirectory() as tmp:
-                result = Trainer(config, Path(tmp)).run()
-            figures[f"N={n} steps per s"] = result.steps_per_s
-            figures[f"N={n} learner idle"] = 1.0 - result.learner_busy
-            figures[f"N={n} workers idle"] = max(0.0, 1.0 - result.worker_busy)
-            figures[f"N={n} updates"] = result.state.updates
+            runs: dict[int | None, list[Any]] = {arm: [] for arm in arms}
+            for _ in range(rounds):
+                for arm in arms:
+                    extra = [] if arm is None else [f"train.learner_threads={arm}"]
+                    if seconds is not None:
+                        extra += [f"train.max_minutes={seconds / 60}",
+                                  "train.total_timesteps=1000000000"]
+                    config: Config = load_config(None, [
+                        f"train.num_workers={n}", f"train.total_timesteps={timesteps}",
+                        # N workers share the machine with the learner: do not reserve its CPU.
+                        "train.learner_cpus=0", *overrides, *extra], preset=preset)
+                    with tempfile.TemporaryDirectory() as tmp:
+                        runs[arm].append(Trainer(config, Path(tmp)).run())
+            for arm, results in runs.items():
+                key = f"N={n}" if arm is None else f"N={n} learner threads={arm}"
+                figures[f"{key} steps per s"] = float(np.median(
+                    [r.steps_per_s for r in results]))
+                figures[f"{key} learner idle"] = float(np.median(
+                    [1.0 - r.learner_busy for r in results]))
+                figures[f"{key} workers idle"] = float(np.median(
+                    [max(0.0, 1.0 - r.worker_busy) for r in results]))
+                figures[f"{key} updates"] = sum(r.state.updates for r in results)
+            if len(arms) > 1 and arms[0] is not None:
+                base = figures[f"N={n} learner threads={arms[0]} steps per s"]
+                for arm in arms[1:]:
+                    figures[f"N={n} threads {arm} / {arms[0]}"] = (
+                        figures[f"N={n} learner threads={arm} steps per s"] / base)
     finally:
         if started_here:
             ray.shutdown()
