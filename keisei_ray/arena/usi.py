@@ -575,9 +575,10 @@ def protocol_stdout() -> TextIO:
     GUI reads protocol lines only. Call once, before anything is written. When sys.stdout is
     not the process's own (captured by a test, or an embedding program's), the protocol goes
     there and descriptor 1 is left alone."""
-    if sys.stdout is not sys.__stdout__:
-        return sys.stdout
-    sys.stdout.flush()
+    stream = sys.stdout
+    if stream is not sys.__stdout__:
+        return stream
+    stream.flush()
     private = os.dup(1)
     os.dup2(2, 1)
     return os.fdopen(private, "w", encoding="utf-8", errors="backslashreplace", newline="\n")
