@@ -578,7 +578,7 @@ def protocol_stdout() -> TextIO:
     stream = sys.stdout
     if stream is not sys.__stdout__:
         return stream
-    stream.flush()
+    sys.stdout.flush()
     private = os.dup(1)
     os.dup2(2, 1)
     return os.fdopen(private, "w", encoding="utf-8", errors="backslashreplace", newline="\n")
