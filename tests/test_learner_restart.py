@@ -6,6 +6,7 @@ loads the new learner's weights even under a version number it already holds."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,14 @@ def test_a_worker_loads_a_restarted_learner_s_weights_of_a_version_number_it_hol
 
 
 def _kill_learner() -> None:
-    ray.kill(ray.get_actor("keisei/learner"), no_restart=True)
+    """ray.kill, and wait until the learner is dead (ray.kill only sends the order: a call
+    sent right after it may still be answered)."""
+    learner = ray.get_actor("keisei/learner")
+    ray.kill(learner, no_restart=True)
+    with pytest.raises(ray.exceptions.RayActorError):
+        for _ in range(300):
+            ray.get(learner.__ray_ready__.remote(), timeout=10)
+            time.sleep(0.1)
 
 
 def _healed_once(tmp_path: Path, log: RestartLog, *extra: str) -> TrainResult:

@@ -572,7 +572,12 @@ def protocol_stdout() -> TextIO:
     after which descriptor 1 itself points at stderr. Native code writes to descriptor 1
     directly, past Python's sys.stdout (cshogi's mate search prints "Error! failedStep" in some
     positions), and so would a stray print: from here on all of that lands on stderr, and the
-    GUI reads protocol lines only. Call once, before anything is written."""
+    GUI reads protocol lines only. Call once, before anything is written. When sys.stdout is
+    not the process's own (captured by a test, or an embedding program's), the protocol goes
+    there and descriptor 1 is left alone."""
+    stream = sys.stdout
+    if stream is not sys.__stdout__:
+        return stream
     sys.stdout.flush()
     private = os.dup(1)
     os.dup2(2, 1)
