@@ -115,11 +115,16 @@ def test_fixed_shape_update_has_one_shape(batch: ExperienceBatch, n_rows: int,
 def _head(batch: ExperienceBatch, n: int) -> ExperienceBatch:
     """The first `n` transitions of a batch (its first n // 20 games, whole)."""
     m = int(batch.legal_offsets[n])
+    assert not batch.has_target.any()
     return replace(batch, state=batch.state.take(np.arange(n)), action=batch.action[:n],
                    log_prob=batch.log_prob[:n], value=batch.value[:n],
                    advantage=batch.advantage[:n], returns=batch.returns[:n],
                    legal_offsets=batch.legal_offsets[:n + 1],
-                   legal_actions=batch.legal_actions[:m])
+                   legal_actions=batch.legal_actions[:m],
+                   # Per-row teacher fields filled in again for the n rows (no targets here).
+                   target_counts=np.zeros(0, dtype=np.uint16),
+                   target_rest=np.zeros(0, dtype=np.float16),
+                   search_value=np.zeros(0, dtype=np.float32))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

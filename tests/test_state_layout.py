@@ -26,7 +26,7 @@ def test_every_copy_follows_the_layout() -> None:
         array = getattr(empty, f.name)
         assert array.dtype == f.dtype and array.shape == (3, *f.shape)
         dtype, shape_of = codec._SCHEMA[f.name]
-        assert dtype == f.dtype and shape_of(3, 0, 0) == (3, *f.shape)
+        assert dtype == f.dtype and shape_of(3, 0, 0, 0) == (3, *f.shape)
         tensor = getattr(buffer.state, f.name)
         assert tensor.shape == (3, *f.shape)
         assert tensor.dtype == torch.from_numpy(np.zeros(0, f.dtype)).dtype

@@ -263,7 +263,7 @@ def wandb_records(path: Path) -> Iterator[Any]:
         _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
         chunk = data[pos + 7:pos + 7 + length]
         pos += 7 + length
-        if kind == 0:
+        if kind == 0 or len(chunk) < length:  # the end, or a chunk still being written
             break
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):  # FULL or LAST
