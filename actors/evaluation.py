@@ -215,6 +215,7 @@ class Contestant:
     engine: str | None = None
     search: tuple[tuple[str, Any], ...] = ()  # a network's own `search.*` settings, over the
     # config's (from a player spec such as `model.pt,sims=64`)
+    value_material: float = 0.0  # the shaping its value learnt (learner.model.PolicyValueNet)
 
     @property
     def is_baseline(self) -> bool:
@@ -254,7 +255,8 @@ def make_player(contestant: Contestant, config: Config, *, seed: int | None = No
     if contestant.weights is None:
         raise ValueError(f"network player {contestant.name!r} has no weights")
     return PolicyPlayer.from_weights(contestant.name, contestant.model, contestant.weights,
-                                     max_moves, **options)
+                                     max_moves, value_material=contestant.value_material,
+                                     **options)
 
 
 def search_settings(base: SearchConfig, options: Sequence[tuple[str, Any]]) -> SearchConfig:

@@ -135,9 +135,11 @@ class PolicyPlayer:
 
     @classmethod
     def from_weights(cls, name: str, config: ModelConfig, weights: Mapping[str, np.ndarray],
-                     max_moves: int, **kwargs: Any) -> PolicyPlayer:
+                     max_moves: int, *, value_material: float = 0.0,
+                     **kwargs: Any) -> PolicyPlayer:
         model = build_model(config)
         load_weights(model, weights)
+        model.value_material = value_material
         return cls(name, model, max_moves, **kwargs)
 
     def choose(self, positions: Sequence[Position]) -> list[Move]:

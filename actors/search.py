@@ -44,7 +44,7 @@ from actors.tree import (
 from keisei_ray.config import EnvConfig, SearchConfig
 from learner.features import encode_planes, to_tensors
 from learner.model import ModelSpec
-from shogi import NUM_ACTIONS, Move, Position
+from shogi import NUM_ACTIONS, Move, Position, material_balance
 from shogi.actions import MOVE16_TO_ACTION
 from shogi.moves import MOVE16_MASK
 from shogi.search_board import SearchBoard, StateRow, compact_rows
@@ -56,7 +56,8 @@ class SearchResult:
     """What a search found for the side to move (USI moves throughout)."""
 
     move: str  # the move chosen, e.g. "7g7f"
-    value: float  # its value for the side to move, in [-1, 1]
+    value: float  # its value for the side to move, in [-1, 1] (plus the shaping's prize:
+    # TreeSearch.value_material)
     visits: dict[str, int] = field(default_factory=dict)  # root visits per move (> 0 only)
     improved_policy: dict[str, float] = field(default_factory=dict)  # completed-Q softmax
     # (Gumbel) or normalised visits (PUCT), over every legal move
@@ -95,8 +96,9 @@ class _Tree:
     """One position's search in progress."""
 
     def __init__(self, position: Position, root: Node, settings: SearchConfig, budget: int,
-                 sampled: bool, gumbel_noise: np.ndarray) -> None:
+                 sampled: bool, gumbel_noise: np.ndarray, value_material: float = 0.0) -> None:
         self.position = position
+        self.value_material = value_material  # TreeSearch.value_material
         self.board = SearchBoard(position)
         self.root = root
         self.settings = settings
@@ -191,11 +193,20 @@ class _Tree:
         outcome = board.outcome(len(moves))
         if outcome is not None:
             if outcome.winner is None:
-                return Node(terminal=0.0)
-            return Node(terminal=1.0 if int(outcome.winner) == board.turn else -1.0)
+                return Node(terminal=self._with_material(0.0))
+            won = int(outcome.winner) == board.turn
+            return Node(terminal=self._with_material(1.0 if won else -1.0))
         if self.settings.mate_leaves and board.winning_mate_in_one():
-            return Node(terminal=1.0)
+            return Node(terminal=self._with_material(1.0))
         return Node(moves)
+
+    def _with_material(self, result: float) -> float:
+        """A terminal's value on the scale of the network's (TreeSearch.value_material): the
+        result plus the shaping's prize for the final balance, for the side to move."""
+        if not self.value_material:
+            return result
+        return result + self.value_material * float(
+            material_balance(compact_rows([self.board.row()]))[0])
 
     def finish(self, leaf: _Leaf, log_prior: np.ndarray, value: float) -> None:
         leaf.node.expand(log_prior, value)
@@ -272,6 +283,11 @@ class TreeSearch:
         self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)
         self.max_moves = max_moves
+        # A network trained with material shaping C (learner.model.PolicyValueNet) values a
+        # position at E[result] + C * (E[final balance] - its balance): the balance already
+        # gained is missing, so a capture would look worse to the search by exactly what it
+        # won. Leaves get C * their balance back, terminals the result plus C * the final one.
+        self.value_material = float(getattr(model, "value_material", 0.0))
         spec = getattr(model, "spec", None)
         self.attack_planes = bool(spec.attack_planes) if isinstance(spec, ModelSpec) else False
         self._kept: dict[tuple[str, tuple[int, ...]], tuple[Node, int]] = {}
@@ -380,7 +396,8 @@ class TreeSearch:
             raise ValueError(f"cannot search a finished game ({position.outcome()}): "
                              f"{position.sfen()!r}")
         root = self._reused_root(position) if self.settings.reuse_tree else None
-        tree = _Tree(position, root or Node(), self.settings, budget, sampled, np.zeros(0))
+        tree = _Tree(position, root or Node(), self.settings, budget, sampled, np.zeros(0),
+                     self.value_material)
         if root is None:
             tree.root.moves = tree.board.legal_moves()
         k = len(tree.root.moves)
@@ -441,7 +458,9 @@ class TreeSearch:
         rows = np.repeat(np.arange(len(leaves)) * NUM_ACTIONS, counts)
         flat = torch.from_numpy(rows + MOVE16_TO_ACTION[turns, moves & MOVE16_MASK])
         chosen = logits.reshape(-1).index_select(0, flat.to(self.device)).float().cpu().numpy()
-        value = values.float().cpu().numpy()
+        value = values.float().cpu().numpy().reshape(-1)
+        if self.value_material:
+            value = value + self.value_material * material_balance(state)
         starts = np.zeros(len(leaves), dtype=np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
         top = np.maximum.reduceat(chosen, starts)

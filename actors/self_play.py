@@ -511,13 +511,9 @@ class SelfPlayWorker:
 
 
 def material_weight(reward: RewardConfig, progress: float) -> float:
-    """The material shaping's coefficient at training `progress` in [0, 1]: reward.material,
-    falling linearly to 0 over the first reward.material_anneal_share of training (None:
-    constant)."""
-    share = reward.material_anneal_share
-    if share is None:
-        return reward.material
-    return reward.material * max(0.0, 1.0 - max(progress, 0.0) / share)
+    """The material shaping's coefficient at training `progress` in [0, 1]
+    (`RewardConfig.weight_at`)."""
+    return reward.weight_at(progress)
 
 
 def _teacher_fields(steps: list[TeacherStep], r_idx: np.ndarray,

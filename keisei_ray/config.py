@@ -158,6 +158,14 @@ class RewardConfig(Section):
         "train.total_timesteps and minutes / train.max_minutes), so the objective at the end "
         "is the game result alone; None: constant")
 
+    def weight_at(self, progress: float) -> float:
+        """The shaping's coefficient at training `progress` in [0, 1]: `material`, falling
+        linearly to 0 over the first `material_anneal_share` of training (None: constant)."""
+        share = self.material_anneal_share
+        if share is None:
+            return self.material
+        return self.material * max(0.0, 1.0 - max(progress, 0.0) / share)
+
 
 class TrainSearchConfig(Section):
     """Search as a teacher in self-play (issue 24, docs/learning.md): workers choose their

@@ -161,6 +161,11 @@ class PolicyValueNet(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
+        # Not a weight: the material shaping's coefficient the value head's targets counted
+        # (reward.material at its anneal when the weights were saved). Such a value is the
+        # expected result plus C times (the final material balance - the current one), so a
+        # search adds C times the current balance back (actors/search.py). Set on loading.
+        self.value_material = 0.0
         c = spec.channels
         self.stem = _conv_block(spec.norm, num_planes(spec.attack_planes), c, 3)
         self.tower = nn.Sequential(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from keisei_ray.store.checkpoint import (
     verify_checkpoint,
     write_checkpoint,
 )
-from keisei_ray.store.model_file import ModelFileError, load_model
+from keisei_ray.store.model_file import ModelFileError, load_model, save_model
 from keisei_ray.store.resume import check_compatible, find_resume_point
 from keisei_ray.store.saver import CheckpointCallback
 from keisei_ray.training.restarts import restore_point
@@ -248,6 +249,25 @@ def test_load_model_accepts_a_checkpoint_directory(tmp_path: Path,
     _flip_byte(path / "learner.pt")
     with pytest.raises(ModelFileError, match="SHA-256"):
         load_model(path)
+
+
+def test_the_value_s_material_shaping_travels_with_the_weights(tmp_path: Path,
+                                                               snapshot: RunSnapshot) -> None:
+    """The shaping coefficient in force at the cut reaches the loaded network, through an
+    exported model file too; a checkpoint from before it was recorded gets its config's."""
+    shaped = replace(snapshot, value_material=0.05)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, (path,) = make_run(tmp_path / "a", shaped, 96)
+    loaded = load_model(path)
+    assert loaded.meta["value_material"] == 0.05 and loaded.model.value_material == 0.05
+    exported = save_model(tmp_path / "m.pt", export_weights(loaded.model), loaded.config,
+                          loaded.meta)
+    assert load_model(exported).model.value_material == 0.05
+    state = json.loads((path / "state.json").read_text())
+    assert state["value_material"] == 0.05
+    _, (plain,) = make_run(tmp_path / "b", snapshot, 96)
+    assert load_model(plain).model.value_material == 0.0
 
 
 # ----------------------------------------------------------------------------- the callback

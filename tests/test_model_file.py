@@ -49,6 +49,16 @@ def test_bad_files(tmp_path: Path) -> None:
         load_model(mismatched)
 
 
+def test_a_bad_value_material_is_one_clear_error(tmp_path: Path) -> None:
+    config = ModelConfig(size="tiny")
+    weights = export_weights(build_model(config))
+    assert load_model(save_model(tmp_path / "old.pt", weights, config)).model.value_material == 0
+    for bad in ("0.05", -0.1, float("nan"), True):
+        path = save_model(tmp_path / "bad.pt", weights, config, {"value_material": bad})
+        with pytest.raises(ModelFileError, match="value_material must be a number in"):
+            load_model(path)
+
+
 def test_files_from_before_the_policy_head_option_load_with_the_absolute_head(
         tmp_path: Path) -> None:
     # A saved config holds every field; one without `policy_head` predates the option, when

@@ -335,6 +335,35 @@ def test_leaves_with_a_mate_in_one_are_won(tiny: nn.Module, gumbel: bool) -> Non
 # ----------------------------------------------------------------------------- Gumbel maths
 
 
+class FlatNet(nn.Module):
+    """A uniform policy and a value of 0 everywhere, trained (so it says) with material
+    shaping `value_material`: all a search can learn is what that shaping adds."""
+
+    def __init__(self, value_material: float) -> None:
+        super().__init__()
+        self.value_material = value_material
+
+    def forward(self, planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = planes.shape[0]
+        return torch.zeros(n, NUM_ACTIONS), torch.zeros(n)
+
+
+@pytest.mark.parametrize("gumbel", [True, False])
+def test_a_shaped_value_gets_the_material_it_left_out_back(gumbel: bool) -> None:
+    """A value trained with shaping C is E[result] + C * (final balance - current balance):
+    the search adds C * the balance back, so winning a rook is worth C * 20 pawn units to the
+    mover (rook off the board and into the hand), and a mate its result plus C * the final
+    balance. Without the correction every move of a flat network is worth 0."""
+    settings = SearchConfig(simulations=64, gumbel=gumbel, mate_plies=0, mate_leaves=False)
+    rook = Position.from_sfen("4k4/9/9/9/4r4/9/9/4R4/4K4 b - 1")  # 5h5e takes the rook
+    result = TreeSearch(FlatNet(0.05), settings).search(rook)
+    assert result.move == "5h5e" and result.value == pytest.approx(0.05 * 20, abs=0.2)
+    assert TreeSearch(FlatNet(0.0), settings).search(rook).value == pytest.approx(0.0)
+    mate = TreeSearch(FlatNet(0.05), settings).search(Position.from_sfen(MATE_IN_ONE))
+    # After G*5b Black holds two golds (6 each) to nothing: won, plus 0.05 * 12.
+    assert mate.move == "G*5b" and mate.value == pytest.approx(1.0 + 0.05 * 12)
+
+
 def hand_built_root() -> Node:
     root = Node([11, 22, 33, 44])
     logits = np.log(np.array([0.4, 0.3, 0.2, 0.1]))

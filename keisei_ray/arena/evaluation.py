@@ -69,7 +69,8 @@ def load_contestant(spec: str, name: str | None = None) -> Contestant:
     max_moves = loaded.meta.get("max_moves")
     default = Path(path).name + spec[len(path):]
     return Contestant(name or default, loaded.config, export_weights(loaded.model),
-                      int(max_moves) if isinstance(max_moves, int) else None, search=search)
+                      int(max_moves) if isinstance(max_moves, int) else None, search=search,
+                      value_material=loaded.model.value_material)
 
 
 SEARCH_ALIASES = {"sims": "simulations"}

@@ -502,6 +502,7 @@ class UsiEngine:
             if c.model is not None and self._model is None:
                 self._model = build_model(c.model)
                 load_weights(self._model, c.weights)
+                self._model.value_material = c.value_material
                 self._model.eval()
             player = make_player(c, self.options.apply(self.config), model=self._model)
             if isinstance(player, PolicyPlayer):

@@ -87,6 +87,9 @@ class RunSnapshot:
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # state_key -> state
     league: dict[str, Any] = field(default_factory=dict)  # League.state_dict() ({}: no league)
     league_weights: dict[int, dict[str, Any]] = field(default_factory=dict)  # member -> weights
+    # The material shaping's coefficient in force at the cut (actors.self_play.material_weight):
+    # the value head learnt returns that count it, so a search adds it back (actors/search.py).
+    value_material: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,8 @@ def write_checkpoint(folder: Path, snapshot: RunSnapshot, *, run_id: str, reason
         "pending.pt": _torch_bytes(list(snapshot.pending)),
         "driver.pt": _torch_bytes(_to_torch(snapshot.rng)),
         "state.json": _json_bytes({"driver": snapshot.driver,
-                                   "pending_games": snapshot.pending_games}),
+                                   "pending_games": snapshot.pending_games,
+                                   "value_material": snapshot.value_material}),
         "callbacks.json": _json_bytes(snapshot.callbacks),
         "config.yaml": dump(snapshot.config).encode("utf-8"),
     }
@@ -341,6 +345,7 @@ def read_checkpoint(path: Path, *, run_id: str | None = None) -> RunSnapshot:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         callbacks = json.loads((path / "callbacks.json").read_text(encoding="utf-8"))
         driver, pending_games = state["driver"], state["pending_games"]
+        value_material = _value_material(state, config, info.timestep)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path}: bad state.json or callbacks.json "
                               f"({exc})") from None
@@ -363,7 +368,20 @@ def read_checkpoint(path: Path, *, run_id: str | None = None) -> RunSnapshot:
     return RunSnapshot(config=config, timestep=info.timestep, version=info.version,
                        driver=driver, learner=learner, workers=workers, pending=pending,
                        pending_games=pending_games, rng=rng, callbacks=callbacks,
-                       league=league, league_weights=league_weights)
+                       league=league, league_weights=league_weights,
+                       value_material=value_material)
+
+
+def _value_material(state: Any, config: Config, timestep: int) -> float:
+    """The shaping coefficient state.json records. A checkpoint written before it was
+    recorded gets the one its config gives at its timestep share, or 0 (no correction, as
+    then) where the shaping annealed over a time budget, whose progress it does not hold."""
+    if isinstance(state, dict) and "value_material" in state:
+        return float(state["value_material"])
+    reward = config.reward
+    if reward.material_anneal_share is not None and config.train.max_minutes is not None:
+        return 0.0
+    return reward.weight_at(timestep / config.train.total_timesteps)
 
 
 def read_model_state(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict[str, Any]]:
@@ -374,8 +392,13 @@ def read_model_state(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict[
     model = learner.get("model") if isinstance(learner, dict) else None
     if not isinstance(model, dict):
         raise CheckpointError(f"checkpoint {path}: learner.pt holds no model state")
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        value_material = _value_material(state, config, info.timestep)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: bad state.json ({exc})") from None
     meta = {"run_id": info.run_id, "timestep": info.timestep, "version": info.version,
-            "checkpoint": str(path)}
+            "checkpoint": str(path), "value_material": value_material}
     return config, model, meta
 
 

@@ -130,8 +130,18 @@ def load_model(path: str | Path) -> LoadedModel:
         load_weights(model, {name: t.numpy() for name, t in weights.items()})
     except (ValueError, TypeError, RuntimeError) as exc:
         raise ModelFileError(f"model file {path}: {exc}") from None
+    model.value_material = _value_material(meta, f"model file {path}")
     model.eval()
     return LoadedModel(model=model, config=config, meta=dict(meta))
+
+
+def _value_material(meta: Mapping[str, Any], where: str) -> float:
+    """meta's `value_material` (0 in files written before it was recorded), checked."""
+    value = meta.get("value_material", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ModelFileError(f"{where}: meta value_material must be a number in [0, 1], got "
+                             f"{value!r}")
+    return float(value)
 
 
 def _digest(weights: Mapping[str, torch.Tensor]) -> str:
@@ -156,5 +166,6 @@ def _load_checkpoint(path: Path) -> LoadedModel:
         load_weights(model, {name: t.numpy() for name, t in state.items()})
     except ValueError as exc:
         raise ModelFileError(f"checkpoint {path}: {exc}") from None
+    model.value_material = _value_material(meta, f"checkpoint {path}")
     model.eval()
     return LoadedModel(model=model, config=config.model, meta=meta)

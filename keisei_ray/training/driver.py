@@ -313,6 +313,7 @@ class Trainer:
         pending = list(pending)
         callbacks, rng = self._callback_states(), _rng_states()
         driver, timestep, version = self.state.to_dict(), self.state.timestep, self.state.version
+        value_material = self.config.reward.weight_at(self.progress())
         league = (json.loads(json.dumps(self.league.state_dict())) if self.league is not None
                   else {})
         league_boxes = dict(self.league.weights) if self.league is not None else {}
@@ -344,7 +345,7 @@ class Trainer:
                                driver=driver, learner=learner_state, workers=workers,
                                pending=payloads, pending_games=dataclasses.asdict(games),
                                rng=rng, callbacks=callbacks, league=league,
-                               league_weights=league_weights)
+                               league_weights=league_weights, value_material=value_material)
 
         return fetch
 
