@@ -257,6 +257,7 @@ class SelfPlayWorker:
             self.version = version
         if self.teacher is not None:
             self._own_copy()  # the teacher searches with the own copy of this version
+            self.teacher.shaping(material_weight(self.config.reward, progress))
         reply = self._begin_league(league)
         e, rows = self.num_games, self.steps
         values = np.zeros((rows, e), np.float32)

@@ -49,7 +49,7 @@ from torch import nn
 
 from actors.search import TreeSearch
 from keisei_ray.config import Config
-from shogi import Observation, Position, VecEnv
+from shogi import Observation, Position, VecEnv, material_balance
 from shogi.actions import MOVE16_TO_ACTION
 from shogi.moves import MOVE16_MASK
 
@@ -103,6 +103,12 @@ class SearchTeacher:
         self.positions: list[Position] = []
         self.sync(env)
 
+    def shaping(self, coefficient: float) -> None:
+        """The material shaping in force this collect (its value head learns returns that count
+        it): the search adds it back (TreeSearch.value_material), and the search values this
+        teacher reports are taken back to the network's scale."""
+        self.search.value_material = coefficient
+
     def sync(self, env: VecEnv) -> None:
         """Mirror every game of `env` (replayed: O(plies); at the start and on resume)."""
         self.positions = [env.position(slot) for slot in range(env.num_games)]
@@ -127,6 +133,8 @@ class SearchTeacher:
         log_probs = np.zeros(n, np.float32)
         values = np.zeros(n, np.float32)
         draws = self.rng.random(n)
+        # The search values count the balance already on the board; the value head's do not.
+        balance = self.search.value_material * material_balance(obs.state)
         for i, result in enumerate(results):
             turn = int(obs.state.color[i])
             moves = np.asarray(result.root_moves, dtype=np.int64)
@@ -138,7 +146,7 @@ class SearchTeacher:
                     len(policy) - 1)
             actions[i] = acts[k]
             log_probs[i] = np.log(policy[k] / cumulative[-1])
-            values[i] = result.policy_value
+            values[i] = result.policy_value - balance[i]
             if full[i]:
                 legal = obs.legal_actions[int(offsets[i]):int(offsets[i + 1])]
                 index[i], probs[i], rest[i] = sparse_target(

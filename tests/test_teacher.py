@@ -147,6 +147,21 @@ def test_search_off_is_todays_worker() -> None:
     np.testing.assert_array_equal(batch.search_value, batch.value)
 
 
+def test_the_teacher_searches_with_the_shaping_in_force() -> None:
+    """With material shaping the value head learns returns that count it: the teacher's
+    search adds it back at this collect's coefficient (none once annealed away), and the
+    search values it ships stay on the value head's scale (no balance at the start)."""
+    cfg = teacher_config("reward.material=0.05", "reward.material_anneal_share=0.5")
+    worker = SelfPlayWorker(cfg, worker_id=0)
+    assert worker.teacher is not None
+    weights = export_weights(worker.model)
+    batch = decode(worker.collect(weights, 0, progress=0.25)[1])
+    assert worker.teacher.search.value_material == pytest.approx(0.025)
+    assert np.all(np.abs(batch.search_value) <= 1.0 + 1e-6)
+    worker.collect(weights, 0, progress=0.75)
+    assert worker.teacher.search.value_material == 0.0
+
+
 def test_worker_state_resumes_the_search_exactly() -> None:
     cfg = teacher_config("train.search.full_search_share=0.5")
     a = SelfPlayWorker(cfg, worker_id=2)
