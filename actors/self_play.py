@@ -47,7 +47,7 @@ from actors.league_games import (
 from actors.metrics import WorkerMetrics
 from actors.teacher import SearchTeacher, TeacherStep
 from keisei_ray.codec import ExperienceBatch, encode, summarize_games
-from keisei_ray.config import Config, RewardConfig
+from keisei_ray.config import Config
 from learner.features import encode_planes, legal_mask, to_tensors
 from learner.gae import compute_gae
 from learner.model import act_csr, build_model, choose_actions, load_weights
@@ -257,7 +257,7 @@ class SelfPlayWorker:
             self.version = version
         if self.teacher is not None:
             self._own_copy()  # the teacher searches with the own copy of this version
-            self.teacher.shaping(material_weight(self.config.reward, progress))
+            self.teacher.shaping(self.config.reward.weight_at(progress))
         reply = self._begin_league(league)
         e, rows = self.num_games, self.steps
         values = np.zeros((rows, e), np.float32)
@@ -348,7 +348,7 @@ class SelfPlayWorker:
         next_values[:-1] = values[1:]
         next_values[-1] = self._values(self.obs.state)
         all_state = CompactState.concat(states)  # row index r*E + slot
-        weight = material_weight(self.config.reward, progress)
+        weight = self.config.reward.weight_at(progress)
         if weight > 0:
             rewards += self._material_shaping(all_state, final_rows, next_sign, plies, weight)
         advantages, returns = compute_gae(values, rewards, next_values, terminated, game_over,
@@ -496,7 +496,7 @@ class SelfPlayWorker:
         its final position, which keeps its potential: over a game the shaping adds about
         c * (the final balance) to the result, a small prize of its own that keeps returns
         near the result, inside the tanh value head's range. `coefficient` anneals to 0 with
-        training progress (`material_weight`), the final potential's weight with it, so the
+        training progress (`RewardConfig.weight_at`), the final potential's weight with it, so the
         objective at the end is the game result alone.
         """
         e = self.num_games
@@ -509,12 +509,6 @@ class SelfPlayWorker:
         discount = self.config.ppo.gamma ** plies.astype(np.float64)
         shaping = coefficient * (discount * next_sign * after - before)
         return shaping.astype(np.float32)
-
-
-def material_weight(reward: RewardConfig, progress: float) -> float:
-    """The material shaping's coefficient at training `progress` in [0, 1]
-    (`RewardConfig.weight_at`)."""
-    return reward.weight_at(progress)
 
 
 def _teacher_fields(steps: list[TeacherStep], r_idx: np.ndarray,

@@ -285,13 +285,12 @@ def test_worker_state_round_trip_with_opponent_games() -> None:
 
 
 def test_material_shaping_anneals_to_zero() -> None:
-    from actors.self_play import material_weight
     from keisei_ray.config import RewardConfig
 
     reward = RewardConfig(material=0.04, material_anneal_share=0.5)
-    assert [material_weight(reward, p) for p in (0.0, 0.25, 0.5, 0.9)] == pytest.approx(
+    assert [reward.weight_at(p) for p in (0.0, 0.25, 0.5, 0.9)] == pytest.approx(
         [0.04, 0.02, 0.0, 0.0])
-    assert material_weight(RewardConfig(material=0.04, material_anneal_share=None), 1.0) == 0.04
+    assert RewardConfig(material=0.04, material_anneal_share=None).weight_at(1.0) == 0.04
     # In the worker: half-way through the anneal the shaping is half, after it none at all
     # (the final position's potential included): the returns are the game's result.
     c = 0.01

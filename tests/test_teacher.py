@@ -149,8 +149,8 @@ def test_search_off_is_todays_worker() -> None:
 
 def test_the_teacher_searches_with_the_shaping_in_force() -> None:
     """With material shaping the value head learns returns that count it: the teacher's
-    search adds it back at this collect's coefficient (none once annealed away), and the
-    search values it ships stay on the value head's scale (no balance at the start)."""
+    search adds it back at this collect's coefficient (none once annealed away); the search
+    values it ships stay within the value head's range."""
     cfg = teacher_config("reward.material=0.05", "reward.material_anneal_share=0.5")
     worker = SelfPlayWorker(cfg, worker_id=0)
     assert worker.teacher is not None

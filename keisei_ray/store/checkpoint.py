@@ -87,7 +87,7 @@ class RunSnapshot:
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # state_key -> state
     league: dict[str, Any] = field(default_factory=dict)  # League.state_dict() ({}: no league)
     league_weights: dict[int, dict[str, Any]] = field(default_factory=dict)  # member -> weights
-    # The material shaping's coefficient in force at the cut (actors.self_play.material_weight):
+    # The material shaping's coefficient in force at the cut (RewardConfig.weight_at):
     # the value head learnt returns that count it, so a search adds it back (actors/search.py).
     value_material: float = 0.0
 
