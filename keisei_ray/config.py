@@ -122,7 +122,8 @@ class PPOConfig(Section):
     adam_eps: float = Field(1e-5, gt=0.0, le=1.0, description="Adam epsilon")
     amp: Literal["off", "bf16", "fp16"] = Field(
         "off", description="mixed precision of the learner's forward pass (fp16 adds a scaler)")
-    compile: bool = Field(False, description="torch.compile the learner's forward (CUDA only)")
+    compile: bool = Field(False, description="torch.compile the learner's forward (on CPU it needs "
+                          "a C++ compiler)")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
         "default", description="torch.compile mode of ppo.compile (reduce-overhead: CUDA "
         "graphs, with ppo.fixed_shapes)")

@@ -82,12 +82,9 @@ class Learner:
         self.forward: Forward = self.model if dense_policy else self.model.heads
         self.gather: GatherLogits = dense_gather if dense_policy else self.model.legal_logits
         if self.ppo.compile:
-            if self.device.type == "cuda":
-                # Only the forward is compiled: self.model keeps state_dict keys clean.
-                self.forward = torch.compile(self.forward, mode=self.ppo.compile_mode)
-            else:  # not measured to pay on a CPU learner (issue 23): left out there
-                log.warning("ppo.compile is only used on CUDA; the learner runs on %s",
-                            self.device)
+            # Only the forward is compiled: self.model keeps state_dict keys clean. On a CPU
+            # learner inductor needs a C++ compiler on the machine (docs/benchmarks.md).
+            self.forward = torch.compile(self.forward, mode=self.ppo.compile_mode)
         optimizer = torch.optim.AdamW if self.ppo.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer(self.model.parameters(), lr=self.ppo.learning_rate,
                                    eps=self.ppo.adam_eps, weight_decay=self.ppo.weight_decay,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -178,6 +179,22 @@ def test_cuda_update_with_amp_and_compile(batch: ExperienceBatch, amp: str,
     _, weights = learner.weights()
     assert set(weights) == set(keys)
     assert all(isinstance(a, np.ndarray) for a in weights.values())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")),
+                    reason="torch.compile on CPU (inductor) needs a C++ compiler")
+def test_compiled_cpu_learner_computes_what_the_eager_one_does(batch: ExperienceBatch) -> None:
+    # ppo.compile on a CPU learner (inductor's C++ backend): same seed, same data, the same
+    # update's losses as eager to float tolerance, and state_dict keys without _orig_mod.
+    eager = Learner(config(), capacity=200, device="cpu", total_timesteps=10_000, seed=3)
+    compiled = Learner(config(compile=True), capacity=200, device="cpu",
+                       total_timesteps=10_000, seed=3)
+    assert compiled.forward != compiled.model.heads  # really compiled, not skipped on CPU
+    want, got = eager.update([batch]), compiled.update([batch])
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl"):
+        assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-5), key
+    assert not any("_orig_mod" in k for k in compiled.state_dict()["model"])
 
 
 def test_benchmarks_return_their_figures() -> None:

@@ -287,6 +287,10 @@ def bench_train_cmd(
     learner_threads: Annotated[str | None, typer.Option(
         help="Comma-separated train.learner_threads values, alternated run by run (e.g. "
         "1,2).")] = None,
+    compare: Annotated[str | None, typer.Option(
+        help="Arms of overrides, alternated run by run, the first the baseline: arms separated "
+        "by ';', an arm's overrides by spaces (e.g. 'ppo.compile=false;ppo.compile=true'); "
+        "not with --learner-threads.")] = None,
     seconds: Annotated[float | None, typer.Option(
         help="Each run trains this long (train.max_minutes) instead of --timesteps.")] = None,
     rounds: Annotated[int, typer.Option(min=1, help="Runs per arm (medians reported).")] = 1,
@@ -304,9 +308,12 @@ def bench_train_cmd(
     except ValueError as exc:
         fail(f"--workers and --learner-threads take comma-separated integers ({exc})",
              EXIT_USAGE)
+    arms = tuple(tuple(arm.split()) for arm in compare.split(";")) if compare else ()
+    if threads and arms:
+        fail("give --learner-threads or --compare, not both", EXIT_USAGE)
     _print_figures("End-to-end training", bench_training(
         preset, counts, timesteps, tuple(overrides or []), learner_threads=threads,
-        seconds=seconds, rounds=rounds, num_cpus=num_cpus), as_json)
+        compare=arms, seconds=seconds, rounds=rounds, num_cpus=num_cpus), as_json)
 
 
 @bench_app.command("eval")

@@ -225,6 +225,7 @@ PPO_ARMS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "cuda-graphs": ({"ppo": {"compile": True, "compile_mode": "reduce-overhead",
                              "fixed_shapes": True}}, {}),  # CUDA only
     "fixed-shapes": ({"ppo": {"fixed_shapes": True}}, {}),
+    "bf16": ({"ppo": {"amp": "bf16"}}, {}),
 }
 
 

@@ -159,27 +159,33 @@ def bench_broadcast(sizes: tuple[str, ...] = ("small", "large"), workers: int = 
 
 def bench_training(preset: str = "local", workers: tuple[int, ...] = (1, 2),
                    timesteps: int = 20_000, overrides: tuple[str, ...] = (), *,
-                   learner_threads: tuple[int, ...] = (), seconds: float | None = None,
+                   learner_threads: tuple[int, ...] = (),
+                   compare: tuple[tuple[str, ...], ...] = (), seconds: float | None = None,
                    rounds: int = 1, num_cpus: int | None = None) -> dict[str, Any]:
     """End-to-end steps/s of a preset with N workers, and the learner's and workers' idle share.
 
-    With `learner_threads` each worker count is run once per thread count and round, the
-    thread counts alternated (round-robin, so that a shared machine's load falls on each
-    alike); the figures are medians over the rounds. `seconds` ends each run by time
-    (train.max_minutes) instead of by timesteps. `num_cpus` starts Ray with that many CPUs
-    (a larger machine simulated: the CPUs are not really there).
+    Arms: each of `learner_threads` (train.learner_threads=T), or each override set of
+    `compare` (the first the baseline). Each worker count is run once per arm and round, the
+    arms alternated (round-robin, so that a shared machine's load falls on each alike); the
+    figures are medians over the rounds, with each arm's ratio to the first. `seconds` ends
+    each run by time (train.max_minutes) instead of by timesteps. `num_cpus` starts Ray with
+    that many CPUs (a larger machine simulated: the CPUs are not really there).
     """
+    if learner_threads and compare:
+        raise ValueError("give learner_threads or compare, not both")
+    arms: dict[str, tuple[str, ...]] = (
+        {f"learner threads={t}": (f"train.learner_threads={t}",) for t in learner_threads}
+        or {" ".join(arm) or "base": arm for arm in compare} or {"": ()})
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(include_dashboard=False, num_cpus=num_cpus)
     figures: dict[str, Any] = {"preset": preset, "cpus": ray.cluster_resources().get("CPU")}
-    arms: tuple[int | None, ...] = learner_threads or (None,)
     try:
         for n in workers:
-            runs: dict[int | None, list[Any]] = {arm: [] for arm in arms}
+            runs: dict[str, list[Any]] = {arm: [] for arm in arms}
             for _ in range(rounds):
-                for arm in arms:
-                    extra = [] if arm is None else [f"train.learner_threads={arm}"]
+                for arm, arm_overrides in arms.items():
+                    extra = list(arm_overrides)
                     if seconds is not None:
                         extra += [f"train.max_minutes={seconds / 60}",
                                   "train.total_timesteps=1000000000"]
@@ -190,7 +196,7 @@ def bench_training(preset: str = "local", workers: tuple[int, ...] = (1, 2),
                     with tempfile.TemporaryDirectory() as tmp:
                         runs[arm].append(Trainer(config, Path(tmp)).run())
             for arm, results in runs.items():
-                key = f"N={n}" if arm is None else f"N={n} learner threads={arm}"
+                key = f"N={n} {arm}".rstrip()
                 figures[f"{key} steps per s"] = float(np.median(
                     [r.steps_per_s for r in results]))
                 figures[f"{key} learner idle"] = float(np.median(
@@ -198,11 +204,12 @@ def bench_training(preset: str = "local", workers: tuple[int, ...] = (1, 2),
                 figures[f"{key} workers idle"] = float(np.median(
                     [max(0.0, 1.0 - r.worker_busy) for r in results]))
                 figures[f"{key} updates"] = sum(r.state.updates for r in results)
-            if len(arms) > 1 and arms[0] is not None:
-                base = figures[f"N={n} learner threads={arms[0]} steps per s"]
-                for arm in arms[1:]:
-                    figures[f"N={n} threads {arm} / {arms[0]}"] = (
-                        figures[f"N={n} learner threads={arm} steps per s"] / base)
+            names = list(arms)
+            if len(names) > 1:
+                base = figures[f"N={n} {names[0]} steps per s"]
+                for arm in names[1:]:
+                    figures[f"N={n} {arm} / {names[0]}"] = (
+                        figures[f"N={n} {arm} steps per s"] / base)
     finally:
         if started_here:
             ray.shutdown()

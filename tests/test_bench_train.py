@@ -1,0 +1,34 @@
+"""`bench train`: arms of overrides alternated on a real local Ray, figures and ratios."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import ray
+
+from keisei_ray.bench.train import bench_training
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def test_compare_runs_each_arm_and_reports_its_ratio_to_the_first() -> None:
+    figures = bench_training("smoke", (1,), timesteps=512, compare=(
+        ("train.learner_threads=2",), ("train.learner_threads=1", "ppo.epochs=1")))
+    first, second = "train.learner_threads=2", "train.learner_threads=1 ppo.epochs=1"
+    for arm in (first, second):
+        assert figures[f"N=1 {arm} steps per s"] > 0
+        assert figures[f"N=1 {arm} updates"] >= 1
+        assert 0.0 <= figures[f"N=1 {arm} learner idle"] <= 1.0
+    assert figures[f"N=1 {second} / {first}"] == pytest.approx(
+        figures[f"N=1 {second} steps per s"] / figures[f"N=1 {first} steps per s"])
+
+
+def test_threads_and_compare_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        bench_training("smoke", (1,), learner_threads=(1, 2), compare=(("ppo.epochs=1",),))
