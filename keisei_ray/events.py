@@ -103,6 +103,9 @@ class UpdateDone:
     worker_busy: float = 0.0  # fraction of the workers' wall time spent collecting
     bottleneck: str = ""  # one line: which side holds the run back (keisei_ray.training.waits)
     learner_restarts: int = 0  # learners restarted from a checkpoint (this session)
+    # The material shaping in force now (reward.weight_at): what this version's value head has
+    # learnt on top of the result, so a searching player can read its values (PolicyValueNet).
+    value_material: float = 0.0
     # Captures the run at this update (a consistent cut: the learner is idle and no worker is
     # collecting while handlers run) and returns `fetch`; `fetch()` -> RunSnapshot (see
     # keisei_ray.store.checkpoint) completes it, blocking, from any thread. Capturing is cheap: the

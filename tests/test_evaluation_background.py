@@ -221,6 +221,45 @@ def test_state_round_trip_and_resume_interval(tmp_path: Path) -> None:
 
 
 @ray.remote(num_cpus=0)
+class ShapingRecorder:
+    """Answers at once and writes down (to a file: the actor is killed when training ends) the
+    shaping each contestant's values are read with."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def evaluate(self, policy: Contestant, opponents: list[Contestant], games: int,
+                 seed: int) -> list[MatchResult]:
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps([int(policy.name.removeprefix("ts-")), policy.value_material,
+                                  [(o.name, o.value_material) for o in opponents]]) + "\n")
+        return [MatchResult(policy.name, o.name, wins=1, draws=0, losses=1) for o in opponents]
+
+
+def test_evaluated_policies_carry_the_shaping_their_value_head_learnt(tmp_path: Path) -> None:
+    # A searching evaluator reads values with it (docs/search.md): the driver's shaping
+    # weight at each update, annealed here, must reach the policy and, later, "previous".
+    config = small_config(tmp_path, "reward.material=0.05", "reward.material_anneal_share=0.5",
+                          "evaluation.final_wait_s=30")
+    calls_file = tmp_path / "calls.jsonl"
+
+    def factory(cfg: Config) -> Any:
+        return ShapingRecorder.remote(calls_file)  # type: ignore[attr-defined]
+
+    run(config, tmp_path / "run", BackgroundEvaluation(config, tmp_path / "run",
+                                                       actor_factory=factory))
+    calls = [json.loads(line) for line in calls_file.read_text(encoding="utf-8").splitlines()]
+    assert len(calls) >= 2
+    shaping = {}
+    for timestep, value_material, _ in calls:
+        shaping[f"ts-{timestep}"] = value_material
+        assert value_material == pytest.approx(config.reward.weight_at(timestep / 400))
+    assert calls[0][1] > 0.0  # early in the anneal
+    previous = [o for _, _, opponents in calls for o in opponents if o[0] != "random"]
+    assert previous and all(value == shaping[name] for name, value in previous)
+
+
+@ray.remote(num_cpus=0)
 class BrokenEvaluator:
     def evaluate(self, policy: Contestant, opponents: list[Contestant], games: int,
                  seed: int) -> list[MatchResult]:

@@ -24,9 +24,11 @@ from keisei_ray.config_loading import load_config
 from learner.buffer import ExperienceBuffer
 from learner.model import LegalPolicy, export_weights
 from learner.ppo import distillation_loss, ppo_loss
-from shogi import NUM_ACTIONS, VecEnv
+from shogi import NUM_ACTIONS, Position, VecEnv
+from shogi.compact import material_balance
 
 from .test_codec import reframe, set_array
+from .test_search import FlatNet
 
 C_VISIT, C_SCALE = 50.0, 1.0
 
@@ -160,6 +162,25 @@ def test_the_teacher_searches_with_the_shaping_in_force() -> None:
     assert np.all(np.abs(batch.search_value) <= 1.0 + 1e-6)
     worker.collect(weights, 0, progress=0.75)
     assert worker.teacher.search.value_material == 0.0
+
+
+@pytest.mark.parametrize("side", ["b", "w"])
+def test_shipped_search_values_leave_out_the_balance_on_the_board(side: str) -> None:
+    """Black is a gold up, far from any capture or mate. A flat network trained (it says) with
+    shaping 0.1 values every position at 0 plus what is still to be won: the search reads each
+    leaf as 0 + 0.1 x balance, +-0.6 for the mover, and the teacher ships the value head's
+    scale, 0, not the search's +-0.6."""
+    cfg = teacher_config("train.search.simulations=8", "env.max_moves=64")
+    env = VecEnv(2, max_moves=64, start_sfen=f"8k/9/9/9/9/9/9/9/G3K4 {side} - 1")
+    teacher = SearchTeacher(cfg, FlatNet(0.1), env, seed=0)
+    teacher.shaping(0.1)
+    obs = env.reset()
+    mover = 1.0 if side == "b" else -1.0
+    assert material_balance(obs.state) == pytest.approx([6.0 * mover] * 2)
+    step = teacher.choose(obs)
+    assert step.values == pytest.approx([0.0, 0.0], abs=1e-6)
+    search = teacher.search.search(Position(env.start_sfen, max_moves=64))
+    assert search.value == pytest.approx(0.6 * mover, abs=1e-6)  # what the search saw
 
 
 def test_worker_state_resumes_the_search_exactly() -> None:

@@ -63,6 +63,7 @@ class _Request:
     timestep: int
     version: int
     weights: list[Any]  # [ObjectRef] of the policy's weights
+    value_material: float = 0.0  # the shaping its value head learnt (UpdateDone)
 
 
 @dataclass
@@ -126,7 +127,7 @@ class BackgroundEvaluation(Callback):
         if event.weights is None:
             return
         self._latest = _Request(f"ts-{event.timestep}", event.timestep, event.version,
-                                event.weights)
+                                event.weights, event.value_material)
         if bucket > self._last_bucket:
             self._last_bucket = bucket
             self.submit(self._latest)
@@ -218,7 +219,8 @@ class BackgroundEvaluation(Callback):
     def _launch(self, request: _Request) -> None:
         if self._actor is None:
             self._actor = self._actor_factory(self.config)
-        policy = Contestant(request.name, self.config.model, request.weights)
+        policy = Contestant(request.name, self.config.model, request.weights,
+                            value_material=request.value_material)
         opponents = list(self.opponents)
         previous = self._previous if self.settings.previous else None
         if previous is not None:
@@ -272,7 +274,8 @@ class BackgroundEvaluation(Callback):
                     elo=own.elo if own else None, elo_ci=own.ci95 if own else None,
                     details=details))
         self.history.append(row)
-        self._previous = Contestant(request.name, self.config.model, request.weights)
+        self._previous = Contestant(request.name, self.config.model, request.weights,
+                                    value_material=request.value_material)
         matches = ", ".join(f"vs {r.opponent} +{r.wins} ={r.draws} -{r.losses} "
                             f"({100 * r.score:.0f}%)" for r in results)
         elo_text = f"Elo {signed(own.elo)} ± {own.ci95:.0f}" if own else "no Elo"

@@ -733,6 +733,7 @@ class Trainer:
             learner_busy=self.learner_busy_s / wall if wall > 0 else 0.0,
             worker_busy=waits.worker_busy, bottleneck=waits.hint(),
             learner_restarts=self.budget.total,
+            value_material=self.config.reward.weight_at(self.progress()),
             snapshot=functools.partial(self.snapshot, _payloads(cut), _games(cut))))
 
 
