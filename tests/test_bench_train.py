@@ -21,6 +21,6 @@ def test_compare_runs_each_arm_and_reports_its_ratio_to_the_first() -> None:
         figures[f"N=1 {second} steps per s"] / figures[f"N=1 {first} steps per s"])
 
 
-def test_threads_and_compare_together_are_refused() -> None:
-    with pytest.raises(ValueError, match="not both"):
-        bench_training("smoke", (1,), learner_threads=(1, 2), compare=(("ppo.epochs=1",),))
+def test_the_same_arm_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="must differ"):
+        bench_training("smoke", (1,), compare=(("ppo.epochs=1",), ("ppo.epochs=1",)))

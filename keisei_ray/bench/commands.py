@@ -308,12 +308,16 @@ def bench_train_cmd(
     except ValueError as exc:
         fail(f"--workers and --learner-threads take comma-separated integers ({exc})",
              EXIT_USAGE)
-    arms = tuple(tuple(arm.split()) for arm in compare.split(";")) if compare else ()
-    if threads and arms:
+    if threads and compare:
         fail("give --learner-threads or --compare, not both", EXIT_USAGE)
+    # --learner-threads T1,T2 is shorthand for --compare "train.learner_threads=T1;...".
+    arms = (tuple((f"train.learner_threads={t}",) for t in threads) if threads
+            else tuple(tuple(arm.split()) for arm in compare.split(";")) if compare else ())
+    if len(set(arms)) < len(arms):
+        fail(f"bench arms must differ, got {list(arms)}", EXIT_USAGE)
     _print_figures("End-to-end training", bench_training(
-        preset, counts, timesteps, tuple(overrides or []), learner_threads=threads,
-        compare=arms, seconds=seconds, rounds=rounds, num_cpus=num_cpus), as_json)
+        preset, counts, timesteps, tuple(overrides or []), compare=arms, seconds=seconds,
+        rounds=rounds, num_cpus=num_cpus), as_json)
 
 
 @bench_app.command("eval")

@@ -221,7 +221,7 @@ PPO_ARMS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "legal": ({}, {}),
     "dense": ({}, {"dense_policy": True}),  # the old path: dense [N, 13527] logits
     "fused-adam": ({}, {"fused_adam": True}),
-    "compile": ({"ppo": {"compile": True}}, {}),  # CUDA only (--device cuda)
+    "compile": ({"ppo": {"compile": True}}, {}),  # on CPU: needs a C++ compiler
     "cuda-graphs": ({"ppo": {"compile": True, "compile_mode": "reduce-overhead",
                              "fixed_shapes": True}}, {}),  # CUDA only
     "fixed-shapes": ({"ppo": {"fixed_shapes": True}}, {}),

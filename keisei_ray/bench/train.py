@@ -159,23 +159,21 @@ def bench_broadcast(sizes: tuple[str, ...] = ("small", "large"), workers: int = 
 
 def bench_training(preset: str = "local", workers: tuple[int, ...] = (1, 2),
                    timesteps: int = 20_000, overrides: tuple[str, ...] = (), *,
-                   learner_threads: tuple[int, ...] = (),
                    compare: tuple[tuple[str, ...], ...] = (), seconds: float | None = None,
                    rounds: int = 1, num_cpus: int | None = None) -> dict[str, Any]:
     """End-to-end steps/s of a preset with N workers, and the learner's and workers' idle share.
 
-    Arms: each of `learner_threads` (train.learner_threads=T), or each override set of
-    `compare` (the first the baseline). Each worker count is run once per arm and round, the
+    Arms: each override set of `compare` (the first the baseline; none: one arm of the preset
+    as it is), named by its overrides. Each worker count is run once per arm and round, the
     arms alternated (round-robin, so that a shared machine's load falls on each alike); the
     figures are medians over the rounds, with each arm's ratio to the first. `seconds` ends
     each run by time (train.max_minutes) instead of by timesteps. `num_cpus` starts Ray with
     that many CPUs (a larger machine simulated: the CPUs are not really there).
     """
-    if learner_threads and compare:
-        raise ValueError("give learner_threads or compare, not both")
-    arms: dict[str, tuple[str, ...]] = (
-        {f"learner threads={t}": (f"train.learner_threads={t}",) for t in learner_threads}
-        or {" ".join(arm) or "base": arm for arm in compare} or {"": ()})
+    arms: dict[str, tuple[str, ...]] = {" ".join(arm) or "base": arm for arm in compare}
+    if len(arms) < len(compare):
+        raise ValueError(f"bench arms must differ, got {list(compare)}")
+    arms = arms or {"": ()}
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(include_dashboard=False, num_cpus=num_cpus)
