@@ -303,8 +303,7 @@ class EngineProcess:
 
     def best_move(self, start_sfen: str, moves: Sequence[str]) -> str:
         """The engine's answer for a position: a USI move, `resign` or `win`."""
-        start = "startpos" if start_sfen == STARTING_SFEN else f"sfen {start_sfen}"
-        self.send(f"position {start}" + (" moves " + " ".join(moves) if moves else ""))
+        self.send(position_command(start_sfen, moves))
         self.send(self.spec.go)
         words = self.wait_for("bestmove", self.spec.timeout_s).split()
         if len(words) < 2:
@@ -339,6 +338,12 @@ class EngineProcess:
                 proc.stdin.close()
             except OSError:
                 log.debug("engine %s: stdin already closed", self.spec.name)
+
+
+def position_command(start_sfen: str, moves: Sequence[str]) -> str:
+    """The USI `position` command of a game: its start and its whole move list."""
+    start = "startpos" if start_sfen == STARTING_SFEN else f"sfen {start_sfen}"
+    return f"position {start}" + (" moves " + " ".join(moves) if moves else "")
 
 
 def _pump(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
@@ -406,7 +411,10 @@ class EnginePlayer:
                         f"engine {self.name} failed {self._failing} times in a row without "
                         f"answering a single move, so it cannot play as configured ({exc}; "
                         f"spec {self.spec.command[0]!r} with {self.spec.go!r})") from None
-            log.warning("%s; the engine loses this game and restarts", exc)
+            # The whole position command, so that a rare hang can be replayed by hand
+            # (`usi`, the spec's options, this line, the spec's `go`).
+            log.warning("%s; the engine loses this game and restarts (it was asked: %s)", exc,
+                        position_command(position.start_sfen, [m.usi() for m in position.moves]))
             return Outcome(loss, exc.reason)
         self.answered += 1
         if answer == "resign":

@@ -4,6 +4,7 @@ the engine as train.opponent and evaluation opponent."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from collections.abc import Sequence
@@ -137,14 +138,20 @@ def test_engine_crash_restarts_the_process() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_hanging_engine_times_out_and_is_killed() -> None:
+def test_a_hanging_engine_times_out_and_is_killed(caplog: pytest.LogCaptureFixture) -> None:
     engine = EnginePlayer(fake("hang").replace("timeout=5", "timeout=0.5"))
     proc = None
+    position = Position()
+    position.push_usi("7g7f")
     try:
         engine.process.start()
         proc = engine.process._proc
-        assert engine.choose_one(Position()) == Outcome(Color.WHITE, Termination.ENGINE_TIMEOUT)
+        with caplog.at_level(logging.WARNING, logger="shogi.usi_engine"):
+            assert engine.choose_one(position) == Outcome(Color.BLACK,
+                                                          Termination.ENGINE_TIMEOUT)
         assert proc is not None and proc.poll() is not None  # killed
+        # The warning carries the exact command the engine hung on, to replay it by hand.
+        assert "it was asked: position startpos moves 7g7f" in caplog.text
     finally:
         engine.close()
 
