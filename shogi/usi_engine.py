@@ -10,8 +10,8 @@ An engine is named by a spec string, `usi:COMMAND[,key=value]...`:
   depth") on `go depth`, `go nodes` or `go movetime`. Its strength is set by its option
   `LimitDepth` instead, with a byoyomi long enough never to cut the search (`GPS_ALIASES`);
 - `timeout=S` is the wall-clock safety net per move in seconds (default 10, plus the time
-  limit for `movetime`/`byoyomi`): an engine that has not answered by then is killed and
-  loses the game (`Termination.ENGINE_TIMEOUT`: a rating leaves such games out, see
+  limit for `movetime`/`byoyomi`): an engine that has not answered by then is sent `stop`
+  and its answer taken; one still silent `STOP_GRACE_S` later is killed and loses the game (`Termination.ENGINE_TIMEOUT`: a rating leaves such games out, see
   `keisei_ray.arena.gauntlet`);
 - `name=TEXT` is the player's display name (default: the spec itself);
 - `random=P` (0 <= P < 1) plays a uniformly random legal move instead of asking the engine on
@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 PREFIX = "usi:"
 FAIRY_STOCKFISH = "/usr/games/fairy-stockfish"
 INSTALL_HINT = "apt-get install fairy-stockfish gpsshogi"
+STOP_GRACE_S = 2.0
+"""Seconds an engine past its safety net gets to answer `stop` before it is killed."""
 
 ENGINE_ALIASES: dict[str, str] = {
     # Fairy-Stockfish 11.1 (shogi is its default variant), limited by depth, weakened by skill.
@@ -305,7 +307,21 @@ class EngineProcess:
         """The engine's answer for a position: a USI move, `resign` or `win`."""
         self.send(position_command(start_sfen, moves))
         self.send(self.spec.go)
-        words = self.wait_for("bestmove", self.spec.timeout_s).split()
+        try:
+            line = self.wait_for("bestmove", self.spec.timeout_s)
+        except EngineFailure as exc:
+            if exc.reason is not Termination.ENGINE_TIMEOUT:
+                raise
+            # Fairy-Stockfish's depth-1 search does not end by itself in some lost positions
+            # (docs/evaluation.md): stop it and take its move, as a GUI does.
+            self.send("stop")
+            try:
+                line = self.wait_for("bestmove", STOP_GRACE_S)
+            except EngineFailure:
+                raise exc from None
+            log.warning("engine %s: no bestmove within %g s; it answered %s on `stop`",
+                        self.spec.name, self.spec.timeout_s, line)
+        words = line.split()
         if len(words) < 2:
             raise EngineFailure(Termination.ILLEGAL_MOVE,
                                 f"engine {self.spec.name}: empty bestmove")

@@ -6,7 +6,8 @@ resign, win (a false impasse declaration), silent (never answer `usi`), timeonly
 GPSShogi: plays the first legal move for a `go` with btime/wtime/byoyomi, and for any other
 `go` says "unknown option in go ..." on stderr and aborts with SIGABRT), hangonce (N is a
 file: the first process to reach its 3rd `go` creates it and hangs there, every other plays
-legal moves: one timed-out game in a match).
+legal moves: one timed-out game in a match), stoponly (answers `go` only when sent `stop`, as
+Fairy-Stockfish's depth-1 search in some lost positions).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main() -> None:
     limit = int(sys.argv[2]) if len(sys.argv) > 2 and not flag else 1
     board = cshogi.Board()
     goes = 0
+    pending = ""  # stoponly: the move held until `stop`
 
     def say(line: str) -> None:
         sys.stdout.write(line + "\n")
@@ -63,7 +65,9 @@ def main() -> None:
                 sys.exit(3)
             if mode == "hang" or (mode == "hangonce" and goes == 3 and _first(flag)):
                 time.sleep(3600)
-            if mode in ("legal", "timeonly", "hangonce"):
+            if mode == "stoponly":
+                pending = legal[0]
+            elif mode in ("legal", "timeonly", "hangonce"):
                 say("info depth 1 score cp 0 pv " + legal[0])
                 say("bestmove " + legal[0])
             elif mode == "crash":
@@ -79,6 +83,9 @@ def main() -> None:
                 say("bestmove resign")
             elif mode == "win":
                 say("bestmove win")
+        elif command == "stop" and pending:
+            say("bestmove " + pending)
+            pending = ""
         elif command == "quit":
             return
 

@@ -156,6 +156,17 @@ def test_a_hanging_engine_times_out_and_is_killed(caplog: pytest.LogCaptureFixtu
         engine.close()
 
 
+@pytest.mark.timeout(60)
+def test_an_engine_past_its_safety_net_is_stopped_and_its_move_taken() -> None:
+    # Fairy-Stockfish at depth 1 in some lost positions searches on until `stop`.
+    engine = EnginePlayer(fake("stoponly").replace("timeout=5", "timeout=0.5"))
+    try:
+        assert engine.choose_one(Position()) in Position().legal_moves()
+        assert engine.failures == {} and engine.process.running
+    finally:
+        engine.close()
+
+
 def test_an_engine_that_never_starts_loses_without_hanging() -> None:
     engine = EnginePlayer(f"usi:{sys.executable} -c pass")
     assert engine.choose_one(Position()).reason in (
