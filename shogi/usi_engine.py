@@ -11,7 +11,8 @@ An engine is named by a spec string, `usi:COMMAND[,key=value]...`:
   `LimitDepth` instead, with a byoyomi long enough never to cut the search (`GPS_ALIASES`);
 - `timeout=S` is the wall-clock safety net per move in seconds (default 10, plus the time
   limit for `movetime`/`byoyomi`): an engine that has not answered by then is sent `stop`
-  and its answer taken; one still silent `STOP_GRACE_S` later is killed and loses the game (`Termination.ENGINE_TIMEOUT`: a rating leaves such games out, see
+  and its answer taken; one still silent `STOP_GRACE_S` later is killed and loses the game
+  (`Termination.ENGINE_TIMEOUT`: a rating leaves such games out, see
   `keisei_ray.arena.gauntlet`);
 - `name=TEXT` is the player's display name (default: the spec itself);
 - `random=P` (0 <= P < 1) plays a uniformly random legal move instead of asking the engine on
