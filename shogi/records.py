@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from shogi.position import Position
 
 _KIF_SIDE = {Color.BLACK: "先手", Color.WHITE: "後手"}
-FORFEITS = (Termination.ENGINE_CRASH, Termination.ENGINE_TIMEOUT, Termination.ILLEGAL_MOVE)
+FORFEITS = (Termination.ENGINE_CRASH, Termination.ENGINE_TIMEOUT, Termination.ILLEGAL_MOVE,
+            Termination.MALFORMED_MOVE)
 _CSA_SIDE = {Color.BLACK: "+", Color.WHITE: "-"}
 
 

@@ -26,6 +26,10 @@ class Termination(str, Enum):
     ENGINE_CRASH = "engine_crash"
     ENGINE_TIMEOUT = "engine_timeout"
     ILLEGAL_MOVE = "illegal_move"
+    # An answer that is no move at all (`04_07_`, an empty bestmove): a broken protocol, not a
+    # choice (Fairy-Stockfish 11.1 garbles moves past move 256 before it crashes). Appended
+    # last: the codec stores a termination as its index in this enum.
+    MALFORMED_MOVE = "malformed_move"
 
 
 @dataclass(frozen=True)

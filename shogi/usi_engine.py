@@ -30,7 +30,8 @@ One engine process serves a player; the positions of a batch are asked one after
 (each `position` command carries the game's whole move list, so games never mix). The process
 starts lazily, is killed on `close()`, and after any failure is restarted for the next move.
 A failure of an engine that has played becomes the end of that game, lost by the engine
-(`Termination.ENGINE_CRASH`, `ENGINE_TIMEOUT`, `ILLEGAL_MOVE`); `bestmove resign` is
+(`Termination.ENGINE_CRASH`, `ENGINE_TIMEOUT`, `ILLEGAL_MOVE`, `MALFORMED_MOVE` for an
+answer that is no move at all, after which the process is restarted); `bestmove resign` is
 `Termination.RESIGN`; `bestmove win` is judged by our 27-point rule (a false declaration is an
 illegal move). An engine that exits `SETUP_FAILURES` times in a row without ever answering a
 `go` cannot play at all (a wrong command, a limit it does not know): `choose` raises
@@ -123,7 +124,8 @@ class EngineSpecError(ValueError):
 
 
 class EngineFailure(RuntimeError):
-    """The engine crashed, hung or could not be started; `reason` is the Termination."""
+    """The engine crashed, hung, answered no move or could not be started; `reason` is the
+    Termination."""
 
     def __init__(self, reason: Termination, message: str) -> None:
         super().__init__(message)
@@ -324,7 +326,7 @@ class EngineProcess:
                         self.spec.name, self.spec.timeout_s, line)
         words = line.split()
         if len(words) < 2:
-            raise EngineFailure(Termination.ILLEGAL_MOVE,
+            raise EngineFailure(Termination.MALFORMED_MOVE,
                                 f"engine {self.spec.name}: empty bestmove")
         return words[1]
 
@@ -443,18 +445,21 @@ class EnginePlayer:
         try:
             move = Move.from_usi(answer)
         except ShogiError:
-            return self._illegal(position, f"a malformed move {answer!r}")
+            # Its protocol state is suspect (it may be about to crash): restart it.
+            self.process.close()
+            return self._illegal(position, f"a malformed move {answer!r}",
+                                 Termination.MALFORMED_MOVE)
         legal = {m.usi(): m for m in position.legal_moves()}
         if move.usi() not in legal:
             return self._illegal(position, f"the illegal move {answer!r}")
         return legal[move.usi()]
 
-    def _illegal(self, position: Position, what: str) -> Outcome:
+    def _illegal(self, position: Position, what: str,
+                 reason: Termination = Termination.ILLEGAL_MOVE) -> Outcome:
         log.warning("engine %s answered %s in %r; it loses this game", self.name, what,
                     position.sfen())
-        key = Termination.ILLEGAL_MOVE.value
-        self.failures[key] = self.failures.get(key, 0) + 1
-        return Outcome(position.turn.opponent(), Termination.ILLEGAL_MOVE)
+        self.failures[reason.value] = self.failures.get(reason.value, 0) + 1
+        return Outcome(position.turn.opponent(), reason)
 
     def close(self) -> None:
         self.process.close()

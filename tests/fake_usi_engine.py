@@ -6,7 +6,9 @@ resign, win (a false impasse declaration), silent (never answer `usi`), timeonly
 GPSShogi: plays the first legal move for a `go` with btime/wtime/byoyomi, and for any other
 `go` says "unknown option in go ..." on stderr and aborts with SIGABRT), hangonce (N is a
 file: the first process to reach its 3rd `go` creates it and hangs there, every other plays
-legal moves: one timed-out game in a match), stoponly (answers `go` only when sent `stop`, as
+legal moves: one timed-out game in a match), garbleonce (N is a file, as for hangonce, but
+the first process answers `04_07_` there, as Fairy-Stockfish 11.1 past move 256), empty
+(answers a bare `bestmove`), stoponly (answers `go` only when sent `stop`, as
 Fairy-Stockfish's depth-1 search in some lost positions).
 """
 
@@ -21,7 +23,7 @@ import cshogi
 
 def main() -> None:
     mode = sys.argv[1]
-    flag = sys.argv[2] if mode == "hangonce" else ""
+    flag = sys.argv[2] if mode in ("hangonce", "garbleonce") else ""
     limit = int(sys.argv[2]) if len(sys.argv) > 2 and not flag else 1
     board = cshogi.Board()
     goes = 0
@@ -67,7 +69,11 @@ def main() -> None:
                 time.sleep(3600)
             if mode == "stoponly":
                 pending = legal[0]
-            elif mode in ("legal", "timeonly", "hangonce"):
+            elif mode == "garbleonce" and goes == 3 and _first(flag):
+                say("bestmove 04_07_")
+            elif mode == "empty":
+                say("bestmove")
+            elif mode in ("legal", "timeonly", "hangonce", "garbleonce"):
                 say("info depth 1 score cp 0 pv " + legal[0])
                 say("bestmove " + legal[0])
             elif mode == "crash":

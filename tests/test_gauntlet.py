@@ -345,16 +345,20 @@ def test_the_scheduler_leaves_lopsided_pairs_alone() -> None:
     assert task is not None and task[0] == ("b", "a")
 
 
-def test_games_an_engine_failed_in_are_left_out_and_replayed(tmp_path: Path) -> None:
-    # The first engine process hangs at its third move and times out: that game says
-    # nothing about strength, so it is neither a win for random nor counted at all.
+@pytest.mark.parametrize(("mode", "limit", "reason"), [
+    ("hangonce", ",timeout=1", "engine_timeout"), ("garbleonce", "", "malformed_move")])
+def test_games_an_engine_failed_in_are_left_out_and_replayed(tmp_path: Path, mode: str,
+                                                             limit: str, reason: str) -> None:
+    # The first engine process hangs (times out) or answers `bestmove 04_07_` at its third
+    # move: that game says nothing about strength, so it is neither a win for random nor
+    # counted at all. (A well-formed illegal move still is a loss: test_usi_engine.)
     cfg = load_config(None, ["env.max_moves=40", "evaluation.games_at_once=2"])
-    flag = tmp_path / "hung"
-    engine = load_contestant(f"usi:{sys.executable} {FAKE} hangonce {flag},timeout=1,name=fake")
+    flag = tmp_path / "failed"
+    engine = load_contestant(f"usi:{sys.executable} {FAKE} {mode} {flag}{limit},name=fake")
     clean, excluded = play_clean(cfg, Contestant.baseline("random"), engine, 4, seed=0)
     assert flag.exists() and excluded == 1
     assert clean.games == 4 and not failed_games(clean)
-    assert "win_engine_timeout" not in clean.reasons
+    assert f"win_{reason}" not in clean.reasons
 
 
 def test_without_failures_rebuilds_the_match_from_its_records() -> None:

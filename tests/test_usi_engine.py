@@ -113,8 +113,8 @@ def test_fake_engine_plays_legal_games() -> None:
 
 
 @pytest.mark.parametrize(("mode", "reason"), [
-    ("crash 3", "engine_crash"), ("illegal", "illegal_move"), ("garbage", "illegal_move"),
-    ("resign", "resign"), ("win", "illegal_move")])
+    ("crash 3", "engine_crash"), ("illegal", "illegal_move"), ("garbage", "malformed_move"),
+    ("empty", "malformed_move"), ("resign", "resign"), ("win", "illegal_move")])
 def test_engine_failures_lose_the_game_and_the_next_game_goes_on(mode: str, reason: str) -> None:
     result, engine = match(fake(mode))
     # Every game ends, lost by the engine for the reason named; the match is not stopped.
@@ -122,6 +122,21 @@ def test_engine_failures_lose_the_game_and_the_next_game_goes_on(mode: str, reas
     assert result.reasons == {f"win_{reason}": 4}
     if reason != "resign":
         assert engine.failures == {reason: 4}
+
+
+def test_a_malformed_answer_restarts_the_process(tmp_path: Path) -> None:
+    # An engine that garbles a move (Fairy-Stockfish past move 256) may be about to crash:
+    # it loses that game, and the next move is asked of a fresh process.
+    engine = EnginePlayer(fake("garbleonce", "name=x").replace("garbleonce,",
+                                                               f"garbleonce {tmp_path / 'g'},"))
+    position = Position()
+    for _ in range(2):
+        assert not isinstance(engine.choose_one(position), Outcome)
+    first = engine.process._proc
+    assert engine.choose_one(position) == Outcome(Color.WHITE, Termination.MALFORMED_MOVE)
+    assert engine.failures == {"malformed_move": 1}
+    assert not isinstance(engine.choose_one(position), Outcome)
+    assert engine.process._proc is not first
 
 
 def test_engine_crash_restarts_the_process() -> None:

@@ -8,8 +8,8 @@ were played against each other (`keisei_ray.arena.ladder_rating`, the command
 `keisei-ray gauntlet --rate-ladder`) and their Bradley-Terry ratings (random pinned at 0, as in
 `keisei_ray.arena.elo`) are stored in `gauntlet_ratings.json` beside this module. A model's
 gauntlet rating is then fitted with every rung held at its stored rating (`fit_fixed`): one
-parameter, the model's own. Games an engine crashed or timed out in say nothing about
-strength and are replayed (`play_clean`).
+parameter, the model's own. Games an engine crashed, timed out or answered no move in say
+nothing about strength and are replayed (`play_clean`).
 """
 
 from __future__ import annotations
@@ -142,9 +142,12 @@ def _solve_score(rows: Sequence[tuple[float, float, float]]) -> float:
 
 # ----------------------------------------------------------------------------- failed games
 
-FAILED_REASONS = (Termination.ENGINE_CRASH.value, Termination.ENGINE_TIMEOUT.value)
-"""Game ends that say nothing about strength: an engine crashed or ran past its timeout (a
-loaded machine, a hung process). Ratings leave these games out and play others instead."""
+FAILED_REASONS = (Termination.ENGINE_CRASH.value, Termination.ENGINE_TIMEOUT.value,
+                  Termination.MALFORMED_MOVE.value)
+"""Game ends that say nothing about strength: an engine crashed, ran past its timeout (a
+loaded machine, a hung process) or answered something that is not a move (a broken
+protocol). Ratings leave these games out and play others instead; a well-formed illegal move
+stays a loss."""
 REPLAYS = 3
 """Rounds of replacement games for failed ones before a match is left short."""
 
@@ -156,7 +159,7 @@ def failed_games(result: MatchResult) -> int:
 
 
 def without_failures(result: MatchResult) -> MatchResult:
-    """The match without the games an engine crashed or timed out in, rebuilt from its
+    """The match without the games an engine failed in (`FAILED_REASONS`), rebuilt from its
     records (which must cover every game when there are such games)."""
     if not failed_games(result):
         return result
@@ -377,7 +380,7 @@ def gauntlet_document(result: GauntletResult) -> dict[str, Any]:
     """The gauntlet as JSON-able data (`keisei-ray gauntlet --json`, `gauntlet.json`).
 
     `elo_bound` is "below" / "above" when every game was lost / won (the Elo is then a bound,
-    see `fit_fixed`); `excluded` counts games an engine crashed or timed out in, left out
+    see `fit_fixed`); `excluded` counts games an engine failed in (`FAILED_REASONS`), left out
     and replayed; `skipped` names the rungs above the climb's end.
     """
     def finite(value: float) -> float | None:

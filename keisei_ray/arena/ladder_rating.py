@@ -13,8 +13,8 @@ and the sum of the squared amounts by which the intervals exceed the target.
 Games start from random openings (`OPENING_PLIES` uniformly random plies from the usual
 start), each opening played once with each colour: the engines at a fixed depth are
 deterministic, and from the same start two of them would replay the same few games. Games
-an engine crashed or timed out in say nothing about strength: they are left out (and others
-scheduled; `keisei_ray.arena.gauntlet.without_failures`).
+an engine crashed, timed out or answered no move in say nothing about strength: they are left
+out (and others scheduled; `keisei_ray.arena.gauntlet.without_failures`).
 
 The games run as Ray tasks, one CPU each, `workers` at a time (in this process with one
 worker); after every task the whole document is handed to `checkpoint`, and a later run can
@@ -123,7 +123,7 @@ class PairTally:
     wins: int = 0
     draws: int = 0
     losses: int = 0
-    excluded: int = 0  # games an engine crashed or timed out in
+    excluded: int = 0  # games an engine failed in (gauntlet.FAILED_REASONS)
     seconds: float = 0.0  # task time spent on the pair (one CPU)
     pending: int = 0  # games running now
 
@@ -190,7 +190,7 @@ class LadderRating:
         tally.excluded += result.games - clean.games
         tally.seconds += seconds
         if clean.games < result.games:
-            log.warning("%s vs %s: %d game(s) ended by an engine crash or timeout, left out",
+            log.warning("%s vs %s: %d game(s) ended by an engine failure, left out",
                         pair[0], pair[1], result.games - clean.games)
         return clean
 
@@ -282,7 +282,8 @@ class LadderRating:
                + (f" --max-games {self.max_games}" if self.max_games is not None else "")
                + f": every pair of rungs at most {self.reach} apart played {self.games} games"
                f"{target}; each game from {OPENING_PLIES} random opening plies, each opening "
-               "with both colours; games an engine crashed or timed out in left out; one "
+               "with both colours; games an engine crashed, timed out or answered no move in "
+               "left out; one "
                f"Bradley-Terry fit over all of them with random pinned at 0 and "
                f"{PRIOR_DRAWS:g} virtual draw per pair (keisei_ray/arena/ladder_rating.py)")
         return {
