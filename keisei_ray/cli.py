@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -40,6 +40,9 @@ from keisei_ray.events import CallbackImportError, load_callback
 from keisei_ray.files import set_file_mode, write_text_atomic
 from keisei_ray.logs import setup_logging
 from keisei_ray.text import did_you_mean, signed
+
+if TYPE_CHECKING:
+    from keisei_ray.arena.ladder_rating import LadderPlan
 
 log = logging.getLogger("keisei_ray")
 
@@ -367,6 +370,10 @@ def gauntlet_cmd(
     continue_from: Annotated[Path | None, typer.Option(
         help="--rate-ladder: count the matches of this earlier ratings file (or its "
         ".partial progress file) and go on from there.", dir_okay=False)] = None,
+    plan: Annotated[bool, typer.Option(
+        "--plan", help="--rate-ladder: play nothing; print the games per pair and the CPU "
+        "time the scheduler would still need to reach --target-ci, if every game came out "
+        "at the fitted expected score.")] = False,
     output: Annotated[Path | None, typer.Option(help="--rate-ladder: where to write the "
                                                 "ratings (default: the package's file; "
                                                 "progress goes to OUTPUT.partial).",
@@ -420,8 +427,10 @@ def gauntlet_cmd(
         if target is not None:
             fail("--rate-ladder rates the rungs themselves: give no MODEL", EXIT_USAGE)
         _rate_ladder(cfg, games, ladder, reach, workers, target_ci, max_games, continue_from,
-                     output, progress)
+                     output, progress, plan)
         return
+    if plan:
+        fail("--plan goes with --rate-ladder", EXIT_USAGE)
     if target is None:
         fail("give a MODEL file or RUN_DIR (or --rate-ladder)", EXIT_USAGE)
     spec, where = target, Path(target)
@@ -481,11 +490,12 @@ def gauntlet_cmd(
 
 def _rate_ladder(cfg: Config, games: int, rungs: tuple[str, ...], reach: int, workers: int,
                  target_ci: float | None, max_games: int | None, continue_from: Path | None,
-                 output: Path | None, progress: Callable[[Any], None]) -> None:
+                 output: Path | None, progress: Callable[[Any], None], plan: bool) -> None:
     """`gauntlet --rate-ladder`: play the rungs against each other, write their ratings
-    (progress after every task to OUTPUT.partial, removed at the end)."""
+    (progress after every task to OUTPUT.partial, removed at the end); with `plan`, print
+    what that would still take instead."""
     from keisei_ray.arena.gauntlet import ratings_path
-    from keisei_ray.arena.ladder_rating import rate_ladder
+    from keisei_ray.arena.ladder_rating import plan_ladder, rate_ladder
     from shogi.usi_engine import EngineSetupError
 
     start = None
@@ -497,6 +507,16 @@ def _rate_ladder(cfg: Config, games: int, rungs: tuple[str, ...], reach: int, wo
         if not isinstance(start, dict) or not isinstance(start.get("matches"), list):
             fail(f"--continue-from {continue_from}: not a ratings file (no matches list)",
                  EXIT_USAGE)
+    if plan:
+        if target_ci is None:
+            fail("--plan needs --target-ci (the interval to plan for)", EXIT_USAGE)
+        try:
+            forecast = plan_ladder(cfg, games, rungs=rungs, reach=reach, target_ci=target_ci,
+                                   max_games=max_games, start=start)
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
+        _print_plan(forecast, target_ci)
+        return
     path = output or ratings_path()
     partial = path.with_name(path.name + ".partial")
 
@@ -517,6 +537,27 @@ def _rate_ladder(cfg: Config, games: int, rungs: tuple[str, ...], reach: int, wo
         out.print(f"{name}: Elo {signed(entry['elo'])} ± {entry['ci95']} ({entry['games']} games)",
                   markup=False)
     out.print(f"ratings written to {path}", markup=False)
+
+
+def _print_plan(forecast: LadderPlan, target_ci: float) -> None:
+    """The table of `gauntlet --rate-ladder --plan`."""
+    table = Table(title=f"rate-ladder plan: games still needed for ±{target_ci:g} Elo "
+                  "(if every game came out at the fitted score)")
+    for column in ("pair", "more games", "CPU-hours"):
+        table.add_column(column, justify="left" if column == "pair" else "right")
+    for (a, b), count in forecast.games.items():
+        seconds = forecast.seconds.get((a, b))
+        table.add_row(f"{a} vs {b}", f"{count:,}",
+                      "?" if seconds is None else f"{seconds / 3600:.2f}")
+    out.print(table)
+    unpriced = (f", plus {forecast.unpriced:,} games of pairs with no time per game yet"
+                if forecast.unpriced else "")
+    widest = max(forecast.ci95.items(), key=lambda item: item[1], default=("none", 0.0))
+    hours = forecast.total_seconds / 3600
+    out.print(f"{forecast.total:,} more games, {hours:.1f} CPU-hours at the pairs' measured "
+              f"time per game{unpriced}; widest interval then ±{widest[1]:.0f} "
+              f"({widest[0]}){'' if forecast.reached else ': the target is not reached'}",
+              markup=False)
 
 
 PLAYER_OVERRIDES = ("evaluation.greedy", "evaluation.avoid_repetition",

@@ -21,7 +21,7 @@ from matplotlib.text import Text
 
 from actors.evaluation import Contestant, GameRecord, MatchResult
 from keisei_ray.arena import gauntlet as gauntlet_module
-from keisei_ray.arena.elo import EloStore
+from keisei_ray.arena.elo import ELO_PER_NAT, PRIOR_DRAWS, Z95, EloStore
 from keisei_ray.arena.evaluation import load_contestant, wilson_interval
 from keisei_ray.arena.gauntlet import (
     RUNGS,
@@ -343,6 +343,57 @@ def test_the_scheduler_leaves_lopsided_pairs_alone() -> None:
         tally.wins, tally.losses, tally.seconds = wins, losses, 0.01 * (wins + losses)
     task = state.next_task()
     assert task is not None and task[0] == ("b", "a")
+
+
+def test_a_plan_is_the_fewest_chunks_that_reach_the_target() -> None:
+    # One pair: the rung's interval is Z95 / sqrt(games x p(1 - p)) in nats, at the fitted
+    # score p (an independent computation of what the plan projects).
+    state = LadderRating(load_config(None, []), ("random", "a"), 1, 2, 40.0, None)
+    tally = state.tally[("a", "random")]
+    tally.wins, tally.losses, tally.seconds = 30, 10, 40.0  # 1 s a game
+    elo = state.store().ratings()["a"].elo
+    p = 1.0 / (1.0 + math.exp(-elo / ELO_PER_NAT))
+
+    def half_width(games: int) -> float:
+        return Z95 * ELO_PER_NAT / math.sqrt((games + PRIOR_DRAWS) * p * (1.0 - p))
+
+    plan = state.plan()
+    more = plan.games[("a", "random")]
+    chunk = state.chunk(("a", "random"))  # 240 games: 240 s of play at 1 s a game
+    assert plan.reached and more % chunk == 0 and more >= chunk
+    assert half_width(40 + more) <= 40.0 < half_width(40 + more - chunk)
+    assert plan.ci95["a"] == pytest.approx(half_width(40 + more))
+    assert plan.seconds == {("a", "random"): pytest.approx(more * 1.0)} and not plan.unpriced
+    assert tally.pending == 0 and (tally.wins, tally.losses) == (30, 10)  # nothing changed
+
+
+def test_a_plan_says_when_the_target_is_out_of_reach() -> None:
+    # The only pair is lopsided (the scheduler plays it no more): the plan adds nothing.
+    state = LadderRating(load_config(None, []), ("random", "a"), 1, 2, 40.0, None)
+    state.tally[("a", "random")].wins = 200
+    plan = state.plan()
+    assert not plan.reached and plan.total == 0 and plan.ci95["a"] > 40.0
+
+
+def test_rate_ladder_plan_prints_the_forecast_and_plays_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    start = tmp_path / "ratings.json"
+    start.write_text(json.dumps({"matches": [
+        {"player": "mix10", "opponent": "random", "wins": 15, "draws": 0, "losses": 5,
+         "seconds": 2.0}]}))
+    before = start.read_text()
+    try:
+        main(["gauntlet", "--rate-ladder", "--rungs", "random,mix10", "--target-ci", "80",
+              "--continue-from", str(start), "--plan"])
+    except SystemExit as exc:
+        assert not exc.code
+    out = capsys.readouterr().out
+    assert "mix10 vs random" in out and "CPU-hours" in out and "widest interval then" in out
+    assert start.read_text() == before and sorted(tmp_path.iterdir()) == [start]
+    with pytest.raises(SystemExit) as info:
+        main(["gauntlet", "--rate-ladder", "--plan", "--continue-from", str(start)])
+    assert info.value.code == 2
+    assert "--plan needs --target-ci" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("mode", "limit", "reason"), [

@@ -23,6 +23,8 @@ continue from such a document (`start`): its matches count, and new games use ne
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime
 import logging
 import math
@@ -37,7 +39,7 @@ import numpy as np
 import ray
 
 from actors.evaluation import Contestant, MatchResult, close_player, make_player, play_match
-from keisei_ray.arena.elo import ANCHOR, ELO_PER_NAT, PRIOR_DRAWS, Z95, EloStore
+from keisei_ray.arena.elo import ANCHOR, ELO_PER_NAT, PRIOR_DRAWS, Z95, EloStore, Rating
 from keisei_ray.arena.evaluation import load_contestant
 from keisei_ray.arena.gauntlet import RUNGS, GauntletError, without_failures
 from keisei_ray.config import Config
@@ -57,6 +59,8 @@ TASK_SECONDS = 240.0
 """What one task should take on one CPU, once a pair's time per game is known."""
 FIRST_TASK_GAMES = 10
 """Games of a pair's first task (its time per game is not known yet)."""
+PLAN_LIMIT = 10_000_000
+"""Games after which a plan gives up (the target out of reach at any sensible cost)."""
 
 
 def ladder_pairs(rungs: Sequence[str], reach: int = 2) -> list[tuple[str, str]]:
@@ -141,6 +145,25 @@ class PairTally:
         return self.seconds / played if played else None
 
 
+@dataclass
+class LadderPlan:
+    """What the scheduler would still play to reach the target (`LadderRating.plan`)."""
+
+    games: dict[tuple[str, str], int]  # more games per pair, in the ladder's order
+    seconds: dict[tuple[str, str], float]  # task time (one CPU) at the pair's time per game
+    unpriced: int  # games of pairs with no measured time per game yet (not in `seconds`)
+    ci95: dict[str, float]  # the rungs' projected 95% half-widths, Elo
+    reached: bool  # every rung within the target at the end of the plan
+
+    @property
+    def total(self) -> int:
+        return sum(self.games.values())
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+
 class LadderRating:
     """The state of one `rate_ladder` run: tallies per pair, the fit, the next games."""
 
@@ -162,6 +185,7 @@ class LadderRating:
         self.pairs = ladder_pairs(self.rungs, reach)
         self.tally = {pair: PairTally() for pair in self.pairs}
         self.started = time.monotonic()
+        self._held: dict[str, Rating] | None = None  # a plan's fit, held fixed
 
     # ---------------------------------------------------------------- results
     def resume(self, document: Mapping[str, Any]) -> None:
@@ -231,19 +255,15 @@ class LadderRating:
         running now, is within the target)."""
         assert self.target_ci is not None
         index = {r: i for i, r in enumerate(self.rungs)}
-        ratings = self.store().ratings()
-        if any(r not in ratings for r in self.rungs):  # not all linked yet: wait
+        theta = self._theta()
+        if theta is None:  # not all linked yet: wait
             return None
-        theta = np.array([ratings[r].elo / ELO_PER_NAT for r in self.rungs])
 
         def weight(pair: tuple[str, str], games: float) -> float:
             p = 1.0 / (1.0 + math.exp(theta[index[pair[1]]] - theta[index[pair[0]]]))
             return games * p * (1.0 - p)
 
-        info = np.zeros((len(self.rungs), len(self.rungs)))
-        for pair, tally in self.tally.items():
-            _add(info, index[pair[0]], index[pair[1]],
-                 weight(pair, tally.games + tally.pending + PRIOR_DRAWS))
+        info = self._information(theta)
         base = self._excess(info)
         if base <= 0.0:
             return None
@@ -261,14 +281,64 @@ class LadderRating:
                 best = (gain / cost, pair, games)
         return None if best is None else (best[1], best[2])
 
-    def _excess(self, info: np.ndarray) -> float:
-        """Sum over rungs of (95% half-width - target)^2 where above the target, Elo^2."""
-        assert self.target_ci is not None
-        keep = [i for i, r in enumerate(self.rungs) if r != ANCHOR]  # the anchor is pinned
+    def _theta(self) -> np.ndarray | None:
+        """The rungs' fitted ratings in nats, ladder order (None while some are unlinked)."""
+        ratings = self._held if self._held is not None else self.store().ratings()
+        if any(r not in ratings for r in self.rungs):
+            return None
+        return np.array([ratings[r].elo / ELO_PER_NAT for r in self.rungs])
+
+    def _information(self, theta: np.ndarray) -> np.ndarray:
+        """The fit's Fisher information at `theta`, the games running now counted."""
+        index = {r: i for i, r in enumerate(self.rungs)}
+        info = np.zeros((len(self.rungs), len(self.rungs)))
+        for (a, b), tally in self.tally.items():
+            p = 1.0 / (1.0 + math.exp(theta[index[b]] - theta[index[a]]))
+            _add(info, index[a], index[b],
+                 (tally.games + tally.pending + PRIOR_DRAWS) * p * (1.0 - p))
+        return info
+
+    def _half_widths(self, info: np.ndarray) -> dict[str, float]:
+        """Every rung's 95% half-width from `info`, Elo (the anchor is pinned)."""
+        keep = [i for i, r in enumerate(self.rungs) if r != ANCHOR]
         inner = info[np.ix_(keep, keep)]
         covariance = np.linalg.pinv(inner + 1e-12 * np.eye(len(inner)))
         ci = Z95 * ELO_PER_NAT * np.sqrt(np.maximum(np.diag(covariance), 0.0))
+        return {self.rungs[i]: float(c) for i, c in zip(keep, ci, strict=True)}
+
+    def _excess(self, info: np.ndarray) -> float:
+        """Sum over rungs of (95% half-width - target)^2 where above the target, Elo^2."""
+        assert self.target_ci is not None
+        ci = np.array(list(self._half_widths(info).values()))
         return float(np.sum(np.maximum(ci - self.target_ci, 0.0) ** 2))
+
+    def plan(self) -> LadderPlan:
+        """The games the scheduler would still play to reach the target, if every game came
+        out at the fitted expected score (the fit held fixed; each game adds its Fisher
+        information), at each pair's measured time per game. A forecast for budgeting the
+        run (how many CPU-hours, which pairs), not a promise: real results move the fit."""
+        state = copy.copy(self)
+        state.tally = {pair: dataclasses.replace(t) for pair, t in self.tally.items()}
+        state._held = self.store().ratings()
+        added: dict[tuple[str, str], int] = {}
+        seconds: dict[tuple[str, str], float] = {}
+        unpriced = 0
+        while sum(added.values()) < PLAN_LIMIT and (task := state.next_task()) is not None:
+            pair, games = task
+            tally = state.tally[pair]
+            per_game = tally.seconds_per_game()
+            if per_game is None:
+                unpriced += games
+            else:
+                seconds[pair] = seconds.get(pair, 0.0) + games * per_game
+            tally.pending += games
+            added[pair] = added.get(pair, 0) + games
+        theta = state._theta()
+        ci = {} if theta is None else state._half_widths(state._information(theta))
+        reached = (self.target_ci is not None and len(ci) == len(self.rungs) - 1
+                   and max(ci.values(), default=0.0) <= self.target_ci + 1e-9)
+        ordered = {pair: added[pair] for pair in state.tally if pair in added}
+        return LadderPlan(ordered, seconds, unpriced, ci, reached)
 
     # ---------------------------------------------------------------- report
     def document(self, *, finished: bool) -> dict[str, Any]:
@@ -309,6 +379,17 @@ def _add(info: np.ndarray, i: int, j: int, weight: float) -> None:
     info[j, j] += weight
     info[i, j] -= weight
     info[j, i] -= weight
+
+
+def plan_ladder(config: Config, games: int, *, rungs: Sequence[str] = RUNGS, reach: int = 2,
+                target_ci: float, max_games: int | None = None,
+                start: Mapping[str, Any] | None = None) -> LadderPlan:
+    """What `rate_ladder` with these arguments would still play (`LadderRating.plan`),
+    without playing anything."""
+    state = LadderRating(config, rungs, reach, games, target_ci, max_games)
+    if start is not None:
+        state.resume(start)
+    return state.plan()
 
 
 def rate_ladder(config: Config, games: int, *, rungs: Sequence[str] = RUNGS, reach: int = 2,
