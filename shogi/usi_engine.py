@@ -307,7 +307,7 @@ class EngineProcess:
                 return line
 
     def best_move(self, start_sfen: str, moves: Sequence[str]) -> str:
-        """The engine's answer for a position: a USI move, `resign` or `win`."""
+        """The engine's answer for a position: a well-formed USI move, `resign` or `win`."""
         self.send(position_command(start_sfen, moves))
         self.send(self.spec.go)
         try:
@@ -328,6 +328,14 @@ class EngineProcess:
         if len(words) < 2:
             raise EngineFailure(Termination.MALFORMED_MOVE,
                                 f"engine {self.spec.name}: empty bestmove")
+        if words[1] not in ("resign", "win"):
+            try:
+                Move.from_usi(words[1])
+            except ShogiError:
+                # A broken protocol, like a crash (it may be about to crash): a failure.
+                raise EngineFailure(Termination.MALFORMED_MOVE,
+                                    f"engine {self.spec.name}: malformed bestmove "
+                                    f"{words[1]!r}") from None
         return words[1]
 
     def last_words(self) -> str:
@@ -442,24 +450,18 @@ class EnginePlayer:
             if impasse_declaration_wins(cshogi.Board(position.sfen())):
                 return Outcome(me, Termination.IMPASSE)
             return self._illegal(position, "a false impasse declaration ('bestmove win')")
-        try:
-            move = Move.from_usi(answer)
-        except ShogiError:
-            # Its protocol state is suspect (it may be about to crash): restart it.
-            self.process.close()
-            return self._illegal(position, f"a malformed move {answer!r}",
-                                 Termination.MALFORMED_MOVE)
+        move = Move.from_usi(answer)  # well-formed: best_move checked it
         legal = {m.usi(): m for m in position.legal_moves()}
         if move.usi() not in legal:
             return self._illegal(position, f"the illegal move {answer!r}")
         return legal[move.usi()]
 
-    def _illegal(self, position: Position, what: str,
-                 reason: Termination = Termination.ILLEGAL_MOVE) -> Outcome:
+    def _illegal(self, position: Position, what: str) -> Outcome:
         log.warning("engine %s answered %s in %r; it loses this game", self.name, what,
                     position.sfen())
-        self.failures[reason.value] = self.failures.get(reason.value, 0) + 1
-        return Outcome(position.turn.opponent(), reason)
+        key = Termination.ILLEGAL_MOVE.value
+        self.failures[key] = self.failures.get(key, 0) + 1
+        return Outcome(position.turn.opponent(), Termination.ILLEGAL_MOVE)
 
     def close(self) -> None:
         self.process.close()

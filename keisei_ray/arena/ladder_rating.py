@@ -258,23 +258,18 @@ class LadderRating:
         theta = self._theta()
         if theta is None:  # not all linked yet: wait
             return None
-
-        def weight(pair: tuple[str, str], games: float) -> float:
-            p = 1.0 / (1.0 + math.exp(theta[index[pair[1]]] - theta[index[pair[0]]]))
-            return games * p * (1.0 - p)
-
         info = self._information(theta)
         base = self._excess(info)
         if base <= 0.0:
             return None
         best: tuple[float, tuple[str, str], int] | None = None
         for pair in self.pairs:
-            p = 1.0 / (1.0 + math.exp(theta[index[pair[1]]] - theta[index[pair[0]]]))
-            if not 1.0 - LOPSIDED <= p <= LOPSIDED:
+            i, j = index[pair[0]], index[pair[1]]
+            if not 1.0 - LOPSIDED <= _expected(theta[i], theta[j]) <= LOPSIDED:
                 continue
             games = self.chunk(pair)
             trial = info.copy()
-            _add(trial, index[pair[0]], index[pair[1]], weight(pair, games))
+            _add(trial, i, j, games * _variance(theta[i], theta[j]))
             gain = base - self._excess(trial)
             cost = games * (self.tally[pair].seconds_per_game() or 1.0)
             if gain > 0 and (best is None or gain / cost > best[0]):
@@ -293,9 +288,9 @@ class LadderRating:
         index = {r: i for i, r in enumerate(self.rungs)}
         info = np.zeros((len(self.rungs), len(self.rungs)))
         for (a, b), tally in self.tally.items():
-            p = 1.0 / (1.0 + math.exp(theta[index[b]] - theta[index[a]]))
-            _add(info, index[a], index[b],
-                 (tally.games + tally.pending + PRIOR_DRAWS) * p * (1.0 - p))
+            i, j = index[a], index[b]
+            games = tally.games + tally.pending + PRIOR_DRAWS
+            _add(info, i, j, games * _variance(theta[i], theta[j]))
         return info
 
     def _half_widths(self, info: np.ndarray) -> dict[str, float]:
@@ -372,6 +367,17 @@ class LadderRating:
                          "seconds": round(t.seconds, 1)}
                         for (a, b), t in self.tally.items() if t.games or t.excluded],
         }
+
+
+def _expected(a: float, b: float) -> float:
+    """The expected score of ratings `a` against `b` (nats)."""
+    return 1.0 / (1.0 + math.exp(b - a))
+
+
+def _variance(a: float, b: float) -> float:
+    """One game's Fisher information about a - b: p (1 - p) at the expected score."""
+    p = _expected(a, b)
+    return p * (1.0 - p)
 
 
 def _add(info: np.ndarray, i: int, j: int, weight: float) -> None:
